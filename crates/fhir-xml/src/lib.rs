@@ -1,0 +1,23 @@
+//! Converts FHIR R4 resources between JSON and XML.
+//!
+//! fhirbolt's (de)serializers are generic and take minutes to compile; keeping every call to
+//! them behind these non-generic functions in a crate of their own means the main crate can
+//! change without recompiling them.
+
+use fhirbolt::element::{Element as _};
+use fhirbolt::model::r4::Resource;
+use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
+
+/// Parses an XML resource and returns it as FHIR JSON.
+pub fn xml_to_json(xml: &str) -> Result<String, String> {
+    let config = DeserializationConfig { mode: DeserializationMode::Lax };
+    let resource: Resource = fhirbolt::xml::from_str(xml, Some(config)).map_err(|e| e.to_string())?;
+    fhirbolt::json::to_string(&resource, None).map_err(|e| e.to_string())
+}
+
+/// Renders a FHIR JSON resource as XML.
+pub fn json_to_xml(json: &str) -> Result<String, String> {
+    let config = DeserializationConfig { mode: DeserializationMode::Lax };
+    let resource: Resource = fhirbolt::json::from_str(json, Some(config)).map_err(|e| e.to_string())?;
+    fhirbolt::xml::to_string(&resource, None).map_err(|e| e.to_string())
+}
