@@ -110,6 +110,10 @@ pub enum FhirError {
     /// Content-Type not FHIR JSON/XML (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A concurrent transaction touched the same rows (serialization failure, deadlock, unique
+    /// violation); `Store::with_transaction` retries these and only then answers 409.
+    #[error("{0}")]
+    Retryable(String),
     /// Too many concurrent requests or the database timed out a statement (503 / 500 class,
     /// still an OperationOutcome; only server-side failures land here).
     #[error("{0}")]
@@ -131,7 +135,7 @@ impl FhirError {
             FhirError::Gone(_) => StatusCode::GONE,
             FhirError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             FhirError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
-            FhirError::Conflict(_) => StatusCode::CONFLICT,
+            FhirError::Conflict(_) | FhirError::Retryable(_) => StatusCode::CONFLICT,
             FhirError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             FhirError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             FhirError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -151,7 +155,7 @@ impl FhirError {
             FhirError::Gone(_) => "deleted",
             FhirError::MethodNotAllowed(_) => "not-supported",
             FhirError::NotAcceptable(_) => "not-supported",
-            FhirError::Conflict(_) => "conflict",
+            FhirError::Conflict(_) | FhirError::Retryable(_) => "conflict",
             FhirError::PreconditionFailed(_) => "conflict",
             FhirError::PayloadTooLarge(_) => "too-costly",
             FhirError::UnsupportedMediaType(_) => "not-supported",
@@ -181,10 +185,9 @@ impl From<sqlx::Error> for FhirError {
         if let sqlx::Error::Database(db) = &e {
             match db.code().as_deref() {
                 // unique_violation: two writers created the same resource at once.
-                Some("23505") => return FhirError::Conflict("the resource was changed by a concurrent request".into()),
-                // serialization_failure / deadlock_detected, after the retry in with_transaction.
-                Some("40001") | Some("40P01") => {
-                    return FhirError::Conflict("the resource was changed by a concurrent request; retry".into());
+                // serialization_failure / deadlock_detected: retried by with_transaction.
+                Some("23505") | Some("40001") | Some("40P01") => {
+                    return FhirError::Retryable("the resource was changed by a concurrent request; retry".into());
                 }
                 // query_canceled: statement_timeout.
                 Some("57014") => return FhirError::Unavailable("the database did not answer in time".into()),

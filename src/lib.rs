@@ -6,9 +6,17 @@
 //! - [`fhir`]: the official R4 definitions, validation, validated newtypes.
 //! - [`store`]: PostgreSQL (embedded or external), migrations, resource + history tables.
 //! - [`auth`]: bearer tokens → `Principal` (who is asking, with which scopes).
+//! - [`search`]: query parameters → SQL over the stored JSON.
 //! - [`interactions`]: create/read/update/… as plain async functions over the store.
-//! - [`rest`]: the thin axum layer — parse, call an interaction, render JSON or XML.
+//! - [`rest`]: the thin axum layer — route, parse, call an interaction, render JSON or XML.
 //! - [`server`]: wiring: start the database, build the router, serve HTTP or HTTPS.
 
+pub mod auth;
+pub mod config;
 pub mod error;
 pub mod fhir;
+pub mod interactions;
+pub mod rest;
+pub mod search;
+pub mod server;
+pub mod store;

@@ -1,1 +1,43 @@
-fn main() {}
+//! The `ironfhir` binary: `serve`, `migrate`, `admin token`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ironfhir::config::{AdminCommand, Cli, Command};
+use ironfhir::server;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => server::serve(args).await,
+        Command::Migrate(config) => migrate(config).await,
+        Command::Admin { command: AdminCommand::Token(args) } => server::token_authority(&args.config)
+            .and_then(|authority| authority.issue(&args.subject, &args.scope, args.ttl))
+            .map(|token| println!("{token}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ironfhir: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: ironfhir::config::Config) -> Result<(), String> {
+    let db = server::open_database(&config, 2, Duration::from_secs(600)).await?;
+    db.store.pool().close().await;
+    if let Some(pg) = db.embedded {
+        pg.stop().await.map_err(|e| e.to_string())?;
+    }
+    println!("migrations applied");
+    Ok(())
+}

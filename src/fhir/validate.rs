@@ -7,3 +7,7 @@ use crate::error::Issue;
 pub fn validate_resource(_resource: &Value) -> Vec<Issue> {
     vec![]
 }
+/// Validates against one profile (stub until the validator lands).
+pub fn validate_against_profile(_resource: &Value, _profile_url: &str) -> Vec<Issue> {
+    vec![]
+}

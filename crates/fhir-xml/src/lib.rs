@@ -4,7 +4,6 @@
 //! them behind these non-generic functions in a crate of their own means the main crate can
 //! change without recompiling them.
 
-use fhirbolt::element::{Element as _};
 use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 

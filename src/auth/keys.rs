@@ -1,0 +1,54 @@
+//! The server's token-signing key: a P-256 key in PKCS#8 PEM, from configuration or generated
+//! into the data directory on first use (readable only by its owner).
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use p256::ecdsa::SigningKey;
+use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+
+use crate::config::Config;
+
+/// Loads the configured signing key, or the one in `<data-dir>/signing-key.pem`, creating it
+/// (mode 0600) if it does not exist yet.
+pub fn load_or_create(config: &Config) -> Result<String, String> {
+    if let Some(path) = &config.signing_key {
+        return fs::read_to_string(path).map_err(|e| format!("cannot read signing key {}: {e}", path.display()));
+    }
+    fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
+    let path = config.data_dir.join("signing-key.pem");
+    match fs::read_to_string(&path) {
+        Ok(pem) => Ok(pem),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => generate(&path),
+        Err(e) => Err(format!("cannot read signing key {}: {e}", path.display())),
+    }
+}
+
+fn generate(path: &Path) -> Result<String, String> {
+    let key = SigningKey::random(&mut rand::rngs::OsRng);
+    let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| e.to_string())?.to_string();
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(pem.as_bytes()).map_err(|e| e.to_string())?;
+            Ok(pem)
+        }
+        // Another process (serve and admin token started together) created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => fs::read_to_string(path).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("cannot write signing key {}: {e}", path.display())),
+    }
+}
+
+/// The SPKI PEM public key of a PKCS#8 PEM private key.
+pub fn public_pem(private_pem: &str) -> Result<String, String> {
+    let key = SigningKey::from_pkcs8_pem(private_pem).map_err(|e| format!("signing key is not a PKCS#8 P-256 key: {e}"))?;
+    key.verifying_key().to_public_key_pem(LineEnding::LF).map_err(|e| e.to_string())
+}

@@ -1,0 +1,104 @@
+//! The one configuration of every subcommand, from command-line flags and the environment.
+//!
+//! `serve`, `migrate` and `admin` all flatten [`Config`], so a token printed by
+//! `admin token --data-dir D` is signed by the same key that `serve --data-dir D` checks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// ironfhir — a FHIR R4 server on PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "ironfhir", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of the one binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the FHIR API (applies migrations first).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(Config),
+    /// Operator tasks.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+/// Operator subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Print a signed access token (for operators, scripts and tests).
+    Token(TokenArgs),
+}
+
+/// Arguments of `admin token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub config: Config,
+    /// Space-separated SMART scopes, e.g. "system/*.*" or "system/Patient.rs system/Observation.r".
+    #[arg(long)]
+    pub scope: String,
+    /// Lifetime of the token in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// Subject (`sub` claim) recorded in the token.
+    #[arg(long, default_value = "operator")]
+    pub subject: String,
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: Config,
+    /// Address and port to listen on.
+    #[arg(long, env = "IRONFHIR_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with --tls-key serves HTTPS.
+    #[arg(long, env = "IRONFHIR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "IRONFHIR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Lowest TLS version accepted: 1.3 (default) or 1.2.
+    #[arg(long, env = "IRONFHIR_TLS_MIN_VERSION", default_value = "1.3", value_parser = ["1.2", "1.3"])]
+    pub tls_min_version: String,
+    /// Public base URL of the FHIR API (used in Location headers and Bundle links); by default
+    /// derived from each request's Host header.
+    #[arg(long, env = "IRONFHIR_BASE_URL")]
+    pub base_url: Option<String>,
+    /// Largest request body accepted, in bytes (413 above it).
+    #[arg(long, env = "IRONFHIR_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Statement timeout for database queries, in milliseconds.
+    #[arg(long, env = "IRONFHIR_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub statement_timeout_ms: u64,
+    /// Size of the database connection pool.
+    #[arg(long, env = "IRONFHIR_DB_POOL_SIZE", default_value_t = 20)]
+    pub db_pool_size: u32,
+}
+
+/// Settings shared by every subcommand: where data lives and which keys sign tokens.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Directory for the embedded database and generated keys.
+    #[arg(long, env = "IRONFHIR_DATA_DIR", default_value = "./ironfhir-data")]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL; without it an embedded PostgreSQL runs in <data-dir>/postgres.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// PEM (PKCS#8) P-256 private key that signs access tokens; generated into
+    /// <data-dir>/signing-key.pem on first use when not given.
+    #[arg(long, env = "IRONFHIR_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// `iss` of the tokens this server signs and accepts.
+    #[arg(long, env = "IRONFHIR_ISSUER", default_value = "ironfhir")]
+    pub issuer: String,
+}

@@ -1,0 +1,61 @@
+//! capabilities — https://hl7.org/fhir/R4/http.html#capabilities
+//!
+//! The CapabilityStatement is `capability-statement/base.json` completed from the loaded
+//! definitions: every resource type with the interactions, search parameters and operations
+//! this server really implements.
+
+use std::sync::OnceLock;
+
+use serde_json::{Value, json};
+
+use crate::fhir::definitions::definitions;
+use crate::search;
+
+static BASE: &str = include_str!("../../capability-statement/base.json");
+
+/// Interactions implemented for every resource type.
+pub const TYPE_INTERACTIONS: &[&str] =
+    &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
+
+/// The server's CapabilityStatement (built once).
+pub fn capability_statement() -> &'static Value {
+    static CS: OnceLock<Value> = OnceLock::new();
+    CS.get_or_init(build)
+}
+
+fn build() -> Value {
+    let mut cs: Value = serde_json::from_str(BASE).unwrap_or_else(|e| panic!("capability-statement/base.json is invalid: {e}"));
+    cs["software"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    let defs = definitions();
+    let resources: Vec<Value> = defs
+        .resource_types()
+        .iter()
+        .map(|rt| {
+            let search_params: Vec<Value> = defs
+                .search_params(rt)
+                .into_iter()
+                .filter(|sp| search::is_supported(sp, rt))
+                .map(|sp| json!({"name": sp.code, "definition": sp.url, "type": sp.param_type}))
+                .collect();
+            json!({
+                "type": rt,
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{rt}"),
+                "interaction": TYPE_INTERACTIONS.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
+                "searchParam": search_params,
+                "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+            })
+        })
+        .collect();
+    let rest = &mut cs["rest"][0];
+    rest["resource"] = json!(resources);
+    rest["interaction"] = json!([{"code": "history-system"}]);
+    rest["searchParam"] = json!([]);
+    cs
+}

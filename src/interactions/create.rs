@@ -1,0 +1,99 @@
+//! create and conditional create — https://hl7.org/fhir/R4/http.html#create, #ccreate
+
+use serde_json::Value;
+
+use super::{WriteOutcome, check_body, now, stamp};
+use crate::auth::{Interaction, Principal};
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::types::{Id, ResourceType};
+use crate::search;
+use crate::store::{self, Store, StoredResource, Tx};
+
+/// Creates a resource with a server-assigned id. With `if_none_exist` (a search query), an
+/// existing single match is returned instead (200), several matches are 412.
+pub async fn create(
+    store: &Store,
+    principal: &Principal,
+    resource_type: &ResourceType,
+    mut body: Value,
+    if_none_exist: Option<&str>,
+) -> FhirResult<WriteOutcome> {
+    principal.require(resource_type.as_str(), Interaction::Create)?;
+    check_body(resource_type, &body, None)?;
+    if if_none_exist.is_some() {
+        principal.require(resource_type.as_str(), Interaction::Search)?;
+    }
+    let criteria = match if_none_exist {
+        Some(q) => Some(search::parse_conditional(resource_type, q)?),
+        None => None,
+    };
+    // http.html#create: a client-supplied id is ignored.
+    let id = Id::generate();
+    let last_updated = now();
+    stamp(&mut body, id.as_str(), 1, &last_updated);
+    let rt = resource_type.as_str();
+    let (body, criteria, id) = (&body, &criteria, &id);
+    store
+        .with_transaction(move |mut tx| {
+            Box::pin(async move {
+                let result = create_in(&mut tx, rt, id, last_updated, body, criteria.as_ref()).await;
+                (tx, result)
+            })
+        })
+        .await
+}
+
+async fn create_in(
+    tx: &mut Tx,
+    rt: &str,
+    id: &Id,
+    last_updated: chrono::DateTime<chrono::Utc>,
+    body: &Value,
+    criteria: Option<&search::Criteria>,
+) -> FhirResult<WriteOutcome> {
+    if let Some(criteria) = criteria {
+        store::lock_criteria(tx, &format!("{rt}?{}", criteria.canonical())).await?;
+        let matches = search::matching_ids(tx, criteria, 2).await?;
+        match matches.len() {
+            0 => {}
+            1 => {
+                let existing = store::current_content(tx, rt, &matches[0]).await?;
+                let stored = read_locked(tx, rt, &matches[0], existing).await?;
+                return Ok(WriteOutcome { stored, created: false });
+            }
+            _ => return Err(FhirError::PreconditionFailed("If-None-Exist matched more than one resource".into())),
+        }
+    }
+    store::insert_new(tx, rt, id.as_str(), last_updated, body).await?;
+    Ok(WriteOutcome {
+        stored: StoredResource {
+            resource_type: rt.to_owned(),
+            id: id.to_string(),
+            version_id: 1,
+            last_updated,
+            deleted: false,
+            content: Some(body.clone()),
+            method: None,
+        },
+        created: true,
+    })
+}
+
+async fn read_locked(
+    tx: &mut Tx,
+    rt: &str,
+    id: &str,
+    content: Option<Value>,
+) -> FhirResult<StoredResource> {
+    let (version_id, deleted) = store::lock_current(tx, rt, id)
+        .await?
+        .ok_or_else(|| FhirError::Conflict("the matched resource disappeared".into()))?;
+    let last_updated = content
+        .as_ref()
+        .and_then(|c| c.pointer("/meta/lastUpdated"))
+        .and_then(Value::as_str)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(super::now);
+    Ok(StoredResource { resource_type: rt.to_owned(), id: id.to_owned(), version_id, last_updated, deleted, content, method: None })
+}

@@ -1,0 +1,64 @@
+//! delete and conditional delete — https://hl7.org/fhir/R4/http.html#delete, #3.1.0.7.1
+
+use super::now;
+use crate::auth::{Interaction, Principal};
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::types::{Id, ResourceType};
+use crate::search;
+use crate::store::{self, Store, Tx};
+
+/// Deletes `rt/id`: a new history version marks it deleted and reads answer 410. Deleting a
+/// resource that does not exist or is already deleted succeeds without a new version. Returns
+/// the number of resources deleted (0 or 1).
+pub async fn delete(store: &Store, principal: &Principal, resource_type: &ResourceType, id: &Id) -> FhirResult<u32> {
+    principal.require(resource_type.as_str(), Interaction::Delete)?;
+    store
+        .with_transaction(move |mut tx| {
+            Box::pin(async move {
+                let result = delete_in(&mut tx, resource_type.as_str(), id.as_str()).await;
+                (tx, result)
+            })
+        })
+        .await
+}
+
+/// Conditional delete (single-match mode): no match succeeds with nothing deleted, one match is
+/// deleted, several matches are 412.
+pub async fn conditional_delete(
+    store: &Store,
+    principal: &Principal,
+    resource_type: &ResourceType,
+    criteria: &str,
+) -> FhirResult<u32> {
+    principal.require(resource_type.as_str(), Interaction::Delete)?;
+    principal.require(resource_type.as_str(), Interaction::Search)?;
+    let criteria = search::parse_conditional(resource_type, criteria)?;
+    let criteria = &criteria;
+    store
+        .with_transaction(move |mut tx| {
+            Box::pin(async move {
+                let result = conditional_delete_in(&mut tx, resource_type.as_str(), criteria).await;
+                (tx, result)
+            })
+        })
+        .await
+}
+
+async fn conditional_delete_in(tx: &mut Tx, rt: &str, criteria: &search::Criteria) -> FhirResult<u32> {
+    let matches = search::matching_ids(tx, criteria, 2).await?;
+    match matches.as_slice() {
+        [] => Ok(0),
+        [one] => delete_in(tx, rt, one).await,
+        _ => Err(FhirError::PreconditionFailed("the criteria matched more than one resource".into())),
+    }
+}
+
+async fn delete_in(tx: &mut Tx, rt: &str, id: &str) -> FhirResult<u32> {
+    match store::lock_current(tx, rt, id).await? {
+        Some((version, false)) => {
+            store::write_version(tx, rt, id, version + 1, now(), "DELETE", None).await?;
+            Ok(1)
+        }
+        _ => Ok(0),
+    }
+}

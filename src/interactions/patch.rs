@@ -1,0 +1,106 @@
+//! patch with JSON Patch (RFC 6902) — https://hl7.org/fhir/R4/http.html#patch
+
+use serde_json::Value;
+
+use super::{WriteOutcome, check_body, update::put_version};
+use crate::auth::{Interaction, Principal};
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::types::{Id, ResourceType};
+use crate::search;
+use crate::store::{self, Store, Tx};
+
+/// Which resource a PATCH applies to.
+pub enum PatchTarget<'a> {
+    Id(&'a Id),
+    /// Conditional patch: a search that must match exactly one resource.
+    Criteria(&'a str),
+}
+
+/// Applies a JSON Patch document to the current version and stores the result as a new
+/// version, after validating it like any other write.
+pub async fn patch(
+    store: &Store,
+    principal: &Principal,
+    resource_type: &ResourceType,
+    target: PatchTarget<'_>,
+    patch_doc: Value,
+    if_match: Option<&str>,
+) -> FhirResult<WriteOutcome> {
+    principal.require(resource_type.as_str(), Interaction::Update)?;
+    let patch: json_patch::Patch = serde_json::from_value(patch_doc)
+        .map_err(|e| FhirError::BadRequest(format!("not a JSON Patch document: {}", first_line(&e.to_string()))))?;
+    let criteria = match target {
+        PatchTarget::Criteria(q) => {
+            principal.require(resource_type.as_str(), Interaction::Search)?;
+            Some(search::parse_conditional(resource_type, q)?)
+        }
+        PatchTarget::Id(_) => None,
+    };
+    let fixed_id = match target {
+        PatchTarget::Id(id) => Some(id.clone()),
+        PatchTarget::Criteria(_) => None,
+    };
+    let (patch, criteria, fixed_id) = (&patch, &criteria, &fixed_id);
+    store
+        .with_transaction(move |mut tx| {
+            Box::pin(async move {
+                let result = patch_in(&mut tx, principal, resource_type, fixed_id.as_ref(), criteria.as_ref(), patch, if_match).await;
+                (tx, result)
+            })
+        })
+        .await
+}
+
+async fn patch_in(
+    tx: &mut Tx,
+    principal: &Principal,
+    resource_type: &ResourceType,
+    fixed_id: Option<&Id>,
+    criteria: Option<&search::Criteria>,
+    patch: &json_patch::Patch,
+    if_match: Option<&str>,
+) -> FhirResult<WriteOutcome> {
+    let rt = resource_type.as_str();
+    let id = match (fixed_id, criteria) {
+        (Some(id), _) => id.clone(),
+        (None, Some(criteria)) => {
+            let matches = search::matching_ids(tx, criteria, 2).await?;
+            match matches.as_slice() {
+                [one] => Id::parse(one)?,
+                [] => return Err(FhirError::NotFound("the criteria matched no resource".into())),
+                _ => return Err(FhirError::PreconditionFailed("the criteria matched more than one resource".into())),
+            }
+        }
+        (None, None) => return Err(FhirError::BadRequest("no patch target".into())),
+    };
+    match store::lock_current(tx, rt, id.as_str()).await? {
+        None => return Err(FhirError::NotFound(format!("{rt}/{id} is not known"))),
+        Some((_, true)) => return Err(FhirError::Gone(format!("{rt}/{id} was deleted"))),
+        Some(_) => {}
+    }
+    let mut doc = store::current_content(tx, rt, id.as_str())
+        .await?
+        .ok_or_else(|| FhirError::Gone(format!("{rt}/{id} was deleted")))?;
+    json_patch::patch(&mut doc, patch).map_err(|e| {
+        FhirError::Invalid(vec![crate::error::Issue::error(
+            "processing",
+            format!("the patch could not be applied: {}", patch_error_kind(&e)),
+        )])
+    })?;
+    check_body(resource_type, &doc, Some(&id))?;
+    put_version(tx, principal, resource_type, &id, doc, if_match, "PATCH").await
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// Describes a patch failure without echoing document values (they may be PHI).
+fn patch_error_kind(e: &json_patch::PatchError) -> String {
+    format!("operation {} failed ({})", e.operation, match e.kind {
+        json_patch::PatchErrorKind::TestFailed => "test failed",
+        json_patch::PatchErrorKind::InvalidPointer => "path does not exist",
+        json_patch::PatchErrorKind::CannotMoveInsideItself => "cannot move a value inside itself",
+        _ => "invalid operation",
+    })
+}

@@ -1,0 +1,34 @@
+//! read and vread — https://hl7.org/fhir/R4/http.html#read, #vread
+
+use super::live;
+use crate::auth::{Interaction, Principal};
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::types::{Id, ResourceType};
+use crate::store::{Store, StoredResource};
+
+/// The current version of a resource (404 unknown, 410 deleted).
+pub async fn read(store: &Store, principal: &Principal, resource_type: &ResourceType, id: &Id) -> FhirResult<StoredResource> {
+    principal.require(resource_type.as_str(), Interaction::Read)?;
+    live(store.read(resource_type.as_str(), id.as_str()).await?, resource_type, id)
+}
+
+/// A specific version (404 unknown version, 410 when that version is a deletion).
+pub async fn vread(
+    store: &Store,
+    principal: &Principal,
+    resource_type: &ResourceType,
+    id: &Id,
+    version: &str,
+) -> FhirResult<StoredResource> {
+    principal.require(resource_type.as_str(), Interaction::Read)?;
+    let version: i64 = version
+        .parse()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| FhirError::NotFound(format!("{resource_type}/{id} has no such version")))?;
+    match store.vread(resource_type.as_str(), id.as_str(), version).await? {
+        None => Err(FhirError::NotFound(format!("{resource_type}/{id} has no version {version}"))),
+        Some(s) if s.deleted => Err(FhirError::Gone(format!("version {version} of {resource_type}/{id} is a deletion"))),
+        Some(s) => Ok(s),
+    }
+}

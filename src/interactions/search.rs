@@ -1,0 +1,22 @@
+//! search (type level, GET and POST _search) — https://hl7.org/fhir/R4/http.html#search
+
+use crate::auth::{Interaction, Principal};
+use crate::error::FhirResult;
+use crate::fhir::types::ResourceType;
+use crate::search::{self, SearchRequest};
+use crate::store::{Store, StoredResource};
+
+/// Parses and runs a type-level search; returns the request as understood (for links), the
+/// page of matches and the total.
+pub async fn search(
+    store: &Store,
+    principal: &Principal,
+    resource_type: &ResourceType,
+    pairs: &[(String, String)],
+    strict: bool,
+) -> FhirResult<(SearchRequest, Vec<StoredResource>, Option<i64>)> {
+    principal.require(resource_type.as_str(), Interaction::Search)?;
+    let request = search::parse_search(resource_type, pairs, strict)?;
+    let (found, total) = search::execute(store.pool(), &request).await?;
+    Ok((request, found, total))
+}

@@ -1,0 +1,137 @@
+//! update, update-as-create and conditional update — https://hl7.org/fhir/R4/http.html#update, #cond-update
+
+use serde_json::Value;
+
+use super::{WriteOutcome, check_body, now, stamp};
+use crate::auth::{Interaction, Principal};
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::types::{Id, ResourceType};
+use crate::search;
+use crate::store::{self, Store, StoredResource, Tx};
+
+/// `If-Match: W/"3"` parsed to a version number; anything else never matches (412).
+pub fn parse_if_match(header: &str) -> Option<i64> {
+    let v = header.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    v.trim_matches('"').parse().ok()
+}
+
+/// Replaces `rt/id` with `body`, or creates it with that id when it does not exist (or was deleted).
+pub async fn update(
+    store: &Store,
+    principal: &Principal,
+    resource_type: &ResourceType,
+    id: &Id,
+    body: Value,
+    if_match: Option<&str>,
+) -> FhirResult<WriteOutcome> {
+    principal.require(resource_type.as_str(), Interaction::Update)?;
+    check_body(resource_type, &body, Some(id))?;
+    let body = &body;
+    store
+        .with_transaction(move |mut tx| {
+            Box::pin(async move {
+                let result = put_version(&mut tx, principal, resource_type, id, body.clone(), if_match, "PUT").await;
+                (tx, result)
+            })
+        })
+        .await
+}
+
+/// Conditional update: the search `criteria` picks the resource to replace (none → create,
+/// one → update, several → 412).
+pub async fn conditional_update(
+    store: &Store,
+    principal: &Principal,
+    resource_type: &ResourceType,
+    criteria: &str,
+    body: Value,
+    if_match: Option<&str>,
+) -> FhirResult<WriteOutcome> {
+    principal.require(resource_type.as_str(), Interaction::Update)?;
+    principal.require(resource_type.as_str(), Interaction::Search)?;
+    let criteria = search::parse_conditional(resource_type, criteria)?;
+    check_body(resource_type, &body, None)?;
+    let body_id = match body.get("id") {
+        Some(Value::String(s)) => Some(Id::parse(s)?),
+        Some(_) => return Err(FhirError::BadRequest("id must be a string".into())),
+        None => None,
+    };
+    let (body, criteria, body_id) = (&body, &criteria, &body_id);
+    store
+        .with_transaction(move |mut tx| {
+            Box::pin(async move {
+                let result = conditional_update_in(&mut tx, principal, resource_type, criteria, body, body_id.as_ref(), if_match).await;
+                (tx, result)
+            })
+        })
+        .await
+}
+
+async fn conditional_update_in(
+    tx: &mut Tx,
+    principal: &Principal,
+    resource_type: &ResourceType,
+    criteria: &search::Criteria,
+    body: &Value,
+    body_id: Option<&Id>,
+    if_match: Option<&str>,
+) -> FhirResult<WriteOutcome> {
+    let rt = resource_type.as_str();
+    store::lock_criteria(tx, &format!("{rt}?{}", criteria.canonical())).await?;
+    let matches = search::matching_ids(tx, criteria, 2).await?;
+    let id = match (matches.as_slice(), body_id) {
+        ([], Some(id)) => id.clone(),
+        ([], None) => Id::generate(),
+        ([one], Some(id)) if one != id.as_str() => {
+            return Err(FhirError::BadRequest("the id in the body differs from the resource the criteria matched".into()));
+        }
+        ([one], _) => Id::parse(one)?,
+        _ => return Err(FhirError::PreconditionFailed("the criteria matched more than one resource".into())),
+    };
+    put_version(tx, principal, resource_type, &id, body.clone(), if_match, "PUT").await
+}
+
+/// Writes the next version of `rt/id` inside a transaction, honouring `If-Match`.
+pub async fn put_version(
+    tx: &mut Tx,
+    principal: &Principal,
+    resource_type: &ResourceType,
+    id: &Id,
+    mut body: Value,
+    if_match: Option<&str>,
+    method: &str,
+) -> FhirResult<WriteOutcome> {
+    let rt = resource_type.as_str();
+    let current = store::lock_current(tx, rt, id.as_str()).await?;
+    if let Some(expected) = if_match {
+        let current_version = current.filter(|(_, deleted)| !deleted).map(|(v, _)| v);
+        if parse_if_match(expected).is_none() || current_version != parse_if_match(expected) {
+            return Err(FhirError::PreconditionFailed(format!(
+                "If-Match does not match the current version of {rt}/{id}"
+            )));
+        }
+    }
+    let (version_id, created) = match current {
+        Some((v, deleted)) => (v + 1, deleted),
+        None => (1, true),
+    };
+    if created {
+        principal.require(rt, Interaction::Create)?;
+    }
+    let last_updated = now();
+    stamp(&mut body, id.as_str(), version_id, &last_updated);
+    store::write_version(tx, rt, id.as_str(), version_id, last_updated, method, Some(&body)).await?;
+    Ok(WriteOutcome {
+        stored: StoredResource {
+            resource_type: rt.to_owned(),
+            id: id.to_string(),
+            version_id,
+            last_updated,
+            deleted: false,
+            content: Some(body),
+            method: None,
+        },
+        created,
+    })
+}

@@ -1,0 +1,136 @@
+//! Bundles the server builds: searchset and history, with paging links
+//! (https://hl7.org/fhir/R4/http.html#paging, bundle.html).
+
+use serde_json::{Value, json};
+
+use super::{Ctx, instant_now};
+use crate::fhir::types::ResourceType;
+use crate::interactions::history::{HistoryPage, HistoryParams};
+use crate::interactions::instant;
+use crate::search::SearchRequest;
+use crate::store::StoredResource;
+
+fn encode(pairs: &[(String, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+}
+
+fn link(relation: &str, url: String) -> Value {
+    json!({"relation": relation, "url": url})
+}
+
+/// A history bundle: newest first, deleted versions as entries without a resource.
+pub fn history_bundle(ctx: &Ctx, path: &str, page: &HistoryPage, params: &HistoryParams) -> Value {
+    let mut query: Vec<(String, String)> = vec![];
+    if let Some(since) = params.since {
+        query.push(("_since".into(), instant(&since)));
+    }
+    if let Some(at) = params.at {
+        query.push(("_at".into(), instant(&at)));
+    }
+    query.push(("_count".into(), params.count.to_string()));
+    let mut self_query = query.clone();
+    if let Some(before) = params.before_seq {
+        self_query.push(("_page".into(), before.to_string()));
+    }
+    let mut links = vec![link("self", format!("{}/{path}?{}", ctx.base, encode(&self_query)))];
+    if let Some(next) = page.next_cursor {
+        let mut q = query.clone();
+        q.push(("_page".into(), next.to_string()));
+        links.push(link("next", format!("{}/{path}?{}", ctx.base, encode(&q))));
+    }
+    let entries: Vec<Value> = page.entries.iter().map(|e| history_entry(ctx, e)).collect();
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": instant_now()},
+        "type": "history",
+        "total": page.total,
+        "link": links,
+    });
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
+    }
+    bundle
+}
+
+fn history_entry(ctx: &Ctx, e: &StoredResource) -> Value {
+    let full_url = format!("{}/{}/{}", ctx.base, e.resource_type, e.id);
+    let method = e.method.as_deref().unwrap_or("PUT");
+    let (request_method, url, status) = match method {
+        "POST" => ("POST", e.resource_type.clone(), "201 Created"),
+        "DELETE" => ("DELETE", format!("{}/{}", e.resource_type, e.id), "204 No Content"),
+        "PATCH" => ("PATCH", format!("{}/{}", e.resource_type, e.id), "200 OK"),
+        _ => ("PUT", format!("{}/{}", e.resource_type, e.id), if e.version_id == 1 { "201 Created" } else { "200 OK" }),
+    };
+    let mut entry = json!({
+        "fullUrl": full_url,
+        "request": {"method": request_method, "url": url},
+        "response": {
+            "status": status,
+            "etag": format!("W/\"{}\"", e.version_id),
+            "lastModified": instant(&e.last_updated),
+        },
+    });
+    if let Some(content) = &e.content {
+        entry["resource"] = content.clone();
+    }
+    entry
+}
+
+/// A searchset bundle with `self`/`first`/`next`/`previous` links built from the parameters
+/// actually used.
+pub fn search_bundle(ctx: &Ctx, rt: &ResourceType, request: &SearchRequest, found: &[StoredResource], total: Option<i64>) -> Value {
+    let url = |offset: usize| {
+        let mut q = request.used.clone();
+        q.retain(|(k, _)| k != "_count");
+        q.push(("_count".into(), request.count.to_string()));
+        if offset > 0 {
+            q.push(("_offset".into(), offset.to_string()));
+        }
+        format!("{}/{rt}?{}", ctx.base, encode(&q))
+    };
+    let mut links = vec![link("self", url(request.offset))];
+    if request.count > 0 {
+        links.push(link("first", url(0)));
+        if request.offset > 0 {
+            links.push(link("previous", url(request.offset.saturating_sub(request.count))));
+        }
+        let more = match total {
+            Some(t) => (request.offset + found.len()) < t as usize,
+            None => found.len() == request.count,
+        };
+        if more {
+            links.push(link("next", url(request.offset + request.count)));
+        }
+    }
+    let entries: Vec<Value> = found
+        .iter()
+        .filter_map(|r| {
+            let content = r.content.as_ref()?;
+            let resource = match (&request.summary, &request.elements) {
+                (Some(mode), _) if mode != "count" => super::format::summarize(content, mode),
+                (_, Some(elements)) => super::format::select_elements(content, elements),
+                _ => content.clone(),
+            };
+            Some(json!({
+                "fullUrl": format!("{}/{}/{}", ctx.base, r.resource_type, r.id),
+                "resource": resource,
+                "search": {"mode": "match"},
+            }))
+        })
+        .collect();
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": instant_now()},
+        "type": "searchset",
+        "link": links,
+    });
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
+    }
+    if let Some(total) = total {
+        bundle["total"] = json!(total);
+    }
+    bundle
+}

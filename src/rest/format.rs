@@ -1,0 +1,240 @@
+//! Content negotiation and (de)serialisation: `application/fhir+json` and `application/fhir+xml`,
+//! `_format`, `Accept`, `_pretty`, `_summary`, `_elements` — https://hl7.org/fhir/R4/http.html#mime-type
+
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::error::FhirError;
+use crate::fhir::definitions::definitions;
+
+/// A wire format of FHIR resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Xml,
+}
+
+impl Format {
+    /// The Content-Type this server sends for the format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/fhir+json; charset=utf-8",
+            Format::Xml => "application/fhir+xml; charset=utf-8",
+        }
+    }
+}
+
+/// Maps a MIME type or `_format` shorthand to a format; `None` when not FHIR JSON/XML.
+fn format_of(mime: &str) -> Option<Format> {
+    let base = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match base.as_str() {
+        "json" | "application/json" | "application/fhir+json" | "application/json+fhir" => Some(Format::Json),
+        "xml" | "text/xml" | "application/xml" | "application/fhir+xml" | "application/xml+fhir" => Some(Format::Xml),
+        _ => None,
+    }
+}
+
+/// The response format: `_format` overrides `Accept`; no preference means JSON; an Accept
+/// that names only other types is 406.
+pub fn negotiate(format_param: Option<&str>, headers: &HeaderMap) -> Result<Format, FhirError> {
+    if let Some(f) = format_param {
+        return format_of(f).ok_or_else(|| FhirError::NotAcceptable("_format must be json or xml (FHIR JSON or XML)".into()));
+    }
+    let Some(accept) = headers.get("accept").and_then(|v| v.to_str().ok()) else {
+        return Ok(Format::Json);
+    };
+    if accept.trim().is_empty() {
+        return Ok(Format::Json);
+    }
+    let mut ranges: Vec<(f32, usize, &str)> = accept
+        .split(',')
+        .enumerate()
+        .map(|(i, r)| {
+            let mut parts = r.split(';');
+            let mime = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (q, i, mime)
+        })
+        .filter(|(q, _, _)| *q > 0.0)
+        .collect();
+    ranges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+    for (_, _, mime) in ranges {
+        if let Some(f) = format_of(mime) {
+            return Ok(f);
+        }
+        if mime == "*/*" || mime == "application/*" {
+            return Ok(Format::Json);
+        }
+    }
+    Err(FhirError::NotAcceptable("this server answers with application/fhir+json or application/fhir+xml".into()))
+}
+
+/// Parses a request body that must be a FHIR resource, honouring Content-Type (415 otherwise).
+pub fn parse_resource_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, FhirError> {
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let format = if content_type.is_empty() {
+        // Lenient: a body without Content-Type is taken as JSON if it looks like JSON.
+        Format::Json
+    } else {
+        format_of(content_type).ok_or_else(|| {
+            FhirError::UnsupportedMediaType("send resources as application/fhir+json or application/fhir+xml".into())
+        })?
+    };
+    if body.is_empty() {
+        return Err(FhirError::BadRequest("the request body is empty".into()));
+    }
+    parse_in(format, body)
+}
+
+/// Parses bytes in a known format (400 when malformed).
+pub fn parse_in(format: Format, body: &[u8]) -> Result<Value, FhirError> {
+    match format {
+        Format::Json => serde_json::from_slice::<Value>(body).map_err(|e| {
+            FhirError::BadRequest(format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()))
+        }),
+        Format::Xml => {
+            let text = std::str::from_utf8(body).map_err(|_| FhirError::BadRequest("the XML body is not UTF-8".into()))?;
+            let json = fhir_xml::xml_to_json(text)
+                .map_err(|e| FhirError::BadRequest(format!("the body is not a valid FHIR XML resource: {}", first_line(&e))))?;
+            serde_json::from_str(&json).map_err(|_| FhirError::BadRequest("the XML body could not be converted".into()))
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(200).collect()
+}
+
+/// Serialises a resource for the response.
+pub fn render(value: &Value, format: Format, pretty: bool) -> Result<Vec<u8>, FhirError> {
+    match format {
+        Format::Json => if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) }
+            .map_err(|e| FhirError::Internal(e.to_string())),
+        Format::Xml => {
+            let json = serde_json::to_string(value).map_err(|e| FhirError::Internal(e.to_string()))?;
+            let xml = fhir_xml::json_to_xml(&json).map_err(|e| FhirError::Internal(format!("XML rendering failed: {e}")))?;
+            if pretty { Ok(indent_xml(&xml).into_bytes()) } else { Ok(xml.into_bytes()) }
+        }
+    }
+}
+
+/// Minimal pretty-printer for the compact XML fhirbolt writes (one element per line).
+fn indent_xml(xml: &str) -> String {
+    let mut out = String::with_capacity(xml.len() * 2);
+    let mut depth: usize = 0;
+    let mut rest = xml;
+    while let Some(start) = rest.find('<') {
+        let text = &rest[..start];
+        let Some(end) = rest[start..].find('>') else { break };
+        let tag = &rest[start..start + end + 1];
+        out.push_str(text);
+        let closing = tag.starts_with("</");
+        let self_closing = tag.ends_with("/>") || tag.starts_with("<?");
+        if closing {
+            depth = depth.saturating_sub(1);
+        }
+        if !text.is_empty() && closing {
+            out.push_str(tag);
+        } else {
+            if !out.is_empty() && !out.ends_with('\n') && text.is_empty() {
+                out.push('\n');
+            }
+            if text.is_empty() {
+                out.push_str(&"  ".repeat(depth));
+            }
+            out.push_str(tag);
+        }
+        if !closing && !self_closing {
+            depth += 1;
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The `SUBSETTED` tag that marks summarised or element-filtered resources.
+fn mark_subsetted(obj: &mut Map<String, Value>) {
+    let meta = obj.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+    if let Some(meta) = meta.as_object_mut() {
+        let tags = meta.entry("tag").or_insert_with(|| Value::Array(vec![]));
+        if let Some(tags) = tags.as_array_mut() {
+            tags.push(serde_json::json!({
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                "code": "SUBSETTED",
+                "display": "subsetted"
+            }));
+        }
+    }
+}
+
+/// Applies `_summary` (`true`, `text`, `data`, `false`) — search.html#summary.
+pub fn summarize(resource: &Value, mode: &str) -> Value {
+    let Some(obj) = resource.as_object() else { return resource.clone() };
+    let rt = obj.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+    let sd = definitions().structure(rt);
+    let is_summary = |key: &str| -> bool {
+        let name = key.trim_start_matches('_');
+        sd.and_then(|sd| {
+            sd.element(&format!("{rt}.{name}")).or_else(|| {
+                sd.children(rt).find(|e| e.is_choice() && name.starts_with(e.name().trim_end_matches("[x]")))
+            })
+        })
+        .is_some_and(|e| e.is_summary || e.min > 0)
+    };
+    let mut out = Map::new();
+    match mode {
+        "true" => {
+            for (k, v) in obj {
+                if matches!(k.as_str(), "resourceType" | "id" | "meta") || is_summary(k) {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        "text" => {
+            for (k, v) in obj {
+                let mandatory = sd.and_then(|sd| sd.element(&format!("{rt}.{k}"))).is_some_and(|e| e.min > 0);
+                if matches!(k.as_str(), "resourceType" | "id" | "meta" | "text") || mandatory {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        "data" => {
+            for (k, v) in obj {
+                if k != "text" {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        _ => return resource.clone(),
+    }
+    mark_subsetted(&mut out);
+    Value::Object(out)
+}
+
+/// Applies `_elements`: keeps the named top-level elements plus `id`, `meta` and mandatory ones.
+pub fn select_elements(resource: &Value, elements: &[String]) -> Value {
+    let Some(obj) = resource.as_object() else { return resource.clone() };
+    let rt = obj.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+    let sd = definitions().structure(rt);
+    let wanted = |k: &str| {
+        let name = k.trim_start_matches('_');
+        elements.iter().any(|e| {
+            let e = e.strip_prefix(&format!("{rt}.")).unwrap_or(e);
+            e == name || (name.starts_with(e) && sd.and_then(|sd| sd.element(&format!("{rt}.{e}[x]"))).is_some())
+        })
+    };
+    let mut out = Map::new();
+    for (k, v) in obj {
+        let mandatory = sd.and_then(|sd| sd.element(&format!("{rt}.{k}"))).is_some_and(|e| e.min > 0);
+        if matches!(k.as_str(), "resourceType" | "id" | "meta") || mandatory || wanted(k) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    mark_subsetted(&mut out);
+    Value::Object(out)
+}

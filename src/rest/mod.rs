@@ -1,0 +1,431 @@
+//! The thin HTTP layer: route `/fhir/...`, authenticate, call an interaction, render the result
+//! as FHIR JSON or XML with the headers http.html asks for.
+
+pub mod bundle;
+pub mod format;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::auth::{Principal, TokenAuthority};
+use crate::error::{FhirError, FhirResult, Issue, operation_outcome};
+use crate::fhir::types::{Id, ResourceType};
+use crate::interactions::{self, WriteOutcome, capabilities, history::HistoryParams, instant, patch::PatchTarget};
+use crate::store::{Store, StoredResource};
+use format::Format;
+
+/// Shared state of the HTTP layer.
+pub struct AppState {
+    pub store: Store,
+    pub tokens: TokenAuthority,
+    /// Configured public base URL of the FHIR API (`https://host/fhir`), if any.
+    pub base_url: Option<String>,
+    /// Whether the server terminates TLS (for base URLs derived from the Host header).
+    pub tls: bool,
+    pub max_body_bytes: usize,
+}
+
+/// Builds the router: everything under `/fhir` goes through [`dispatch`]; other paths are 404
+/// OperationOutcomes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/fhir", axum::routing::any(dispatch))
+        .route("/fhir/", axum::routing::any(dispatch))
+        .route("/fhir/{*rest}", axum::routing::any(dispatch))
+        .fallback(|| async { error_response(&FhirError::NotFound("no such endpoint; the FHIR API is at /fhir".into()), Format::Json, false) })
+        .with_state(state)
+}
+
+/// Everything about one request that rendering needs.
+pub struct Ctx {
+    format: Format,
+    pretty: bool,
+    base: String,
+    query: Vec<(String, String)>,
+    headers: HeaderMap,
+    head: bool,
+}
+
+impl Ctx {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn prefer(&self, key: &str) -> Option<String> {
+        self.headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split([',', ';'])).find_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+        .unwrap_or_default();
+    let format_param = query.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.clone());
+    let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
+    let format = match format::negotiate(format_param.as_deref(), &parts.headers) {
+        Ok(f) => f,
+        Err(e) => return error_response(&e, Format::Json, pretty),
+    };
+    let base = base_url(&state, &parts.headers);
+    let ctx = Ctx { format, pretty, base, query, headers: parts.headers, head: parts.method == Method::HEAD };
+    let path = parts.uri.path().trim_start_matches("/fhir").trim_matches('/').to_owned();
+    let segments: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let method = if parts.method == Method::HEAD { Method::GET } else { parts.method.clone() };
+    let result = route(&state, &ctx, &method, &segments, body).await;
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => error_response(&e, ctx.format, ctx.pretty),
+    };
+    if ctx.head {
+        *response.body_mut() = Body::empty();
+    }
+    response
+}
+
+async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], body: Body) -> FhirResult<Response> {
+    let s: Vec<&str> = seg.iter().map(String::as_str).collect();
+    // The CapabilityStatement is public (http.html#capabilities).
+    if s == ["metadata"] {
+        return match *method {
+            Method::GET => respond(ctx, StatusCode::OK, capabilities::capability_statement(), HeaderMap::new()),
+            _ => Err(FhirError::MethodNotAllowed("metadata only supports GET".into())),
+        };
+    }
+    let principal = authenticate(state, &ctx.headers)?;
+    let store = &state.store;
+    match (method.clone(), s.as_slice()) {
+        (Method::GET, ["_history"]) => {
+            let params = HistoryParams::parse(&ctx.query)?;
+            let page = interactions::history::history(store, &principal, None, None, &params).await?;
+            respond(ctx, StatusCode::OK, &bundle::history_bundle(ctx, "_history", &page, &params), HeaderMap::new())
+        }
+        (Method::POST, []) => Err(FhirError::MethodNotAllowed("batch and transaction Bundles are not supported yet".into())),
+        (_, []) => Err(FhirError::MethodNotAllowed("unsupported operation at the base URL".into())),
+        (method, [rt, rest @ ..]) => {
+            let rt = ResourceType::parse(rt)?;
+            route_type(state, ctx, &principal, method, &rt, rest, body).await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn route_type(
+    state: &AppState,
+    ctx: &Ctx,
+    principal: &Principal,
+    method: Method,
+    rt: &ResourceType,
+    rest: &[&str],
+    body: Body,
+) -> FhirResult<Response> {
+    let store = &state.store;
+    match (method, rest) {
+        (Method::GET, []) => search(ctx, store, principal, rt, &ctx.query).await,
+        (Method::POST, ["_search"]) => {
+            let bytes = read_body(state, body).await?;
+            let content_type = ctx.header("content-type").unwrap_or("application/x-www-form-urlencoded");
+            if !content_type.starts_with("application/x-www-form-urlencoded") {
+                return Err(FhirError::UnsupportedMediaType("_search takes application/x-www-form-urlencoded".into()));
+            }
+            let mut pairs = ctx.query.clone();
+            pairs.extend(form_urlencoded::parse(&bytes).map(|(k, v)| (k.into_owned(), v.into_owned())));
+            search(ctx, store, principal, rt, &pairs).await
+        }
+        (Method::POST, []) => {
+            let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
+            let outcome = interactions::create::create(store, principal, rt, resource, ctx.header("if-none-exist")).await?;
+            write_response(ctx, outcome)
+        }
+        (Method::PUT, []) => {
+            let criteria = conditional_query(ctx)?;
+            let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
+            let outcome =
+                interactions::update::conditional_update(store, principal, rt, &criteria, resource, ctx.header("if-match")).await?;
+            write_response(ctx, outcome)
+        }
+        (Method::DELETE, []) => {
+            let criteria = conditional_query(ctx)?;
+            let deleted = interactions::delete::conditional_delete(store, principal, rt, &criteria).await?;
+            delete_response(ctx, deleted)
+        }
+        (Method::PATCH, []) => {
+            let criteria = conditional_query(ctx)?;
+            let doc = parse_patch_body(ctx, &read_body(state, body).await?)?;
+            let outcome =
+                interactions::patch::patch(store, principal, rt, PatchTarget::Criteria(&criteria), doc, ctx.header("if-match"))
+                    .await?;
+            write_response(ctx, outcome)
+        }
+        (Method::GET, ["_history"]) => {
+            let params = HistoryParams::parse(&ctx.query)?;
+            let page = interactions::history::history(store, principal, Some(rt), None, &params).await?;
+            respond(ctx, StatusCode::OK, &bundle::history_bundle(ctx, &format!("{rt}/_history"), &page, &params), HeaderMap::new())
+        }
+        (Method::POST, ["$validate"]) => {
+            let bytes = read_body(state, body).await?;
+            let body = if bytes.is_empty() { None } else { Some(format::parse_resource_body(&ctx.headers, &bytes)?) };
+            let issues = interactions::validate::validate(store, principal, rt, None, body, ctx.param("mode"), ctx.param("profile")).await?;
+            respond(ctx, StatusCode::OK, &operation_outcome(&issues), HeaderMap::new())
+        }
+        (_, [op]) if op.starts_with('$') => Err(FhirError::NotFound(format!("operation {} is not supported on {rt}", crate::fhir::types::sanitize(op)))),
+        (method, [id, rest @ ..]) => {
+            let id = Id::parse(id).map_err(|e| match method {
+                Method::GET | Method::DELETE => FhirError::NotFound(format!("{rt}/{} is not known", crate::fhir::types::sanitize(id))),
+                _ => e,
+            })?;
+            route_instance(state, ctx, principal, method, rt, &id, rest, body).await
+        }
+        _ => Err(FhirError::MethodNotAllowed("unsupported method for this path".into())),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn route_instance(
+    state: &AppState,
+    ctx: &Ctx,
+    principal: &Principal,
+    method: Method,
+    rt: &ResourceType,
+    id: &Id,
+    rest: &[&str],
+    body: Body,
+) -> FhirResult<Response> {
+    let store = &state.store;
+    match (method, rest) {
+        (Method::GET, []) => {
+            let stored = interactions::read::read(store, principal, rt, id).await?;
+            read_response(ctx, &stored)
+        }
+        (Method::PUT, []) => {
+            let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
+            let outcome = interactions::update::update(store, principal, rt, id, resource, ctx.header("if-match")).await?;
+            write_response(ctx, outcome)
+        }
+        (Method::PATCH, []) => {
+            let doc = parse_patch_body(ctx, &read_body(state, body).await?)?;
+            let outcome = interactions::patch::patch(store, principal, rt, PatchTarget::Id(id), doc, ctx.header("if-match")).await?;
+            write_response(ctx, outcome)
+        }
+        (Method::DELETE, []) => {
+            let deleted = interactions::delete::delete(store, principal, rt, id).await?;
+            delete_response(ctx, deleted)
+        }
+        (Method::GET, ["_history"]) => {
+            let params = HistoryParams::parse(&ctx.query)?;
+            let page = interactions::history::history(store, principal, Some(rt), Some(id), &params).await?;
+            respond(ctx, StatusCode::OK, &bundle::history_bundle(ctx, &format!("{rt}/{id}/_history"), &page, &params), HeaderMap::new())
+        }
+        (Method::GET, ["_history", version]) => {
+            let stored = interactions::read::vread(store, principal, rt, id, version).await?;
+            read_response(ctx, &stored)
+        }
+        (Method::POST, ["$validate"]) | (Method::GET, ["$validate"]) => {
+            let bytes = read_body(state, body).await?;
+            let body = if bytes.is_empty() { None } else { Some(format::parse_resource_body(&ctx.headers, &bytes)?) };
+            let issues =
+                interactions::validate::validate(store, principal, rt, Some(id), body, ctx.param("mode"), ctx.param("profile")).await?;
+            respond(ctx, StatusCode::OK, &operation_outcome(&issues), HeaderMap::new())
+        }
+        (_, [op]) if op.starts_with('$') => Err(FhirError::NotFound(format!("operation {} is not supported", crate::fhir::types::sanitize(op)))),
+        (Method::GET, _) => Err(FhirError::NotFound("no such endpoint".into())),
+        _ => Err(FhirError::MethodNotAllowed("unsupported method for this path".into())),
+    }
+}
+
+async fn search(ctx: &Ctx, store: &Store, principal: &Principal, rt: &ResourceType, pairs: &[(String, String)]) -> FhirResult<Response> {
+    let strict = ctx.prefer("handling").as_deref() == Some("strict");
+    let (request, found, total) = interactions::search::search(store, principal, rt, pairs, strict).await?;
+    respond(ctx, StatusCode::OK, &bundle::search_bundle(ctx, rt, &request, &found, total), HeaderMap::new())
+}
+
+/// The query of a conditional interaction; a conditional write without criteria is refused.
+fn conditional_query(ctx: &Ctx) -> FhirResult<String> {
+    let pairs: Vec<(String, String)> =
+        ctx.query.iter().filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty")).cloned().collect();
+    if pairs.is_empty() {
+        return Err(FhirError::MethodNotAllowed("this interaction needs a resource id or search criteria".into()));
+    }
+    Ok(form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish())
+}
+
+fn parse_patch_body(ctx: &Ctx, bytes: &Bytes) -> FhirResult<Value> {
+    let content_type = ctx.header("content-type").unwrap_or("");
+    let base = content_type.split(';').next().unwrap_or("").trim();
+    if base != "application/json-patch+json" {
+        return Err(FhirError::UnsupportedMediaType("PATCH takes application/json-patch+json (JSON Patch)".into()));
+    }
+    format::parse_in(Format::Json, bytes)
+}
+
+/// Reads the body up to the configured limit (413 beyond it).
+async fn read_body(state: &AppState, body: Body) -> FhirResult<Bytes> {
+    axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|_| {
+        FhirError::PayloadTooLarge(format!("the request body exceeds the limit of {} bytes", state.max_body_bytes))
+    })
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> FhirResult<Principal> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| FhirError::Unauthorized("an access token is required (Authorization: Bearer ...)".into()))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| FhirError::Unauthorized("the Authorization header must carry a Bearer token".into()))?;
+    state.tokens.verify(token)
+}
+
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(base) = &state.base_url {
+        return base.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+        .unwrap_or("localhost");
+    format!("{}://{host}/fhir", if state.tls { "https" } else { "http" })
+}
+
+/// Renders a body with the negotiated format and extra headers.
+fn respond(ctx: &Ctx, status: StatusCode, value: &Value, mut headers: HeaderMap) -> FhirResult<Response> {
+    let bytes = format::render(value, ctx.format, ctx.pretty)?;
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctx.format.content_type()));
+    Ok((status, headers, bytes).into_response())
+}
+
+/// The OperationOutcome response for an error, in the negotiated format.
+pub fn error_response(error: &FhirError, format: Format, pretty: bool) -> Response {
+    if let FhirError::Internal(msg) = error {
+        tracing::error!(error = %msg, "request failed");
+    }
+    let (body, content_type) = match format::render(&error.outcome(), format, pretty) {
+        Ok(body) => (body, format.content_type()),
+        Err(_) => (serde_json::to_vec(&error.outcome()).unwrap_or_default(), Format::Json.content_type()),
+    };
+    let mut response = (error.status(), [(header::CONTENT_TYPE, content_type)], body).into_response();
+    if let FhirError::Unauthorized(_) = error {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"ironfhir\", error=\"invalid_token\""),
+        );
+    }
+    response
+}
+
+fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("W/\"{version}\"")).unwrap_or(HeaderValue::from_static("W/\"0\""))
+}
+
+fn http_date(t: &DateTime<Utc>) -> HeaderValue {
+    HeaderValue::from_str(&t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn version_headers(stored: &StoredResource) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::ETAG, etag(stored.version_id));
+    h.insert(header::LAST_MODIFIED, http_date(&stored.last_updated));
+    h
+}
+
+/// read/vread: ETag, Last-Modified, conditional read (304), `_summary`, `_elements`.
+fn read_response(ctx: &Ctx, stored: &StoredResource) -> FhirResult<Response> {
+    let headers = version_headers(stored);
+    if let Some(inm) = ctx.header("if-none-match") {
+        let current = format!("W/\"{}\"", stored.version_id);
+        if inm.split(',').map(str::trim).any(|t| t == "*" || t == current || t.trim_start_matches("W/") == format!("\"{}\"", stored.version_id)) {
+            return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+        }
+    } else if let Some(since) = ctx.header("if-modified-since").and_then(parse_http_date) {
+        if stored.last_updated.timestamp() <= since.timestamp() {
+            return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+        }
+    }
+    let content = stored.content.as_ref().ok_or_else(|| FhirError::Gone("the resource was deleted".into()))?;
+    let shaped = shape(ctx, content)?;
+    respond(ctx, StatusCode::OK, &shaped, headers)
+}
+
+/// Applies `_summary` / `_elements` from the request to one resource.
+fn shape(ctx: &Ctx, content: &Value) -> FhirResult<Value> {
+    if let Some(mode) = ctx.param("_summary") {
+        return match mode {
+            "true" | "text" | "data" | "false" => Ok(format::summarize(content, mode)),
+            "count" => Err(FhirError::BadRequest("_summary=count applies to searches".into())),
+            _ => Err(FhirError::BadRequest("_summary must be true, text, data, count or false".into())),
+        };
+    }
+    if let Some(elements) = ctx.param("_elements") {
+        let list: Vec<String> = elements.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        return Ok(format::select_elements(content, &list));
+    }
+    Ok(content.clone())
+}
+
+/// create/update/patch: 201 + Location for creations, 200 otherwise; body per `Prefer: return`.
+fn write_response(ctx: &Ctx, outcome: WriteOutcome) -> FhirResult<Response> {
+    let stored = &outcome.stored;
+    let mut headers = version_headers(stored);
+    let location = format!("{}/{}/{}/_history/{}", ctx.base, stored.resource_type, stored.id, stored.version_id);
+    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, v.clone());
+        headers.insert(header::CONTENT_LOCATION, v);
+    }
+    match ctx.prefer("return").as_deref() {
+        Some("minimal") => Ok((status, headers).into_response()),
+        Some("OperationOutcome") => {
+            let text = if outcome.created { "created" } else { "updated" };
+            let issue = Issue { severity: crate::error::Severity::Information, code: "informational", diagnostics: format!("{} {}/{} version {}", text, stored.resource_type, stored.id, stored.version_id), expression: vec![] };
+            respond(ctx, status, &operation_outcome(&[issue]), headers)
+        }
+        _ => {
+            let content = stored.content.as_ref().ok_or_else(|| FhirError::Internal("write without content".into()))?;
+            respond(ctx, status, content, headers)
+        }
+    }
+}
+
+fn delete_response(ctx: &Ctx, deleted: u32) -> FhirResult<Response> {
+    if ctx.prefer("return").as_deref() == Some("minimal") {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let text = if deleted > 0 { "the resource was deleted" } else { "no resource matched; nothing was deleted" };
+    let issue = Issue { severity: crate::error::Severity::Information, code: "informational", diagnostics: text.into(), expression: vec![] };
+    respond(ctx, StatusCode::OK, &operation_outcome(&[issue]), HeaderMap::new())
+}
+
+/// Parses an HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn parse_http_date(s: &str) -> Option<DateTime<Utc>> {
+    chrono::NaiveDateTime::parse_from_str(s.trim(), "%a, %d %b %Y %H:%M:%S GMT").ok().map(|t| t.and_utc())
+}
+
+/// `instant` text for Bundle.meta.lastUpdated and history entries.
+pub(crate) fn instant_now() -> String {
+    instant(&Utc::now())
+}

@@ -1,0 +1,570 @@
+//! Search: query string → typed [`Criteria`] → SQL over the JSONB documents.
+//!
+//! This first engine evaluates the official SearchParameters' FHIRPath expressions by
+//! translating their simple forms (paths, choice types, `as`, `where(resolve() is X)`,
+//! `where(field='value')`) into PostgreSQL jsonpath, and compares values in SQL. It serves
+//! conditional create/update/delete/patch and type-level search for every resource type;
+//! dedicated index tables replace the JSONB scans for speed on large data sets.
+//! Every client value is a bound parameter; only jsonpath built from the definitions is
+//! interpolated into SQL text — and even that is bound.
+
+pub mod params;
+mod paths;
+
+use serde_json::Value;
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::definitions::{SearchParameter, definitions};
+use crate::fhir::types::{ResourceType, sanitize};
+use crate::store::StoredResource;
+pub use params::{SearchRequest, parse_search};
+
+/// A parsed set of search conditions on one resource type (ANDed clauses).
+#[derive(Debug, Clone)]
+pub struct Criteria {
+    pub resource_type: ResourceType,
+    pub clauses: Vec<Clause>,
+}
+
+impl Criteria {
+    /// A stable text form of the criteria, used to serialise concurrent conditional writes.
+    pub fn canonical(&self) -> String {
+        let mut parts: Vec<String> = self.clauses.iter().map(|c| format!("{c:?}")).collect();
+        parts.sort();
+        parts.join("&")
+    }
+}
+
+/// One search parameter occurrence: its values are ORed.
+#[derive(Debug, Clone)]
+pub struct Clause {
+    /// The parameter as written, with modifier (`name:exact`) — for the self link.
+    pub name: String,
+    pub kind: ClauseKind,
+    /// `:not` / `ne`-style negation of the whole clause.
+    pub negate: bool,
+}
+
+/// What a clause tests.
+#[derive(Debug, Clone)]
+pub enum ClauseKind {
+    Id(Vec<String>),
+    LastUpdated(Vec<(Prefix, String)>),
+    /// `:missing=true|false` on any parameter.
+    Missing { paths: Vec<String>, missing: bool },
+    String { paths: Vec<String>, values: Vec<String>, mode: StringMode },
+    Token { paths: Vec<String>, values: Vec<(Option<String>, Option<String>)> },
+    Reference { paths: Vec<String>, values: Vec<String> },
+    Date { paths: Vec<String>, values: Vec<(Prefix, String)> },
+    Number { paths: Vec<String>, values: Vec<(Prefix, f64, f64)>, quantity: Vec<(Option<String>, Option<String>)> },
+    Uri { paths: Vec<String>, values: Vec<String>, mode: UriMode },
+}
+
+/// String matching modes (search.html#string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StringMode {
+    StartsWith,
+    Exact,
+    Contains,
+}
+
+/// uri matching modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriMode {
+    Exact,
+    Below,
+    Above,
+}
+
+/// Comparison prefixes for ordered types (search.html#prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// Parses the query of a conditional interaction (`identifier=sys|1&name=x`). Unknown
+/// parameters are an error here: silently ignoring one would widen the match.
+pub fn parse_conditional(resource_type: &ResourceType, query: &str) -> FhirResult<Criteria> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if pairs.is_empty() {
+        return Err(FhirError::BadRequest("conditional interactions need search criteria".into()));
+    }
+    let request = parse_search(resource_type, &pairs, true)?;
+    if request.criteria.clauses.is_empty() {
+        return Err(FhirError::BadRequest("conditional interactions need search criteria".into()));
+    }
+    Ok(request.criteria)
+}
+
+/// Builds the clause for one parameter occurrence.
+pub fn build_clause(sp: &SearchParameter, resource_type: &ResourceType, name: &str, modifier: Option<&str>, raw: &str) -> FhirResult<Clause> {
+    let bad = |why: &str| FhirError::BadRequest(format!("search parameter '{}': {why}", sanitize(name)));
+    let values: Vec<String> = params::split_or(raw);
+    let plain: Vec<String> = values.iter().map(|v| params::unescape_value(v)).collect();
+    if values.iter().all(|v| v.is_empty()) {
+        return Err(bad("empty value"));
+    }
+    let full_name = match modifier {
+        Some(m) => format!("{name}:{m}"),
+        None => name.to_owned(),
+    };
+    if sp.code == "_id" {
+        if modifier.is_some() {
+            return Err(bad("modifier not supported"));
+        }
+        return Ok(Clause { name: full_name, kind: ClauseKind::Id(plain), negate: false });
+    }
+    if sp.code == "_lastUpdated" {
+        let values = values.iter().map(|v| params::split_prefix(v)).collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
+        for (_, v) in &values {
+            params::check_date(v).map_err(|e| bad(&e))?;
+        }
+        return Ok(Clause { name: full_name, kind: ClauseKind::LastUpdated(values), negate: false });
+    }
+    let expression = sp.expression.as_deref().ok_or_else(|| bad("not supported by this server"))?;
+    let typed = paths::compile_typed(expression, resource_type.as_str()).ok_or_else(|| bad("not supported by this server"))?;
+    let compiled: Vec<String> = typed.iter().map(|(p, _)| p.clone()).collect();
+    if modifier == Some("missing") {
+        let missing = match raw {
+            "true" => true,
+            "false" => false,
+            _ => return Err(bad(":missing takes true or false")),
+        };
+        return Ok(Clause { name: full_name, kind: ClauseKind::Missing { paths: compiled, missing }, negate: false });
+    }
+    let paths = paths::refine(typed, &sp.param_type);
+    let mut negate = false;
+    let kind = match sp.param_type.as_str() {
+        "string" => {
+            let mode = match modifier {
+                None => StringMode::StartsWith,
+                Some("exact") => StringMode::Exact,
+                Some("contains") => StringMode::Contains,
+                Some(_) => return Err(bad("unsupported modifier")),
+            };
+            ClauseKind::String { paths, values: plain, mode }
+        }
+        "token" => {
+            match modifier {
+                None => {}
+                Some("not") => negate = true,
+                Some(_) => return Err(bad("unsupported modifier")),
+            }
+            let values = values.iter().map(|v| params::split_token(v)).collect();
+            ClauseKind::Token { paths, values }
+        }
+        "reference" => {
+            let values = plain
+                .iter()
+                .map(|v| {
+                    let v = v.as_str();
+                    match modifier {
+                        None => Ok(v.to_owned()),
+                        Some(t) if definitions().is_resource_type(t) => Ok(format!("{t}/{v}")),
+                        Some(_) => Err(bad("unsupported modifier")),
+                    }
+                })
+                .collect::<FhirResult<Vec<_>>>()?;
+            ClauseKind::Reference { paths, values }
+        }
+        "date" => {
+            if modifier.is_some() {
+                return Err(bad("unsupported modifier"));
+            }
+            let values = values.iter().map(|v| params::split_prefix(v)).collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
+            for (_, v) in &values {
+                params::check_date(v).map_err(|e| bad(&e))?;
+            }
+            ClauseKind::Date { paths, values }
+        }
+        "number" | "quantity" => {
+            if modifier.is_some() {
+                return Err(bad("unsupported modifier"));
+            }
+            let mut nums = Vec::new();
+            let mut units = Vec::new();
+            for v in &values {
+                let (prefix, rest) = params::split_prefix(v).map_err(|e| bad(&e))?;
+                let mut parts = params::split_unescaped(&rest, '|').into_iter();
+                let number = parts.next().unwrap_or_default();
+                let (lo, hi) = params::number_range(&number).ok_or_else(|| bad("not a number"))?;
+                nums.push((prefix, lo, hi));
+                let system = parts.next().filter(|s| !s.is_empty());
+                let code = parts.next().filter(|s| !s.is_empty());
+                units.push((system, code));
+            }
+            ClauseKind::Number { paths, values: nums, quantity: units }
+        }
+        "uri" => {
+            let mode = match modifier {
+                None => UriMode::Exact,
+                Some("below") => UriMode::Below,
+                Some("above") => UriMode::Above,
+                Some(_) => return Err(bad("unsupported modifier")),
+            };
+            ClauseKind::Uri { paths, values: plain, mode }
+        }
+        _ => return Err(bad("not supported by this server")),
+    };
+    Ok(Clause { name: full_name, kind, negate })
+}
+
+/// Appends `AND <clause>` for every clause to a query over `resource r`.
+fn push_where(sql: &mut QueryBuilder<Postgres>, criteria: &Criteria) {
+    for clause in &criteria.clauses {
+        sql.push(" AND ");
+        if clause.negate {
+            sql.push("NOT ");
+        }
+        sql.push("(");
+        push_clause(sql, &clause.kind);
+        sql.push(")");
+    }
+}
+
+/// `EXISTS (SELECT 1 FROM jsonb_path_query(r.content, <path>) v WHERE <cond>) OR …` over all paths.
+fn push_exists(sql: &mut QueryBuilder<Postgres>, paths: &[String], mut cond: impl FnMut(&mut QueryBuilder<Postgres>)) {
+    for (i, path) in paths.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("EXISTS (SELECT 1 FROM jsonb_path_query(r.content, ");
+        sql.push_bind(path.clone());
+        sql.push("::jsonpath) v WHERE ");
+        cond(sql);
+        sql.push(")");
+    }
+}
+
+fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
+    match kind {
+        ClauseKind::Id(ids) => {
+            sql.push("r.id = ANY(").push_bind(ids.clone()).push(")");
+        }
+        ClauseKind::LastUpdated(values) => {
+            for (i, (prefix, v)) in values.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" OR ");
+                }
+                push_range_compare(sql, "tstzrange(r.last_updated, r.last_updated + interval '1 millisecond', '[)')", *prefix, v);
+            }
+        }
+        ClauseKind::Missing { paths, missing } => {
+            if *missing {
+                sql.push("NOT (");
+            } else {
+                sql.push("(");
+            }
+            for (i, path) in paths.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" OR ");
+                }
+                sql.push("jsonb_path_exists(r.content, ").push_bind(path.clone()).push("::jsonpath)");
+            }
+            sql.push(")");
+        }
+        ClauseKind::String { paths, values, mode } => {
+            push_exists(sql, paths, |sql| {
+                sql.push("jsonb_typeof(v) = 'string' AND (");
+                for (i, value) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    match mode {
+                        StringMode::Exact => {
+                            sql.push("v #>> '{}' = ").push_bind(value.clone());
+                        }
+                        StringMode::StartsWith => {
+                            sql.push("lower(v #>> '{}') LIKE ").push_bind(format!("{}%", like_escape(&value.to_lowercase())));
+                        }
+                        StringMode::Contains => {
+                            sql.push("lower(v #>> '{}') LIKE ").push_bind(format!("%{}%", like_escape(&value.to_lowercase())));
+                        }
+                    }
+                }
+                sql.push(")");
+            });
+        }
+        ClauseKind::Token { paths, values } => {
+            push_exists(sql, paths, |sql| {
+                sql.push("(");
+                for (i, (system, code)) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    sql.push("(CASE jsonb_typeof(v) WHEN 'object' THEN (true");
+                    if let Some(code) = code {
+                        sql.push(" AND coalesce(v ->> 'code', v ->> 'value') = ").push_bind(code.clone());
+                    }
+                    match system {
+                        Some(s) if s.is_empty() => {
+                            sql.push(" AND v ->> 'system' IS NULL");
+                        }
+                        Some(s) => {
+                            sql.push(" AND v ->> 'system' = ").push_bind(s.clone());
+                        }
+                        None => {}
+                    }
+                    sql.push(") ELSE ");
+                    match code {
+                        // A bare code/boolean/string: only the code part can match; a system in the
+                        // query cannot be checked against an element without one.
+                        Some(code) if system.as_deref().is_none_or(|s| !s.is_empty()) => {
+                            sql.push("(v #>> '{}') = ").push_bind(code.clone());
+                        }
+                        _ => {
+                            sql.push("false");
+                        }
+                    }
+                    sql.push(" END)");
+                }
+                sql.push(")");
+            });
+        }
+        ClauseKind::Reference { paths, values } => {
+            push_exists(sql, paths, |sql| {
+                sql.push("(");
+                for (i, value) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    let reference = value.clone();
+                    if value.contains('/') {
+                        // `Type/id`, or an absolute URL ending in `Type/id`.
+                        let tail: Vec<&str> = value.rsplitn(3, '/').collect();
+                        let local = if tail.len() >= 2 { format!("{}/{}", tail[1], tail[0]) } else { reference.clone() };
+                        sql.push("(coalesce(v ->> 'reference', v #>> '{}') = ").push_bind(reference.clone());
+                        sql.push(" OR coalesce(v ->> 'reference', v #>> '{}') = ").push_bind(local.clone());
+                        sql.push(" OR coalesce(v ->> 'reference', v #>> '{}') LIKE ").push_bind(format!("%/{}", like_escape(&local)));
+                        sql.push(")");
+                    } else {
+                        // A bare id matches any reference ending in `/<id>`.
+                        sql.push("(v ->> 'reference') LIKE ").push_bind(format!("%/{}", like_escape(value)));
+                    }
+                }
+                sql.push(")");
+            });
+        }
+        ClauseKind::Date { paths, values } => {
+            push_exists(sql, paths, |sql| {
+                sql.push("(");
+                for (i, (prefix, value)) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    push_range_compare(sql, "fhir_value_range(v)", *prefix, value);
+                }
+                sql.push(")");
+            });
+        }
+        ClauseKind::Number { paths, values, quantity } => {
+            push_exists(sql, paths, |sql| {
+                sql.push("(");
+                for (i, ((prefix, lo, hi), (system, code))) in values.iter().zip(quantity).enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    sql.push("(");
+                    let num = "(CASE jsonb_typeof(v) WHEN 'number' THEN (v #>> '{}')::float8 WHEN 'object' THEN (v ->> 'value')::float8 END)";
+                    let mid = (lo + hi) / 2.0;
+                    match prefix {
+                        Prefix::Eq | Prefix::Ap => {
+                            let (lo, hi) = if *prefix == Prefix::Ap { (mid - mid.abs() * 0.1, mid + mid.abs() * 0.1) } else { (*lo, *hi) };
+                            sql.push(num).push(" >= ").push_bind(lo).push(" AND ").push(num).push(" < ").push_bind(hi);
+                        }
+                        Prefix::Ne => {
+                            sql.push("NOT (").push(num).push(" >= ").push_bind(*lo).push(" AND ").push(num).push(" < ").push_bind(*hi).push(")");
+                        }
+                        Prefix::Gt | Prefix::Sa => {
+                            sql.push(num).push(" > ").push_bind(mid);
+                        }
+                        Prefix::Lt | Prefix::Eb => {
+                            sql.push(num).push(" < ").push_bind(mid);
+                        }
+                        Prefix::Ge => {
+                            sql.push(num).push(" >= ").push_bind(mid);
+                        }
+                        Prefix::Le => {
+                            sql.push(num).push(" <= ").push_bind(mid);
+                        }
+                    }
+                    if let Some(system) = system {
+                        sql.push(" AND v ->> 'system' = ").push_bind(system.clone());
+                    }
+                    if let Some(code) = code {
+                        sql.push(" AND (v ->> 'code' = ").push_bind(code.clone());
+                        if system.is_none() {
+                            sql.push(" OR v ->> 'unit' = ").push_bind(code.clone());
+                        }
+                        sql.push(")");
+                    }
+                    sql.push(")");
+                }
+                sql.push(")");
+            });
+        }
+        ClauseKind::Uri { paths, values, mode } => {
+            push_exists(sql, paths, |sql| {
+                sql.push("jsonb_typeof(v) = 'string' AND (");
+                for (i, value) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    match mode {
+                        UriMode::Exact => {
+                            sql.push("v #>> '{}' = ").push_bind(value.clone());
+                        }
+                        UriMode::Below => {
+                            sql.push("v #>> '{}' LIKE ").push_bind(format!("{}%", like_escape(value)));
+                        }
+                        UriMode::Above => {
+                            sql.push(" ").push_bind(value.clone()).push(" LIKE (replace(replace(v #>> '{}', '%', '\\%'), '_', '\\_') || '%')");
+                        }
+                    }
+                }
+                sql.push(")");
+            });
+        }
+    }
+}
+
+/// Range comparison per search.html#prefix: `target` is a SQL tstzrange expression, the search
+/// value a FHIR date text turned into a range by the same SQL function.
+fn push_range_compare(sql: &mut QueryBuilder<Postgres>, target: &str, prefix: Prefix, value: &str) {
+    sql.push("(");
+    let search = |sql: &mut QueryBuilder<Postgres>| {
+        sql.push("fhir_text_range(").push_bind(value.to_owned()).push(")");
+    };
+    match prefix {
+        Prefix::Eq => {
+            search(sql);
+            sql.push(" @> ").push(target);
+        }
+        Prefix::Ne => {
+            sql.push("NOT (");
+            search(sql);
+            sql.push(" @> ").push(target).push(")");
+        }
+        Prefix::Gt => {
+            sql.push("upper(").push(target).push(") > upper(");
+            search(sql);
+            sql.push(")");
+        }
+        Prefix::Lt => {
+            sql.push("lower(").push(target).push(") < lower(");
+            search(sql);
+            sql.push(")");
+        }
+        Prefix::Ge => {
+            sql.push("upper(").push(target).push(") > upper(");
+            search(sql);
+            sql.push(") OR ");
+            search(sql);
+            sql.push(" @> ").push(target);
+        }
+        Prefix::Le => {
+            sql.push("lower(").push(target).push(") < lower(");
+            search(sql);
+            sql.push(") OR ");
+            search(sql);
+            sql.push(" @> ").push(target);
+        }
+        Prefix::Sa => {
+            sql.push("lower(").push(target).push(") >= upper(");
+            search(sql);
+            sql.push(")");
+        }
+        Prefix::Eb => {
+            sql.push("upper(").push(target).push(") <= lower(");
+            search(sql);
+            sql.push(")");
+        }
+        Prefix::Ap => {
+            search(sql);
+            sql.push(" && ").push(target);
+        }
+    }
+    sql.push(")");
+}
+
+/// Escapes `%`, `_` and `\` for LIKE.
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+/// Ids of up to `limit` live resources matching `criteria`, inside a write transaction.
+pub async fn matching_ids(tx: &mut crate::store::Tx, criteria: &Criteria, limit: i64) -> FhirResult<Vec<String>> {
+    let mut sql = QueryBuilder::<Postgres>::new("SELECT r.id FROM resource r WHERE r.resource_type = ");
+    sql.push_bind(criteria.resource_type.as_str().to_owned());
+    sql.push(" AND NOT r.deleted");
+    push_where(&mut sql, criteria);
+    sql.push(" LIMIT ").push_bind(limit);
+    let rows = sql.build().fetch_all(&mut **tx).await?;
+    Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+}
+
+/// Runs a search: one page of matches plus the total when asked for.
+pub async fn execute(pool: &sqlx::PgPool, request: &SearchRequest) -> FhirResult<(Vec<StoredResource>, Option<i64>)> {
+    let criteria = &request.criteria;
+    let mut total = None;
+    if request.want_total {
+        let mut sql = QueryBuilder::<Postgres>::new("SELECT count(*) FROM resource r WHERE r.resource_type = ");
+        sql.push_bind(criteria.resource_type.as_str().to_owned());
+        sql.push(" AND NOT r.deleted");
+        push_where(&mut sql, criteria);
+        total = Some(sql.build().fetch_one(pool).await?.get::<i64, _>(0));
+    }
+    if request.count == 0 {
+        return Ok((vec![], total));
+    }
+    let mut sql = QueryBuilder::<Postgres>::new(
+        "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r WHERE r.resource_type = ",
+    );
+    sql.push_bind(criteria.resource_type.as_str().to_owned());
+    sql.push(" AND NOT r.deleted");
+    push_where(&mut sql, criteria);
+    sql.push(" ORDER BY ");
+    for (key, descending) in &request.sort {
+        let column = match key.as_str() {
+            "_lastUpdated" => "r.last_updated",
+            _ => "r.id",
+        };
+        sql.push(column).push(if *descending { " DESC, " } else { " ASC, " });
+    }
+    sql.push("r.id ASC LIMIT ").push_bind(request.count as i64);
+    sql.push(" OFFSET ").push_bind(request.offset as i64);
+    let rows = sql.build().fetch_all(pool).await?;
+    let found = rows
+        .iter()
+        .map(|r| StoredResource {
+            resource_type: r.get(0),
+            id: r.get(1),
+            version_id: r.get(2),
+            last_updated: r.get(3),
+            deleted: false,
+            content: r.get::<Option<Value>, _>(4),
+            method: None,
+        })
+        .collect();
+    Ok((found, total))
+}
+
+/// Whether this engine can evaluate `sp` on `resource_type` (what the CapabilityStatement lists).
+pub fn is_supported(sp: &SearchParameter, resource_type: &str) -> bool {
+    if sp.code == "_id" || sp.code == "_lastUpdated" {
+        return true;
+    }
+    matches!(sp.param_type.as_str(), "string" | "token" | "reference" | "date" | "number" | "quantity" | "uri")
+        && sp.expression.as_deref().and_then(|e| paths::compile(e, resource_type)).is_some()
+}

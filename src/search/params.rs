@@ -1,0 +1,220 @@
+//! Parsing of search query parameters: escapes, OR lists, prefixes, result parameters.
+
+use super::{Clause, Criteria, Prefix, build_clause};
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::definitions::definitions;
+use crate::fhir::types::{ResourceType, sanitize};
+
+/// Default and maximum page sizes.
+pub const DEFAULT_COUNT: usize = 20;
+pub const MAX_COUNT: usize = 1000;
+
+/// A fully parsed type-level search.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub criteria: Criteria,
+    pub count: usize,
+    pub offset: usize,
+    /// `(key, descending)`.
+    pub sort: Vec<(String, bool)>,
+    pub want_total: bool,
+    /// `_summary` value, if any.
+    pub summary: Option<String>,
+    /// `_elements`, if any.
+    pub elements: Option<Vec<String>>,
+    /// The parameters actually used, for the self link (unknown ones left out).
+    pub used: Vec<(String, String)>,
+}
+
+/// Parses `pairs` into a search request. Unknown or unsupported parameters are ignored, or
+/// rejected with 400 when `strict` (`Prefer: handling=strict`, and conditional interactions).
+pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], strict: bool) -> FhirResult<SearchRequest> {
+    let mut request = SearchRequest {
+        criteria: Criteria { resource_type: resource_type.clone(), clauses: Vec::<Clause>::new() },
+        count: DEFAULT_COUNT,
+        offset: 0,
+        sort: vec![],
+        want_total: true,
+        summary: None,
+        elements: None,
+        used: vec![],
+    };
+    let bad = |name: &str, why: &str| FhirError::BadRequest(format!("parameter '{}': {why}", sanitize(name)));
+    for (key, value) in pairs {
+        match key.as_str() {
+            "_count" => {
+                request.count = value.parse::<usize>().map_err(|_| bad(key, "must be a non-negative integer"))?.min(MAX_COUNT);
+            }
+            "_offset" => {
+                request.offset = value.parse::<usize>().map_err(|_| bad(key, "must be a non-negative integer"))?;
+                continue;
+            }
+            "_sort" => {
+                for k in value.split(',') {
+                    let (name, desc) = match k.strip_prefix('-') {
+                        Some(n) => (n, true),
+                        None => (k, false),
+                    };
+                    if name != "_lastUpdated" && name != "_id" {
+                        if strict {
+                            return Err(bad(key, "only _lastUpdated and _id can be sorted on"));
+                        }
+                        continue;
+                    }
+                    request.sort.push((name.to_owned(), desc));
+                }
+            }
+            "_total" => match value.as_str() {
+                "none" => request.want_total = false,
+                "estimate" | "accurate" => request.want_total = true,
+                _ => return Err(bad(key, "must be none, estimate or accurate")),
+            },
+            "_summary" => match value.as_str() {
+                "true" | "false" | "text" | "data" | "count" => {
+                    if value == "count" {
+                        request.count = 0;
+                        request.want_total = true;
+                    }
+                    request.summary = Some(value.clone());
+                }
+                _ => return Err(bad(key, "must be true, false, text, data or count")),
+            },
+            "_elements" => {
+                request.elements = Some(value.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
+            }
+            "_format" | "_pretty" => continue,
+            _ => {
+                let (name, modifier) = match key.split_once(':') {
+                    Some((n, m)) => (n, Some(m)),
+                    None => (key.as_str(), None),
+                };
+                let Some(sp) = definitions().search_param(resource_type.as_str(), name) else {
+                    if strict {
+                        return Err(bad(key, &format!("unknown search parameter for {resource_type}")));
+                    }
+                    continue;
+                };
+                match build_clause(sp, resource_type, name, modifier, value) {
+                    Ok(clause) => request.criteria.clauses.push(clause),
+                    Err(e) if strict => return Err(e),
+                    Err(FhirError::BadRequest(msg)) if msg.contains("not supported") || msg.contains("unsupported modifier") => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        request.used.push((key.clone(), value.clone()));
+    }
+    Ok(request)
+}
+
+/// Splits a value on unescaped commas (OR) and unescapes `\,` `\|` `\$` `\\`.
+pub fn split_or(raw: &str) -> Vec<String> {
+    split_unescaped(raw, ',')
+}
+
+/// Splits on an unescaped separator and unescapes the pieces.
+pub fn split_unescaped(raw: &str, sep: char) -> Vec<String> {
+    let mut out = vec![];
+    let mut cur = String::new();
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(next @ (',' | '|' | '$' | '\\')) if next != sep => {
+                    // Escaped character that is not our separator: keep it escaped for the
+                    // next split level.
+                    cur.push('\\');
+                    cur.push(next);
+                }
+                Some(next) => cur.push(next),
+                None => cur.push('\\'),
+            }
+        } else if c == sep {
+            out.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(c);
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Removes the remaining search escapes (`\|`, `\$`, `\\`) from a piece that is not split further.
+pub fn unescape_value(s: &str) -> String {
+    s.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$").replace("\\\\", "\\")
+}
+
+/// `system|code`, `|code`, `system|`, `code` → `(system, code)`; `Some("")` system means "no system".
+pub fn split_token(v: &str) -> (Option<String>, Option<String>) {
+    let parts = split_unescaped(v, '|');
+    let clean = |s: &str| unescape_value(s);
+    match parts.as_slice() {
+        [code] => (None, Some(clean(code))),
+        [system, code] => (Some(clean(system)), if code.is_empty() { None } else { Some(clean(code)) }),
+        _ => (None, Some(clean(v))),
+    }
+}
+
+/// Splits a comparison prefix off an ordered value (`ge2020` → `(Ge, "2020")`).
+pub fn split_prefix(v: &str) -> Result<(Prefix, String), String> {
+    let prefixes = [
+        ("eq", Prefix::Eq),
+        ("ne", Prefix::Ne),
+        ("gt", Prefix::Gt),
+        ("lt", Prefix::Lt),
+        ("ge", Prefix::Ge),
+        ("le", Prefix::Le),
+        ("sa", Prefix::Sa),
+        ("eb", Prefix::Eb),
+        ("ap", Prefix::Ap),
+    ];
+    for (text, prefix) in prefixes {
+        if let Some(rest) = v.strip_prefix(text) {
+            return Ok((prefix, rest.to_owned()));
+        }
+    }
+    if v.is_empty() {
+        return Err("empty value".into());
+    }
+    Ok((Prefix::Eq, v.to_owned()))
+}
+
+/// Checks a date search value's shape (the SQL side computes its range).
+pub fn check_date(v: &str) -> Result<(), String> {
+    let b = v.as_bytes();
+    let ok = b.len() >= 4 && b[..4].iter().all(u8::is_ascii_digit) && b.iter().all(|c| c.is_ascii_digit() || b"-:T.+Z".contains(c));
+    if ok { Ok(()) } else { Err("not a valid date".into()) }
+}
+
+/// The implicit range of a decimal search value: `100` means [99.5, 100.5) (search.html#number).
+pub fn number_range(v: &str) -> Option<(f64, f64)> {
+    let n: f64 = v.parse().ok()?;
+    if !n.is_finite() {
+        return None;
+    }
+    let mantissa = v.split(['e', 'E']).next().unwrap_or(v);
+    let decimals = mantissa.split_once('.').map(|(_, d)| d.len() as i32).unwrap_or(0);
+    let exponent: i32 = v.split_once(['e', 'E']).and_then(|(_, e)| e.parse().ok()).unwrap_or(0);
+    let half = 0.5 * 10f64.powi(exponent - decimals);
+    Some((n - half, n + half))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_commas_and_pipes_survive_splitting() {
+        assert_eq!(split_or("a\\,b,c"), vec!["a,b".to_owned(), "c".to_owned()]);
+        assert_eq!(split_token("http://x\\|y|12"), (Some("http://x|y".into()), Some("12".into())));
+        assert_eq!(split_token("|12"), (Some(String::new()), Some("12".into())));
+        assert_eq!(split_token("sys|"), (Some("sys".into()), None));
+    }
+
+    #[test]
+    fn number_precision_follows_significant_digits() {
+        assert_eq!(number_range("100"), Some((99.5, 100.5)));
+        let (lo, hi) = number_range("0.5").unwrap();
+        assert!((lo - 0.45).abs() < 1e-9 && (hi - 0.55).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,128 @@
+//! Wiring: database (embedded or external), migrations, token authority, router, HTTP or HTTPS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{TokenAuthority, keys};
+use crate::config::{Config, ServeArgs};
+use crate::rest::{AppState, router};
+use crate::store::Store;
+use crate::store::embedded::EmbeddedPostgres;
+
+/// A connected database and, when embedded, the cluster that must be stopped on exit.
+pub struct Database {
+    pub store: Store,
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+/// Connects to `DATABASE_URL`, or starts the embedded cluster in the data directory, and applies
+/// migrations.
+pub async fn open_database(config: &Config, pool_size: u32, statement_timeout: Duration) -> Result<Database, String> {
+    let (url, embedded) = match &config.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let pg = EmbeddedPostgres::start(&config.data_dir).await.map_err(|e| e.to_string())?;
+            (pg.database_url(), Some(pg))
+        }
+    };
+    let store = Store::connect(&url, pool_size, statement_timeout)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+    store.migrate().await.map_err(|e| format!("database migration failed: {e}"))?;
+    Ok(Database { store, embedded })
+}
+
+/// Loads (or creates) the signing key and builds the token authority.
+pub fn token_authority(config: &Config) -> Result<TokenAuthority, String> {
+    let pem = keys::load_or_create(config)?;
+    TokenAuthority::from_pem(&pem, &config.issuer)
+}
+
+/// Runs `serve` until SIGINT/SIGTERM, then stops the embedded database.
+pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    let tokens = token_authority(&args.config)?;
+    let db = open_database(&args.config, args.db_pool_size, Duration::from_millis(args.statement_timeout_ms)).await?;
+    let tls = args.tls_cert.is_some();
+    let state = Arc::new(AppState {
+        store: db.store.clone(),
+        tokens,
+        base_url: args.base_url.clone(),
+        tls,
+        max_body_bytes: args.max_body_bytes,
+    });
+    // Preload the FHIR definitions so the first request does not pay for parsing them.
+    let _ = crate::fhir::definitions::definitions();
+    let _ = crate::interactions::capabilities::capability_statement();
+    let app = router(state).layer(TraceLayer::new_for_http());
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let result = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let config = tls_config(cert, key, &args.tls_min_version)?;
+            tracing::info!(listen = %args.listen, "serving FHIR R4 over HTTPS at https://{}/fhir", args.listen);
+            println!("ironfhir listening on https://{}/fhir", args.listen);
+            axum_server::bind_rustls(args.listen, config).handle(handle).serve(app.into_make_service()).await
+        }
+        _ => {
+            tracing::info!(listen = %args.listen, "serving FHIR R4 over HTTP at http://{}/fhir", args.listen);
+            println!("ironfhir listening on http://{}/fhir", args.listen);
+            axum_server::bind(args.listen).handle(handle).serve(app.into_make_service()).await
+        }
+    };
+    db.store.pool().close().await;
+    if let Some(pg) = db.embedded {
+        pg.stop().await.map_err(|e| e.to_string())?;
+    }
+    result.map_err(|e| format!("server error: {e}"))
+}
+
+fn tls_config(cert: &std::path::Path, key: &std::path::Path, min_version: &str) -> Result<axum_server::tls_rustls::RustlsConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read TLS certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid TLS certificate {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read TLS key {}: {e}", key.display()))?;
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if min_version == "1.2" {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("TLS certificate and key do not match: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config)))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

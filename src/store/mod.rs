@@ -1,0 +1,308 @@
+//! PostgreSQL storage: current resources as JSONB plus an append-only history.
+//!
+//! Interactions call these narrow functions; SQL lives only here (and in `search`). Every write
+//! goes through [`Store::with_transaction`], which retries serialization failures, so a
+//! resource, its history row and (later) its index, audit and outbox rows commit together.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use crate::error::{FhirError, FhirResult};
+
+/// Embedded migrations (`migrations/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A version of a resource as stored: current row or history row.
+#[derive(Debug, Clone)]
+pub struct StoredResource {
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    pub deleted: bool,
+    /// The resource JSON with `meta.versionId` / `meta.lastUpdated` set; `None` when deleted.
+    pub content: Option<Value>,
+    /// HTTP method that produced this version (history rows only).
+    pub method: Option<String>,
+}
+
+/// The database handle shared by all requests.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// A database transaction of the store.
+pub type Tx = Transaction<'static, Postgres>;
+
+/// The future a [`Store::with_transaction`] body returns: it owns the transaction for the
+/// duration of one attempt and hands it back with its result.
+pub type TxFuture<'c, T> = Pin<Box<dyn Future<Output = (Tx, FhirResult<T>)> + Send + 'c>>;
+
+impl Store {
+    /// Connects a pool; `statement_timeout` turns runaway queries into errors instead of hangs.
+    pub async fn connect(url: &str, pool_size: u32, statement_timeout: Duration) -> Result<Self, sqlx::Error> {
+        let options: PgConnectOptions = url.parse()?;
+        let options = options
+            .application_name("ironfhir")
+            .options([("statement_timeout", format!("{}", statement_timeout.as_millis()))]);
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    /// The underlying pool, for subsystems that own their SQL (search).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs `f` in one transaction, retrying up to three times when PostgreSQL reports a
+    /// serialization failure, deadlock or a unique violation from a concurrent insert.
+    pub async fn with_transaction<'c, T, F>(&self, mut f: F) -> FhirResult<T>
+    where
+        T: Send,
+        F: FnMut(Tx) -> TxFuture<'c, T> + Send,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let tx = self.pool.begin().await?;
+            let (tx, result) = f(tx).await;
+            let result = match result {
+                Ok(value) => tx.commit().await.map(|_| value).map_err(FhirError::from),
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            };
+            match result {
+                Err(FhirError::Retryable(_)) if attempt < 4 => {
+                    tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The current row of a resource, deleted or not.
+    pub async fn read(&self, resource_type: &str, id: &str) -> FhirResult<Option<StoredResource>> {
+        let row = sqlx::query(
+            "SELECT version_id, last_updated, deleted, content FROM resource WHERE resource_type = $1 AND id = $2",
+        )
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| current_from_row(resource_type, id, &r)))
+    }
+
+    /// One version from the history.
+    pub async fn vread(&self, resource_type: &str, id: &str, version: i64) -> FhirResult<Option<StoredResource>> {
+        let row = sqlx::query(
+            "SELECT resource_type, id, version_id, last_updated, deleted, content, method FROM resource_history \
+             WHERE resource_type = $1 AND id = $2 AND version_id = $3",
+        )
+        .bind(resource_type)
+        .bind(id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| history_from_row(&r)))
+    }
+
+    /// History entries, newest first, keyset-paged on the history sequence so that pages
+    /// neither repeat nor skip entries while writes continue.
+    pub async fn history(&self, q: &HistoryQuery<'_>) -> FhirResult<(Vec<StoredResource>, Option<i64>)> {
+        let mut sql = sqlx::QueryBuilder::<Postgres>::new(
+            "SELECT seq, resource_type, id, version_id, last_updated, deleted, content, method FROM resource_history WHERE true",
+        );
+        if let Some(rt) = q.resource_type {
+            sql.push(" AND resource_type = ").push_bind(rt.to_owned());
+        }
+        if let Some(id) = q.id {
+            sql.push(" AND id = ").push_bind(id.to_owned());
+        }
+        if let Some(since) = q.since {
+            sql.push(" AND last_updated >= ").push_bind(since);
+        }
+        if let Some(at) = q.at {
+            sql.push(" AND last_updated <= ").push_bind(at);
+        }
+        if let Some(before) = q.before_seq {
+            sql.push(" AND seq < ").push_bind(before);
+        }
+        sql.push(" ORDER BY seq DESC LIMIT ").push_bind(q.count as i64 + 1);
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        let mut out: Vec<StoredResource> = Vec::with_capacity(rows.len());
+        let mut next = None;
+        for (i, row) in rows.iter().enumerate() {
+            if i == q.count {
+                next = Some(rows[i - 1].get::<i64, _>("seq"));
+                break;
+            }
+            out.push(history_from_row(row));
+        }
+        Ok((out, next))
+    }
+
+    /// Number of history entries matching a history query (for `Bundle.total`).
+    pub async fn history_total(&self, q: &HistoryQuery<'_>) -> FhirResult<i64> {
+        let mut sql = sqlx::QueryBuilder::<Postgres>::new("SELECT count(*) FROM resource_history WHERE true");
+        if let Some(rt) = q.resource_type {
+            sql.push(" AND resource_type = ").push_bind(rt.to_owned());
+        }
+        if let Some(id) = q.id {
+            sql.push(" AND id = ").push_bind(id.to_owned());
+        }
+        if let Some(since) = q.since {
+            sql.push(" AND last_updated >= ").push_bind(since);
+        }
+        if let Some(at) = q.at {
+            sql.push(" AND last_updated <= ").push_bind(at);
+        }
+        Ok(sql.build().fetch_one(&self.pool).await?.get::<i64, _>(0))
+    }
+}
+
+/// Filters of a history request.
+#[derive(Debug, Default)]
+pub struct HistoryQuery<'a> {
+    pub resource_type: Option<&'a str>,
+    pub id: Option<&'a str>,
+    pub since: Option<DateTime<Utc>>,
+    pub at: Option<DateTime<Utc>>,
+    pub before_seq: Option<i64>,
+    pub count: usize,
+}
+
+fn current_from_row(resource_type: &str, id: &str, r: &sqlx::postgres::PgRow) -> StoredResource {
+    StoredResource {
+        resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        version_id: r.get("version_id"),
+        last_updated: r.get("last_updated"),
+        deleted: r.get("deleted"),
+        content: r.get("content"),
+        method: None,
+    }
+}
+
+fn history_from_row(r: &sqlx::postgres::PgRow) -> StoredResource {
+    StoredResource {
+        resource_type: r.get("resource_type"),
+        id: r.get("id"),
+        version_id: r.get("version_id"),
+        last_updated: r.get("last_updated"),
+        deleted: r.get("deleted"),
+        content: r.get("content"),
+        method: r.get("method"),
+    }
+}
+
+/// The current version and deleted flag of a resource, locked until the transaction ends so
+/// that concurrent updates of the same resource serialise.
+pub async fn lock_current(
+    tx: &mut Tx,
+    resource_type: &str,
+    id: &str,
+) -> FhirResult<Option<(i64, bool)>> {
+    let row = sqlx::query("SELECT version_id, deleted FROM resource WHERE resource_type = $1 AND id = $2 FOR UPDATE")
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// The current content of a resource inside a transaction (after [`lock_current`]).
+pub async fn current_content(
+    tx: &mut Tx,
+    resource_type: &str,
+    id: &str,
+) -> FhirResult<Option<Value>> {
+    let row = sqlx::query("SELECT content FROM resource WHERE resource_type = $1 AND id = $2")
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
+/// Serialises conditional operations on the same criteria (two concurrent conditional creates
+/// with the same If-None-Exist must not both create).
+pub async fn lock_criteria(tx: &mut Tx, key: &str) -> FhirResult<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Writes a new version: upserts the current row and appends the history row.
+/// `content` is `None` for a delete.
+pub async fn write_version(
+    tx: &mut Tx,
+    resource_type: &str,
+    id: &str,
+    version_id: i64,
+    last_updated: DateTime<Utc>,
+    method: &str,
+    content: Option<&Value>,
+) -> FhirResult<()> {
+    let deleted = content.is_none();
+    sqlx::query(
+        "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, last_updated = EXCLUDED.last_updated, \
+         deleted = EXCLUDED.deleted, content = EXCLUDED.content",
+    )
+    .bind(resource_type)
+    .bind(id)
+    .bind(version_id)
+    .bind(last_updated)
+    .bind(deleted)
+    .bind(content)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(resource_type)
+    .bind(id)
+    .bind(version_id)
+    .bind(last_updated)
+    .bind(method)
+    .bind(deleted)
+    .bind(content)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Creates a brand-new resource (server-assigned id, so no conflict is possible).
+pub async fn insert_new(
+    tx: &mut Tx,
+    resource_type: &str,
+    id: &str,
+    last_updated: DateTime<Utc>,
+    content: &Value,
+) -> FhirResult<()> {
+    write_version(tx, resource_type, id, 1, last_updated, "POST", Some(content)).await
+}
