@@ -86,6 +86,7 @@ class Server:
     log_path: Path
     process: subprocess.Popen | None = None
     tokens: dict = field(default_factory=dict)
+    saved_log: str | None = None
 
     def mint_token(self, scope: str, ttl: int | None = None, data_dir: Path | None = None) -> str:
         """`ironfhir admin token` with the server's data dir (or another one, for a foreign key)."""
@@ -105,6 +106,8 @@ class Server:
         return self.tokens[scope]
 
     def log_tail(self, n: int = 60) -> str:
+        if self.saved_log is not None:
+            return "\n".join(self.saved_log.splitlines()[-n:])
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
@@ -172,6 +175,7 @@ def server():
                 srv.process.kill()
                 srv.process.wait(timeout=10)
         log.close()
+        srv.saved_log = srv.log_tail(100000)
         if not keep:
             try:
                 psql(pg, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
@@ -185,8 +189,15 @@ def server():
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """On failure, show the end of the server log: the suite only sees HTTP, the log says why."""
     if exitstatus != 0 and _SERVER is not None:
-        terminalreporter.write_sep("-", "end of ironfhir server log")
-        terminalreporter.write_line(_SERVER.log_tail(40))
+        lines = _SERVER.log_tail(100000).splitlines()
+        notable = []
+        for i, line in enumerate(lines):
+            if "panicked at" in line:
+                notable += lines[i:i + 2]
+            elif " ERROR " in line or " WARN " in line:
+                notable.append(line)
+        terminalreporter.write_sep("-", "ironfhir server log: panics, errors and warnings")
+        terminalreporter.write_line("\n".join(notable[-40:]) or "(none)")
 
 
 @pytest.fixture(scope="session")

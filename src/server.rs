@@ -40,6 +40,11 @@ pub fn token_authority(config: &Config) -> Result<TokenAuthority, String> {
     TokenAuthority::from_pem(&pem, &config.issuer)
 }
 
+/// The complete HTTP application (router plus middleware) for a state.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    router(state).layer(TraceLayer::new_for_http())
+}
+
 /// Runs `serve` until SIGINT/SIGTERM, then stops the embedded database.
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let tokens = token_authority(&args.config)?;
@@ -55,7 +60,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     // Preload the FHIR definitions so the first request does not pay for parsing them.
     let _ = crate::fhir::definitions::definitions();
     let _ = crate::interactions::capabilities::capability_statement();
-    let app = router(state).layer(TraceLayer::new_for_http());
+    let app = app(state);
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {

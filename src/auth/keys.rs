@@ -26,9 +26,14 @@ pub fn load_or_create(config: &Config) -> Result<String, String> {
     }
 }
 
-fn generate(path: &Path) -> Result<String, String> {
+/// A fresh P-256 private key in PKCS#8 PEM.
+pub fn generate_pem() -> Result<String, String> {
     let key = SigningKey::random(&mut rand::rngs::OsRng);
-    let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| e.to_string())?.to_string();
+    Ok(key.to_pkcs8_pem(LineEnding::LF).map_err(|e| e.to_string())?.to_string())
+}
+
+fn generate(path: &Path) -> Result<String, String> {
+    let pem = generate_pem()?;
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

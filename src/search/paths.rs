@@ -47,16 +47,16 @@ pub fn refine(paths: Vec<(String, String)>, param_type: &str) -> Vec<String> {
         match (param_type, ty.as_str()) {
             ("string", "HumanName") => {
                 for f in ["family", "given", "text", "prefix", "suffix"] {
-                    out.push(format!("{path}.\"{f}\""));
+                    out.push(format!("{path}.\"{f}\"[*]"));
                 }
             }
             ("string", "Address") => {
                 for f in ["line", "city", "district", "state", "postalCode", "country", "text"] {
-                    out.push(format!("{path}.\"{f}\""));
+                    out.push(format!("{path}.\"{f}\"[*]"));
                 }
             }
-            ("token", "CodeableConcept") => out.push(format!("{path}.\"coding\"")),
-            ("date", "Timing") => out.push(format!("{path}.\"event\"")),
+            ("token", "CodeableConcept") => out.push(format!("{path}.\"coding\"[*]")),
+            ("date", "Timing") => out.push(format!("{path}.\"event\"[*]")),
             _ => out.push(path),
         }
     }
@@ -236,7 +236,7 @@ fn member<'a>(c: &Cursor<'a>, name: &str, cast: Option<&str>) -> Option<Vec<Curs
     let mut out = Vec::new();
     if let Some(reference) = &element.content_reference {
         let target = reference.trim_start_matches('#').to_owned();
-        out.push(Cursor { sd: c.sd, path: target, json: format!("{}.\"{name}\"", c.json), ty: "BackboneElement".into() });
+        out.push(Cursor { sd: c.sd, path: target, json: format!("{}.\"{name}\"[*]", c.json), ty: "BackboneElement".into() });
         return Some(out);
     }
     for t in &element.types {
@@ -250,9 +250,9 @@ fn member<'a>(c: &Cursor<'a>, name: &str, cast: Option<&str>) -> Option<Vec<Curs
                 Some(sd) => (sd, ty.to_owned()),
                 None => (c.sd, direct.clone()),
             };
-            out.push(Cursor { sd, path, json: format!("{}.\"{key}\"", c.json), ty: ty.to_owned() });
+            out.push(Cursor { sd, path, json: format!("{}.\"{key}\"[*]", c.json), ty: ty.to_owned() });
         } else {
-            let json = format!("{}.\"{name}\"", c.json);
+            let json = format!("{}.\"{name}\"[*]", c.json);
             if ty == "BackboneElement" || ty == "Element" {
                 out.push(Cursor { sd: c.sd, path: direct.clone(), json, ty: ty.to_owned() });
             } else if let Some(sd) = defs.structure(ty) {
@@ -272,16 +272,16 @@ mod tests {
 
     #[test]
     fn compiles_common_search_parameter_forms() {
-        assert_eq!(compile("Patient.name.family", "Patient").unwrap(), vec!["$.\"name\".\"family\""]);
+        assert_eq!(compile("Patient.name.family", "Patient").unwrap(), vec!["$.\"name\"[*].\"family\"[*]"]);
         let effective = compile("Observation.effective", "Observation").unwrap();
-        assert!(effective.contains(&"$.\"effectiveDateTime\"".to_owned()));
-        assert!(effective.contains(&"$.\"effectivePeriod\"".to_owned()));
+        assert!(effective.contains(&"$.\"effectiveDateTime\"[*]".to_owned()));
+        assert!(effective.contains(&"$.\"effectivePeriod\"[*]".to_owned()));
         assert_eq!(compile("(Observation.value as Quantity) | (Observation.value as SampledData)", "Observation").unwrap().len(), 2);
         let subject = compile("Observation.subject.where(resolve() is Patient)", "Observation").unwrap();
         assert!(subject[0].contains("like_regex"));
-        assert_eq!(compile("Patient.telecom.where(system='phone')", "Patient").unwrap(), vec!["$.\"telecom\" ? (@.\"system\" == \"phone\")"]);
+        assert_eq!(compile("Patient.telecom.where(system='phone')", "Patient").unwrap(), vec!["$.\"telecom\"[*] ? (@.\"system\" == \"phone\")"]);
         assert!(compile("Patient.deceased.exists() and Patient.deceased != false", "Patient").is_none());
-        assert_eq!(compile("Resource.meta.tag", "Patient").unwrap(), vec!["$.\"meta\".\"tag\""]);
+        assert_eq!(compile("Resource.meta.tag", "Patient").unwrap(), vec!["$.\"meta\"[*].\"tag\"[*]"]);
     }
 
     #[test]

@@ -1,0 +1,193 @@
+//! `TestApp`: spawns ironfhir in-process against a fresh database and talks HTTP to it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ironfhir::auth::{TokenAuthority, keys};
+use ironfhir::rest::AppState;
+use ironfhir::store::{MIGRATOR, Store};
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection};
+
+/// Where the tests find PostgreSQL (a server they may create databases on).
+pub fn admin_url() -> String {
+    std::env::var("IRONFHIR_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_db(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
+    format!("{base}/{db}{query}")
+}
+
+/// Name of the template database for the current migrations (a new set of migrations gets a
+/// new template, so stale templates are never used).
+fn template_name() -> String {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for m in MIGRATOR.iter() {
+        for b in m.checksum.iter() {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("ironfhir_tpl_{hash:016x}")
+}
+
+/// Creates a fresh database cloned from the migrated template and returns its URL.
+pub async fn fresh_database() -> (String, String) {
+    let admin = admin_url();
+    let mut conn = PgConnection::connect(&admin).await.expect("test PostgreSQL reachable (IRONFHIR_TEST_DATABASE_URL)");
+    let template = template_name();
+    // Serialise template creation across test processes.
+    conn.execute("SELECT pg_advisory_lock(727272)").await.unwrap();
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&template)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+    if exists.is_none() {
+        let building = format!("{template}_building");
+        conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {building}"))).await.unwrap();
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {building}"))).await.unwrap();
+        let store = Store::connect(&with_db(&admin, &building), 2, Duration::from_secs(60)).await.unwrap();
+        store.migrate().await.unwrap();
+        store.pool().close().await;
+        conn.execute(sqlx::AssertSqlSafe(format!("ALTER DATABASE {building} RENAME TO {template}"))).await.unwrap();
+    }
+    conn.execute("SELECT pg_advisory_unlock(727272)").await.unwrap();
+    let name = format!("ironfhir_test_{}", uuid::Uuid::new_v4().simple());
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {template}"))).await.unwrap();
+    (with_db(&admin, &name), name)
+}
+
+/// A running server for one test.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub token: String,
+    pub tokens: Arc<TokenAuthority>,
+    pub store: Store,
+    db_name: String,
+}
+
+/// Options for [`TestApp::spawn_with`].
+pub struct Options {
+    pub max_body_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { max_body_bytes: 1024 * 1024 }
+    }
+}
+
+impl TestApp {
+    /// Spawns the app with default options and a `system/*.*` token.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(Options::default()).await
+    }
+
+    /// Spawns the app with options.
+    pub async fn spawn_with(options: Options) -> TestApp {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (url, db_name) = fresh_database().await;
+        let store = Store::connect(&url, 5, Duration::from_secs(10)).await.unwrap();
+        let pem = keys::generate_pem().unwrap();
+        let tokens = TokenAuthority::from_pem(&pem, "ironfhir").unwrap();
+        let token = tokens.issue("test-operator", "system/*.*", 600).unwrap();
+        let state = Arc::new(AppState {
+            store: store.clone(),
+            tokens: TokenAuthority::from_pem(&pem, "ironfhir").unwrap(),
+            base_url: None,
+            tls: false,
+            max_body_bytes: options.max_body_bytes,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = ironfhir::server::app(state);
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        TestApp {
+            base: format!("http://{addr}/fhir"),
+            client: reqwest::Client::builder().build().unwrap(),
+            token,
+            tokens: Arc::new(tokens),
+            store,
+            db_name,
+        }
+    }
+
+    /// A token with other scopes, signed by this server.
+    pub fn token_with(&self, scope: &str) -> String {
+        self.tokens.issue("test-user", scope, 600).unwrap()
+    }
+
+    /// A request with the default token.
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}/{}", self.base, path.trim_start_matches('/'))).bearer_auth(&self.token)
+    }
+
+    /// GET with the default token.
+    pub async fn get(&self, path: &str) -> Response {
+        self.req(Method::GET, path).send().await.unwrap()
+    }
+
+    /// Sends a JSON resource with `application/fhir+json`.
+    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> Response {
+        self.req(method, path)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs a resource and returns the created resource (asserting 201).
+    pub async fn create(&self, body: &Value) -> Value {
+        let rt = body["resourceType"].as_str().unwrap();
+        let r = self.send_json(Method::POST, rt, body).await;
+        assert_eq!(r.status(), 201, "create {rt}");
+        r.json().await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Best-effort cleanup in a separate thread (we may be inside a runtime).
+        // The pool belongs to the test's runtime, which is blocked here: do not touch it;
+        // `WITH (FORCE)` ends its connections.
+        let name = self.db_name.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(rt) = rt {
+                rt.block_on(async move {
+                    if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
+                        let _ = conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
+                    }
+                });
+            }
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// The issue codes of an OperationOutcome body.
+pub fn issue_codes(outcome: &Value) -> Vec<String> {
+    outcome["issue"].as_array().map(|a| a.iter().filter_map(|i| i["code"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+/// Asserts that a response is an OperationOutcome with the given status and returns it.
+pub async fn expect_outcome(response: Response, status: u16) -> Value {
+    assert_eq!(response.status(), status, "status");
+    let ct = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    assert!(ct.starts_with("application/fhir+json"), "content-type {ct}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["resourceType"], "OperationOutcome", "body {body}");
+    body
+}

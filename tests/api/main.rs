@@ -1,0 +1,14 @@
+//! Integration tests: the real app on a random port, a fresh PostgreSQL database per test
+//! (cloned from a migrated template), real HTTP through reqwest.
+
+mod helpers;
+
+mod auth;
+mod conditional;
+mod crud;
+mod errors;
+mod formats;
+mod history;
+mod metadata;
+mod search;
+mod validation;
