@@ -72,11 +72,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             let config = tls_config(cert, key, &args.tls_min_version)?;
             tracing::info!(listen = %args.listen, "serving FHIR R4 over HTTPS at https://{}/fhir", args.listen);
             println!("ironfhir listening on https://{}/fhir", args.listen);
+            print_token_hint(&args);
             axum_server::bind_rustls(args.listen, config).handle(handle).serve(app.into_make_service()).await
         }
         _ => {
             tracing::info!(listen = %args.listen, "serving FHIR R4 over HTTP at http://{}/fhir", args.listen);
             println!("ironfhir listening on http://{}/fhir", args.listen);
+            print_token_hint(&args);
             axum_server::bind(args.listen).handle(handle).serve(app.into_make_service()).await
         }
     };
@@ -85,6 +87,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         pg.stop().await.map_err(|e| e.to_string())?;
     }
     result.map_err(|e| format!("server error: {e}"))
+}
+
+/// Tells the operator how to get a token for this server's key.
+fn print_token_hint(args: &ServeArgs) {
+    println!(
+        "get an access token with: ironfhir admin token --data-dir {} --scope 'system/*.*'",
+        args.config.data_dir.display()
+    );
 }
 
 fn tls_config(cert: &std::path::Path, key: &std::path::Path, min_version: &str) -> Result<axum_server::tls_rustls::RustlsConfig, String> {
