@@ -42,7 +42,19 @@ pub fn token_authority(config: &Config) -> Result<TokenAuthority, String> {
 
 /// The complete HTTP application (router plus middleware) for a state.
 pub fn app(state: Arc<AppState>) -> axum::Router {
-    router(state).layer(TraceLayer::new_for_http())
+    router(state)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// A panic is a bug: answer an OperationOutcome (500) instead of dropping the connection.
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("a request handler panicked");
+    crate::rest::error_response(
+        &crate::error::FhirError::Internal("handler panicked".into()),
+        crate::rest::format::Format::Json,
+        false,
+    )
 }
 
 /// Runs `serve` until SIGINT/SIGTERM, then stops the embedded database.

@@ -37,7 +37,7 @@ fn build() -> Value {
                 .filter(|sp| search::is_supported(sp, rt))
                 .map(|sp| json!({"name": sp.code, "definition": sp.url, "type": sp.param_type}))
                 .collect();
-            json!({
+            let mut resource = json!({
                 "type": rt,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{rt}"),
                 "interaction": TYPE_INTERACTIONS.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
@@ -45,17 +45,21 @@ fn build() -> Value {
                 "readHistory": true,
                 "updateCreate": true,
                 "conditionalCreate": true,
-                "conditionalRead": "not-supported",
+                "conditionalRead": "full-support",
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "searchParam": search_params,
                 "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
-            })
+            });
+            // FHIR JSON has no empty arrays.
+            if search_params.is_empty() {
+                resource.as_object_mut().map(|o| o.remove("searchParam"));
+            }
+            resource
         })
         .collect();
     let rest = &mut cs["rest"][0];
     rest["resource"] = json!(resources);
     rest["interaction"] = json!([{"code": "history-system"}]);
-    rest["searchParam"] = json!([]);
     cs
 }
