@@ -87,6 +87,7 @@ class Server:
     process: subprocess.Popen | None = None
     tokens: dict = field(default_factory=dict)
     saved_log: str | None = None
+    died: int | None = None  # exit status if the server ended before the suite did
 
     def mint_token(self, scope: str, ttl: int | None = None, data_dir: Path | None = None) -> str:
         """`ironfhir admin token` with the server's data dir (or another one, for a foreign key)."""
@@ -167,7 +168,8 @@ def server():
             time.sleep(0.2)
         yield srv
     finally:
-        if srv.process.poll() is None:
+        srv.died = srv.process.poll()
+        if srv.died is None:
             srv.process.send_signal(signal.SIGTERM)
             try:
                 srv.process.wait(timeout=20)
@@ -196,6 +198,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 notable += lines[i:i + 2]
             elif " ERROR " in line or " WARN " in line:
                 notable.append(line)
+        if _SERVER.died is not None:
+            terminalreporter.write_line(
+                f"ironfhir exited during the run with status {_SERVER.died}"
+                + (" (killed by a signal)" if _SERVER.died < 0 else ""), red=True)
         terminalreporter.write_sep("-", "ironfhir server log: panics, errors and warnings")
         terminalreporter.write_line("\n".join(notable[-40:]) or "(none)")
 

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Statement timeout for database queries, in milliseconds.
     #[arg(long, env = "IRONFHIR_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
     pub statement_timeout_ms: u64,
+    /// Load a small synthetic demo data set (organisations, practitioners, patients and their
+    /// records) into the database if it is not there yet.
+    #[arg(long, env = "IRONFHIR_DEMO")]
+    pub demo: bool,
     /// Size of the database connection pool.
     #[arg(long, env = "IRONFHIR_DB_POOL_SIZE", default_value_t = 20)]
     pub db_pool_size: u32,

@@ -61,6 +61,10 @@ fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> axum::resp
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let tokens = token_authority(&args.config)?;
     let db = open_database(&args.config, args.db_pool_size, Duration::from_millis(args.statement_timeout_ms)).await?;
+    if args.demo {
+        let written = crate::demo::load(&db.store).await?;
+        tracing::info!(written, "demo data loaded");
+    }
     let tls = args.tls_cert.is_some();
     let state = Arc::new(AppState {
         store: db.store.clone(),

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::FhirError;
-pub use scopes::{Interaction, Scope, ScopeContext};
+pub use scopes::{Interaction, Scope, ScopeContext, parse_scopes};
 
 /// Claims of the access tokens this server signs.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -55,6 +55,7 @@ pub enum ClauseKind {
     Missing { paths: Vec<String>, missing: bool },
     String { paths: Vec<String>, values: Vec<String>, mode: StringMode },
     Token { paths: Vec<String>, values: Vec<(Option<String>, Option<String>)> },
+    /// `values`: every stored reference text that names a wanted resource (see [`reference_forms`]).
     Reference { paths: Vec<String>, values: Vec<String> },
     Date { paths: Vec<String>, values: Vec<(Prefix, String)> },
     Number { paths: Vec<String>, values: Vec<(Prefix, f64, f64)>, quantity: Vec<(Option<String>, Option<String>)> },
@@ -92,23 +93,31 @@ pub enum Prefix {
 }
 
 /// Parses the query of a conditional interaction (`identifier=sys|1&name=x`). Unknown
-/// parameters are an error here: silently ignoring one would widen the match.
-pub fn parse_conditional(resource_type: &ResourceType, query: &str) -> FhirResult<Criteria> {
+/// parameters are an error here: silently ignoring one would widen the match. `base` is the
+/// server's FHIR base URL, against which relative references resolve.
+pub fn parse_conditional(resource_type: &ResourceType, query: &str, base: &str) -> FhirResult<Criteria> {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     if pairs.is_empty() {
         return Err(FhirError::BadRequest("conditional interactions need search criteria".into()));
     }
-    let request = parse_search(resource_type, &pairs, true)?;
+    let request = parse_search(resource_type, &pairs, true, base)?;
     if request.criteria.clauses.is_empty() {
         return Err(FhirError::BadRequest("conditional interactions need search criteria".into()));
     }
     Ok(request.criteria)
 }
 
-/// Builds the clause for one parameter occurrence.
-pub fn build_clause(sp: &SearchParameter, resource_type: &ResourceType, name: &str, modifier: Option<&str>, raw: &str) -> FhirResult<Clause> {
+/// Builds the clause for one parameter occurrence; `base` is the server's FHIR base URL.
+pub fn build_clause(
+    sp: &SearchParameter,
+    resource_type: &ResourceType,
+    name: &str,
+    modifier: Option<&str>,
+    raw: &str,
+    base: &str,
+) -> FhirResult<Clause> {
     let bad = |why: &str| FhirError::BadRequest(format!("search parameter '{}': {why}", sanitize(name)));
     let values: Vec<String> = params::split_or(raw);
     let plain: Vec<String> = values.iter().map(|v| params::unescape_value(v)).collect();
@@ -165,17 +174,10 @@ pub fn build_clause(sp: &SearchParameter, resource_type: &ResourceType, name: &s
             ClauseKind::Token { paths, values }
         }
         "reference" => {
-            let values = plain
-                .iter()
-                .map(|v| {
-                    let v = v.as_str();
-                    match modifier {
-                        None => Ok(v.to_owned()),
-                        Some(t) if definitions().is_resource_type(t) => Ok(format!("{t}/{v}")),
-                        Some(_) => Err(bad("unsupported modifier")),
-                    }
-                })
-                .collect::<FhirResult<Vec<_>>>()?;
+            if modifier.is_some_and(|t| !definitions().is_resource_type(t)) {
+                return Err(bad("unsupported modifier"));
+            }
+            let values = plain.iter().filter(|v| !v.is_empty()).flat_map(|v| reference_forms(sp, modifier, v, base)).collect();
             ClauseKind::Reference { paths, values }
         }
         "date" => {
@@ -218,6 +220,40 @@ pub fn build_clause(sp: &SearchParameter, resource_type: &ResourceType, name: &s
         _ => return Err(bad("not supported by this server")),
     };
     Ok(Clause { name: full_name, kind, negate })
+}
+
+/// The stored reference texts that a reference search value names (search.html#reference).
+///
+/// A relative reference is relative to the server's base (references.html), so `Patient/1` and
+/// `<base>/Patient/1` are the same resource and match each other both ways; a reference with
+/// the same type and id on another server is another resource and must not match (a search for
+/// one patient's data would return another's). A bare id means a local reference to any of the
+/// parameter's target types (or to the type a `:Type` modifier names). Exact texts only, so the
+/// comparison needs no pattern matching on client input.
+fn reference_forms(sp: &SearchParameter, type_modifier: Option<&str>, value: &str, base: &str) -> Vec<String> {
+    let local = |relative: String| vec![format!("{base}/{relative}"), relative];
+    if let Some(t) = type_modifier {
+        return local(format!("{t}/{value}"));
+    }
+    if value.contains(':') {
+        // Absolute: a URL, `urn:uuid:`, `urn:oid:` or a canonical.
+        let mut forms = vec![value.to_owned()];
+        if let Some(relative) = value.strip_prefix(base).and_then(|r| r.strip_prefix('/')) {
+            forms.push(relative.to_owned());
+        }
+        return forms;
+    }
+    if value.contains('/') {
+        return local(value.to_owned());
+    }
+    let all;
+    let types: &[String] = if sp.target.is_empty() {
+        all = definitions().resource_types();
+        all
+    } else {
+        &sp.target
+    };
+    types.iter().flat_map(|t| local(format!("{t}/{value}"))).collect()
 }
 
 /// Appends `AND <clause>` for every clause to a query over `resource r`.
@@ -333,27 +369,9 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
             });
         }
         ClauseKind::Reference { paths, values } => {
+            // `Reference.reference`, or the string of a canonical/uri element.
             push_exists(sql, paths, |sql| {
-                sql.push("(");
-                for (i, value) in values.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(" OR ");
-                    }
-                    let reference = value.clone();
-                    if value.contains('/') {
-                        // `Type/id`, or an absolute URL ending in `Type/id`.
-                        let tail: Vec<&str> = value.rsplitn(3, '/').collect();
-                        let local = if tail.len() >= 2 { format!("{}/{}", tail[1], tail[0]) } else { reference.clone() };
-                        sql.push("(coalesce(v ->> 'reference', v #>> '{}') = ").push_bind(reference.clone());
-                        sql.push(" OR coalesce(v ->> 'reference', v #>> '{}') = ").push_bind(local.clone());
-                        sql.push(" OR coalesce(v ->> 'reference', v #>> '{}') LIKE ").push_bind(format!("%/{}", like_escape(&local)));
-                        sql.push(")");
-                    } else {
-                        // A bare id matches any reference ending in `/<id>`.
-                        sql.push("(v ->> 'reference') LIKE ").push_bind(format!("%/{}", like_escape(value)));
-                    }
-                }
-                sql.push(")");
+                sql.push("coalesce(v ->> 'reference', v #>> '{}') = ANY(").push_bind(values.clone()).push(")");
             });
         }
         ClauseKind::Date { paths, values } => {

@@ -28,7 +28,8 @@ pub struct SearchRequest {
 
 /// Parses `pairs` into a search request. Unknown or unsupported parameters are ignored, or
 /// rejected with 400 when `strict` (`Prefer: handling=strict`, and conditional interactions).
-pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], strict: bool) -> FhirResult<SearchRequest> {
+/// `base` is the server's FHIR base URL, against which relative references resolve.
+pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], strict: bool, base: &str) -> FhirResult<SearchRequest> {
     let mut request = SearchRequest {
         criteria: Criteria { resource_type: resource_type.clone(), clauses: Vec::<Clause>::new() },
         count: DEFAULT_COUNT,
@@ -94,7 +95,7 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
                     }
                     continue;
                 };
-                match build_clause(sp, resource_type, name, modifier, value) {
+                match build_clause(sp, resource_type, name, modifier, value, base) {
                     Ok(clause) => request.criteria.clauses.push(clause),
                     Err(e) if strict => return Err(e),
                     Err(FhirError::BadRequest(msg)) if msg.contains("not supported") || msg.contains("unsupported modifier") => continue,

@@ -208,3 +208,31 @@ async fn migrate_applies_the_schema_to_an_empty_database_and_exits() {
     db.close().await.unwrap();
     conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))).await.unwrap();
 }
+
+#[tokio::test]
+async fn serve_with_demo_loads_the_synthetic_data_set_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (url, _) = fresh_database().await;
+    let dir = temp_dir("demo");
+    let token = admin_token(&dir, "system/*.*");
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let port = free_port();
+        let _server = start(&dir, Some(&url), port, &["--demo"]);
+        let base = format!("http://127.0.0.1:{port}/fhir");
+        wait_ready(&client, &format!("{base}/metadata")).await;
+        let bundle: serde_json::Value = client
+            .get(format!("{base}/Patient?_summary=count"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(bundle["total"], 13, "the demo set has 13 patients, loaded once");
+        let history: serde_json::Value =
+            client.get(format!("{base}/_history?_count=1")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        assert_eq!(history["total"], 147, "a second start with --demo writes no new versions");
+    }
+}
