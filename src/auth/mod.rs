@@ -84,7 +84,13 @@ pub struct TokenAuthority {
     encoding: EncodingKey,
     decoding: DecodingKey,
     issuer: String,
+    /// Tokens already verified, with their principal and expiry: an ECDSA verification costs
+    /// far more than the rest of a read, and clients send the same token many times.
+    verified: std::sync::RwLock<std::collections::HashMap<String, (std::sync::Arc<Principal>, u64)>>,
 }
+
+/// How many verified tokens are remembered before the cache is cleared.
+const VERIFIED_CACHE_CAPACITY: usize = 10_000;
 
 impl TokenAuthority {
     /// Builds the authority from a PKCS#8 PEM P-256 private key.
@@ -94,6 +100,7 @@ impl TokenAuthority {
             encoding: EncodingKey::from_ec_pem(private_pem.as_bytes()).map_err(|e| e.to_string())?,
             decoding: DecodingKey::from_ec_pem(public_pem.as_bytes()).map_err(|e| e.to_string())?,
             issuer: issuer.to_owned(),
+            verified: Default::default(),
         })
     }
 
@@ -121,9 +128,33 @@ impl TokenAuthority {
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), claims, &self.encoding).map_err(|e| e.to_string())
     }
 
+    /// Verifies a token (see [`Self::verify_uncached`]), remembering valid tokens until they expire.
+    pub fn verify(&self, token: &str) -> Result<std::sync::Arc<Principal>, FhirError> {
+        let now = now_secs();
+        if let Ok(cache) = self.verified.read() {
+            if let Some((principal, exp)) = cache.get(token) {
+                if *exp > now {
+                    return Ok(principal.clone());
+                }
+            }
+        }
+        let (principal, exp) = self.verify_uncached(token)?;
+        let principal = std::sync::Arc::new(principal);
+        if let Ok(mut cache) = self.verified.write() {
+            if cache.len() >= VERIFIED_CACHE_CAPACITY {
+                cache.retain(|_, (_, exp)| *exp > now);
+                if cache.len() >= VERIFIED_CACHE_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.to_owned(), (principal.clone(), exp));
+        }
+        Ok(principal)
+    }
+
     /// Verifies signature, algorithm (ES256 only — `alg: none` and HS256 are refused), issuer,
-    /// audience and expiry, and turns the token into a principal.
-    pub fn verify(&self, token: &str) -> Result<Principal, FhirError> {
+    /// audience and expiry, and turns the token into a principal and its expiry.
+    pub fn verify_uncached(&self, token: &str) -> Result<(Principal, u64), FhirError> {
         let mut validation = Validation::new(Algorithm::ES256);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[FHIR_AUDIENCE]);
@@ -132,14 +163,20 @@ impl TokenAuthority {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map_err(|e| FhirError::Unauthorized(format!("invalid access token: {}", describe(&e))))?;
         let claims = data.claims;
-        Ok(Principal {
-            subject: claims.sub,
-            client_id: claims.client_id,
-            patient: claims.patient,
-            fhir_user: claims.fhir_user,
-            role: claims.role,
-            scopes: scopes::parse_scopes(&claims.scope),
-        })
+        // The cache keeps a principal only until the token's own expiry (the leeway is for
+        // clock skew between servers, not for serving expired tokens from the cache).
+        let exp = claims.exp;
+        Ok((
+            Principal {
+                subject: claims.sub,
+                client_id: claims.client_id,
+                patient: claims.patient,
+                fhir_user: claims.fhir_user,
+                role: claims.role,
+                scopes: scopes::parse_scopes(&claims.scope),
+            },
+            exp,
+        ))
     }
 }
 

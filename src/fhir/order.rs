@@ -3,7 +3,7 @@
 //! read back from the store need this before they are shown to people.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 
@@ -11,22 +11,25 @@ use crate::fhir::definitions::definitions;
 
 type Positions = HashMap<String, usize>;
 
-fn positions(resource_type: &str) -> Option<std::sync::Arc<Positions>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, std::sync::Arc<Positions>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(hit) = cache.lock().ok()?.get(resource_type) {
-        return Some(hit.clone());
-    }
-    let sd = definitions().structure(resource_type)?;
-    let mut map = Positions::new();
-    map.insert("resourceType".into(), 0);
-    for (i, e) in sd.children(resource_type).enumerate() {
-        let name = e.name().trim_end_matches("[x]").to_owned();
-        map.insert(name, 2 * (i + 1));
-    }
-    let arc = std::sync::Arc::new(map);
-    cache.lock().ok()?.insert(resource_type.to_owned(), arc.clone());
-    Some(arc)
+/// Element positions of every resource type, computed once (read on every response, so no lock).
+fn positions(resource_type: &str) -> Option<&'static Positions> {
+    static ALL: OnceLock<HashMap<String, Positions>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let defs = definitions();
+        defs.resource_types()
+            .iter()
+            .filter_map(|rt| {
+                let sd = defs.structure(rt)?;
+                let mut map = Positions::new();
+                map.insert("resourceType".into(), 0);
+                for (i, e) in sd.children(rt).enumerate() {
+                    map.insert(e.name().trim_end_matches("[x]").to_owned(), 2 * (i + 1));
+                }
+                Some((rt.clone(), map))
+            })
+            .collect()
+    })
+    .get(resource_type)
 }
 
 /// Orders the keys of every resource inside `value` (Bundles and contained resources too).

@@ -10,13 +10,15 @@ use crate::search;
 use crate::store::{self, Store, StoredResource, Tx};
 
 /// Creates a resource with a server-assigned id. With `if_none_exist` (a search query), an
-/// existing single match is returned instead (200), several matches are 412.
+/// existing single match is returned instead (200), several matches are 412. `base` is the
+/// server's FHIR base URL, against which relative references in the query resolve.
 pub async fn create(
     store: &Store,
     principal: &Principal,
     resource_type: &ResourceType,
     mut body: Value,
     if_none_exist: Option<&str>,
+    base: &str,
 ) -> FhirResult<WriteOutcome> {
     principal.require(resource_type.as_str(), Interaction::Create)?;
     check_body(resource_type, &body, None)?;
@@ -24,7 +26,7 @@ pub async fn create(
         principal.require(resource_type.as_str(), Interaction::Search)?;
     }
     let criteria = match if_none_exist {
-        Some(q) => Some(search::parse_conditional(resource_type, q)?),
+        Some(q) => Some(search::parse_conditional(resource_type, q, base)?),
         None => None,
     };
     // http.html#create: a client-supplied id is ignored.

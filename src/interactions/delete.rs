@@ -23,16 +23,17 @@ pub async fn delete(store: &Store, principal: &Principal, resource_type: &Resour
 }
 
 /// Conditional delete (single-match mode): no match succeeds with nothing deleted, one match is
-/// deleted, several matches are 412.
+/// deleted, several matches are 412. `base` is the server's FHIR base URL.
 pub async fn conditional_delete(
     store: &Store,
     principal: &Principal,
     resource_type: &ResourceType,
     criteria: &str,
+    base: &str,
 ) -> FhirResult<u32> {
     principal.require(resource_type.as_str(), Interaction::Delete)?;
     principal.require(resource_type.as_str(), Interaction::Search)?;
-    let criteria = search::parse_conditional(resource_type, criteria)?;
+    let criteria = search::parse_conditional(resource_type, criteria, base)?;
     let criteria = &criteria;
     store
         .with_transaction(move |mut tx| {

@@ -12,8 +12,9 @@ use crate::store::{self, Store, Tx};
 /// Which resource a PATCH applies to.
 pub enum PatchTarget<'a> {
     Id(&'a Id),
-    /// Conditional patch: a search that must match exactly one resource.
-    Criteria(&'a str),
+    /// Conditional patch: a search that must match exactly one resource, and the server's FHIR
+    /// base URL against which relative references in it resolve.
+    Criteria { query: &'a str, base: &'a str },
 }
 
 /// Applies a JSON Patch document to the current version and stores the result as a new
@@ -30,15 +31,15 @@ pub async fn patch(
     let patch: json_patch::Patch = serde_json::from_value(patch_doc)
         .map_err(|e| FhirError::BadRequest(format!("not a JSON Patch document: {}", first_line(&e.to_string()))))?;
     let criteria = match target {
-        PatchTarget::Criteria(q) => {
+        PatchTarget::Criteria { query, base } => {
             principal.require(resource_type.as_str(), Interaction::Search)?;
-            Some(search::parse_conditional(resource_type, q)?)
+            Some(search::parse_conditional(resource_type, query, base)?)
         }
         PatchTarget::Id(_) => None,
     };
     let fixed_id = match target {
         PatchTarget::Id(id) => Some(id.clone()),
-        PatchTarget::Criteria(_) => None,
+        PatchTarget::Criteria { .. } => None,
     };
     let (patch, criteria, fixed_id) = (&patch, &criteria, &fixed_id);
     store

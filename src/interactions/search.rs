@@ -7,16 +7,17 @@ use crate::search::{self, SearchRequest};
 use crate::store::{Store, StoredResource};
 
 /// Parses and runs a type-level search; returns the request as understood (for links), the
-/// page of matches and the total.
+/// page of matches and the total. `base` is the server's FHIR base URL (for reference values).
 pub async fn search(
     store: &Store,
     principal: &Principal,
     resource_type: &ResourceType,
     pairs: &[(String, String)],
     strict: bool,
+    base: &str,
 ) -> FhirResult<(SearchRequest, Vec<StoredResource>, Option<i64>)> {
     principal.require(resource_type.as_str(), Interaction::Search)?;
-    let request = search::parse_search(resource_type, pairs, strict)?;
+    let request = search::parse_search(resource_type, pairs, strict, base)?;
     let (found, total) = search::execute(store.pool(), &request).await?;
     Ok((request, found, total))
 }

@@ -39,7 +39,7 @@ pub async fn update(
 }
 
 /// Conditional update: the search `criteria` picks the resource to replace (none → create,
-/// one → update, several → 412).
+/// one → update, several → 412). `base` is the server's FHIR base URL.
 pub async fn conditional_update(
     store: &Store,
     principal: &Principal,
@@ -47,10 +47,11 @@ pub async fn conditional_update(
     criteria: &str,
     body: Value,
     if_match: Option<&str>,
+    base: &str,
 ) -> FhirResult<WriteOutcome> {
     principal.require(resource_type.as_str(), Interaction::Update)?;
     principal.require(resource_type.as_str(), Interaction::Search)?;
-    let criteria = search::parse_conditional(resource_type, criteria)?;
+    let criteria = search::parse_conditional(resource_type, criteria, base)?;
     check_body(resource_type, &body, None)?;
     let body_id = match body.get("id") {
         Some(Value::String(s)) => Some(Id::parse(s)?),

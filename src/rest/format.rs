@@ -110,10 +110,9 @@ fn first_line(s: &str) -> String {
 }
 
 /// Serialises a resource for the response.
-pub fn render(value: &Value, format: Format, pretty: bool) -> Result<Vec<u8>, FhirError> {
-    let mut ordered = value.clone();
-    crate::fhir::order::order_resources(&mut ordered);
-    let value = &ordered;
+pub fn render(mut value: Value, format: Format, pretty: bool) -> Result<Vec<u8>, FhirError> {
+    crate::fhir::order::order_resources(&mut value);
+    let value = &value;
     match format {
         Format::Json => if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) }
             .map_err(|e| FhirError::Internal(e.to_string())),

@@ -109,7 +109,7 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     // The CapabilityStatement is public (http.html#capabilities).
     if s == ["metadata"] {
         return match *method {
-            Method::GET => respond(ctx, StatusCode::OK, capabilities::capability_statement(), HeaderMap::new()),
+            Method::GET => respond(ctx, StatusCode::OK, capabilities::capability_statement().clone(), HeaderMap::new()),
             _ => Err(FhirError::MethodNotAllowed("metadata only supports GET".into())),
         };
     }
@@ -119,7 +119,7 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
         (Method::GET, ["_history"]) => {
             let params = HistoryParams::parse(&ctx.query)?;
             let page = interactions::history::history(store, &principal, None, None, &params).await?;
-            respond(ctx, StatusCode::OK, &bundle::history_bundle(ctx, "_history", &page, &params), HeaderMap::new())
+            respond(ctx, StatusCode::OK, bundle::history_bundle(ctx, "_history", &page, &params), HeaderMap::new())
         }
         (Method::POST, []) => Err(FhirError::MethodNotAllowed("batch and transaction Bundles are not supported yet".into())),
         (_, []) => Err(FhirError::MethodNotAllowed("unsupported operation at the base URL".into())),
@@ -155,39 +155,40 @@ async fn route_type(
         }
         (Method::POST, []) => {
             let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
-            let outcome = interactions::create::create(store, principal, rt, resource, ctx.header("if-none-exist")).await?;
+            let outcome = interactions::create::create(store, principal, rt, resource, ctx.header("if-none-exist"), &ctx.base).await?;
             write_response(ctx, outcome)
         }
         (Method::PUT, []) => {
             let criteria = conditional_query(ctx)?;
             let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
             let outcome =
-                interactions::update::conditional_update(store, principal, rt, &criteria, resource, ctx.header("if-match")).await?;
+                interactions::update::conditional_update(store, principal, rt, &criteria, resource, ctx.header("if-match"), &ctx.base)
+                    .await?;
             write_response(ctx, outcome)
         }
         (Method::DELETE, []) => {
             let criteria = conditional_query(ctx)?;
-            let deleted = interactions::delete::conditional_delete(store, principal, rt, &criteria).await?;
+            let deleted = interactions::delete::conditional_delete(store, principal, rt, &criteria, &ctx.base).await?;
             delete_response(ctx, deleted)
         }
         (Method::PATCH, []) => {
             let criteria = conditional_query(ctx)?;
             let doc = parse_patch_body(ctx, &read_body(state, body).await?)?;
             let outcome =
-                interactions::patch::patch(store, principal, rt, PatchTarget::Criteria(&criteria), doc, ctx.header("if-match"))
+                interactions::patch::patch(store, principal, rt, PatchTarget::Criteria { query: &criteria, base: &ctx.base }, doc, ctx.header("if-match"))
                     .await?;
             write_response(ctx, outcome)
         }
         (Method::GET, ["_history"]) => {
             let params = HistoryParams::parse(&ctx.query)?;
             let page = interactions::history::history(store, principal, Some(rt), None, &params).await?;
-            respond(ctx, StatusCode::OK, &bundle::history_bundle(ctx, &format!("{rt}/_history"), &page, &params), HeaderMap::new())
+            respond(ctx, StatusCode::OK, bundle::history_bundle(ctx, &format!("{rt}/_history"), &page, &params), HeaderMap::new())
         }
         (Method::POST, ["$validate"]) => {
             let bytes = read_body(state, body).await?;
             let body = if bytes.is_empty() { None } else { Some(format::parse_resource_body(&ctx.headers, &bytes)?) };
             let issues = interactions::validate::validate(store, principal, rt, None, body, ctx.param("mode"), ctx.param("profile")).await?;
-            respond(ctx, StatusCode::OK, &operation_outcome(&issues), HeaderMap::new())
+            respond(ctx, StatusCode::OK, operation_outcome(&issues), HeaderMap::new())
         }
         (_, [op]) if op.starts_with('$') => Err(FhirError::NotFound(format!("operation {} is not supported on {rt}", crate::fhir::types::sanitize(op)))),
         (method, [id, rest @ ..]) => {
@@ -216,7 +217,7 @@ async fn route_instance(
     match (method, rest) {
         (Method::GET, []) => {
             let stored = interactions::read::read(store, principal, rt, id).await?;
-            read_response(ctx, &stored)
+            read_response(ctx, stored)
         }
         (Method::PUT, []) => {
             let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
@@ -235,18 +236,18 @@ async fn route_instance(
         (Method::GET, ["_history"]) => {
             let params = HistoryParams::parse(&ctx.query)?;
             let page = interactions::history::history(store, principal, Some(rt), Some(id), &params).await?;
-            respond(ctx, StatusCode::OK, &bundle::history_bundle(ctx, &format!("{rt}/{id}/_history"), &page, &params), HeaderMap::new())
+            respond(ctx, StatusCode::OK, bundle::history_bundle(ctx, &format!("{rt}/{id}/_history"), &page, &params), HeaderMap::new())
         }
         (Method::GET, ["_history", version]) => {
             let stored = interactions::read::vread(store, principal, rt, id, version).await?;
-            read_response(ctx, &stored)
+            read_response(ctx, stored)
         }
         (Method::POST, ["$validate"]) | (Method::GET, ["$validate"]) => {
             let bytes = read_body(state, body).await?;
             let body = if bytes.is_empty() { None } else { Some(format::parse_resource_body(&ctx.headers, &bytes)?) };
             let issues =
                 interactions::validate::validate(store, principal, rt, Some(id), body, ctx.param("mode"), ctx.param("profile")).await?;
-            respond(ctx, StatusCode::OK, &operation_outcome(&issues), HeaderMap::new())
+            respond(ctx, StatusCode::OK, operation_outcome(&issues), HeaderMap::new())
         }
         (_, [op]) if op.starts_with('$') => Err(FhirError::NotFound(format!("operation {} is not supported", crate::fhir::types::sanitize(op)))),
         (Method::GET, _) => Err(FhirError::NotFound("no such endpoint".into())),
@@ -256,8 +257,8 @@ async fn route_instance(
 
 async fn search(ctx: &Ctx, store: &Store, principal: &Principal, rt: &ResourceType, pairs: &[(String, String)]) -> FhirResult<Response> {
     let strict = ctx.prefer("handling").as_deref() == Some("strict");
-    let (request, found, total) = interactions::search::search(store, principal, rt, pairs, strict).await?;
-    respond(ctx, StatusCode::OK, &bundle::search_bundle(ctx, rt, &request, &found, total), HeaderMap::new())
+    let (request, found, total) = interactions::search::search(store, principal, rt, pairs, strict, &ctx.base).await?;
+    respond(ctx, StatusCode::OK, bundle::search_bundle(ctx, rt, &request, &found, total), HeaderMap::new())
 }
 
 /// The query of a conditional interaction; a conditional write without criteria is refused.
@@ -286,7 +287,7 @@ async fn read_body(state: &AppState, body: Body) -> FhirResult<Bytes> {
     })
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> FhirResult<Principal> {
+fn authenticate(state: &AppState, headers: &HeaderMap) -> FhirResult<Arc<Principal>> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| FhirError::Unauthorized("an access token is required (Authorization: Bearer ...)".into()))?;
@@ -313,7 +314,7 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
 }
 
 /// Renders a body with the negotiated format and extra headers.
-fn respond(ctx: &Ctx, status: StatusCode, value: &Value, mut headers: HeaderMap) -> FhirResult<Response> {
+fn respond(ctx: &Ctx, status: StatusCode, value: Value, mut headers: HeaderMap) -> FhirResult<Response> {
     let bytes = format::render(value, ctx.format, ctx.pretty)?;
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctx.format.content_type()));
     Ok((status, headers, bytes).into_response())
@@ -324,7 +325,7 @@ pub fn error_response(error: &FhirError, format: Format, pretty: bool) -> Respon
     if let FhirError::Internal(msg) = error {
         tracing::error!(error = %msg, "request failed");
     }
-    let (body, content_type) = match format::render(&error.outcome(), format, pretty) {
+    let (body, content_type) = match format::render(error.outcome(), format, pretty) {
         Ok(body) => (body, format.content_type()),
         Err(_) => (serde_json::to_vec(&error.outcome()).unwrap_or_default(), Format::Json.content_type()),
     };
@@ -354,8 +355,8 @@ fn version_headers(stored: &StoredResource) -> HeaderMap {
 }
 
 /// read/vread: ETag, Last-Modified, conditional read (304), `_summary`, `_elements`.
-fn read_response(ctx: &Ctx, stored: &StoredResource) -> FhirResult<Response> {
-    let headers = version_headers(stored);
+fn read_response(ctx: &Ctx, stored: StoredResource) -> FhirResult<Response> {
+    let headers = version_headers(&stored);
     if let Some(inm) = ctx.header("if-none-match") {
         let current = format!("W/\"{}\"", stored.version_id);
         if inm.split(',').map(str::trim).any(|t| t == "*" || t == current || t.trim_start_matches("W/") == format!("\"{}\"", stored.version_id)) {
@@ -366,25 +367,25 @@ fn read_response(ctx: &Ctx, stored: &StoredResource) -> FhirResult<Response> {
             return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
         }
     }
-    let content = stored.content.as_ref().ok_or_else(|| FhirError::Gone("the resource was deleted".into()))?;
+    let content = stored.content.ok_or_else(|| FhirError::Gone("the resource was deleted".into()))?;
     let shaped = shape(ctx, content)?;
-    respond(ctx, StatusCode::OK, &shaped, headers)
+    respond(ctx, StatusCode::OK, shaped, headers)
 }
 
 /// Applies `_summary` / `_elements` from the request to one resource.
-fn shape(ctx: &Ctx, content: &Value) -> FhirResult<Value> {
+fn shape(ctx: &Ctx, content: Value) -> FhirResult<Value> {
     if let Some(mode) = ctx.param("_summary") {
         return match mode {
-            "true" | "text" | "data" | "false" => Ok(format::summarize(content, mode)),
+            "true" | "text" | "data" | "false" => Ok(format::summarize(&content, mode)),
             "count" => Err(FhirError::BadRequest("_summary=count applies to searches".into())),
             _ => Err(FhirError::BadRequest("_summary must be true, text, data, count or false".into())),
         };
     }
     if let Some(elements) = ctx.param("_elements") {
         let list: Vec<String> = elements.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-        return Ok(format::select_elements(content, &list));
+        return Ok(format::select_elements(&content, &list));
     }
-    Ok(content.clone())
+    Ok(content)
 }
 
 /// create/update/patch: 201 + Location for creations, 200 otherwise; body per `Prefer: return`.
@@ -402,11 +403,11 @@ fn write_response(ctx: &Ctx, outcome: WriteOutcome) -> FhirResult<Response> {
         Some("OperationOutcome") => {
             let text = if outcome.created { "created" } else { "updated" };
             let issue = Issue { severity: crate::error::Severity::Information, code: "informational", diagnostics: format!("{} {}/{} version {}", text, stored.resource_type, stored.id, stored.version_id), expression: vec![] };
-            respond(ctx, status, &operation_outcome(&[issue]), headers)
+            respond(ctx, status, operation_outcome(&[issue]), headers)
         }
         _ => {
             let content = stored.content.as_ref().ok_or_else(|| FhirError::Internal("write without content".into()))?;
-            respond(ctx, status, content, headers)
+            respond(ctx, status, content.clone(), headers)
         }
     }
 }
@@ -417,7 +418,7 @@ fn delete_response(ctx: &Ctx, deleted: u32) -> FhirResult<Response> {
     }
     let text = if deleted > 0 { "the resource was deleted" } else { "no resource matched; nothing was deleted" };
     let issue = Issue { severity: crate::error::Severity::Information, code: "informational", diagnostics: text.into(), expression: vec![] };
-    respond(ctx, StatusCode::OK, &operation_outcome(&[issue]), HeaderMap::new())
+    respond(ctx, StatusCode::OK, operation_outcome(&[issue]), HeaderMap::new())
 }
 
 /// Parses an HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`).

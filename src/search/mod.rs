@@ -246,13 +246,7 @@ fn reference_forms(sp: &SearchParameter, type_modifier: Option<&str>, value: &st
     if value.contains('/') {
         return local(value.to_owned());
     }
-    let all;
-    let types: &[String] = if sp.target.is_empty() {
-        all = definitions().resource_types();
-        all
-    } else {
-        &sp.target
-    };
+    let types: &[String] = if sp.target.is_empty() { definitions().resource_types() } else { &sp.target };
     types.iter().flat_map(|t| local(format!("{t}/{value}"))).collect()
 }
 
