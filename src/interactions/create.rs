@@ -34,6 +34,21 @@ pub async fn create(
     let last_updated = now();
     stamp(&mut body, id.as_str(), 1, &last_updated);
     let rt = resource_type.as_str();
+    if criteria.is_none() {
+        store::create_one(store, rt, id.as_str(), last_updated, &body).await?;
+        return Ok(WriteOutcome {
+            stored: StoredResource {
+                resource_type: rt.to_owned(),
+                id: id.to_string(),
+                version_id: 1,
+                last_updated,
+                deleted: false,
+                content: Some(body),
+                method: None,
+            },
+            created: true,
+        });
+    }
     let (body, criteria, id) = (&body, &criteria, &id);
     store
         .with_transaction(move |mut tx| {
