@@ -94,7 +94,13 @@ impl TestApp {
     /// Spawns the app with options.
     pub async fn spawn_with(options: Options) -> TestApp {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Every test process parses the FHIR definitions once (the first request would): do it
+        // while the database is being cloned rather than after.
+        let definitions = tokio::task::spawn_blocking(|| {
+            ironfhir::fhir::definitions::definitions();
+        });
         let (url, db_name) = fresh_database().await;
+        definitions.await.unwrap();
         let store = Store::connect(&url, 5, Duration::from_secs(10)).await.unwrap();
         let pem = keys::generate_pem().unwrap();
         let tokens = TokenAuthority::from_pem(&pem, "ironfhir").unwrap();
@@ -190,4 +196,38 @@ pub async fn expect_outcome(response: Response, status: u16) -> Value {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["resourceType"], "OperationOutcome", "body {body}");
     body
+}
+
+impl TestApp {
+    /// GETs a path, asserts 200 and returns the JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// Number of live resources of a type, from a `_summary=count` search.
+    pub async fn count(&self, resource_type: &str) -> i64 {
+        self.get_json(&format!("{resource_type}?_summary=count")).await["total"].as_i64().expect("total in a count search")
+    }
+
+    /// Number of history entries (versions, deletions included) of a type.
+    pub async fn history_total(&self, resource_type: &str) -> i64 {
+        self.get_json(&format!("{resource_type}/_history")).await["total"].as_i64().expect("total in a history bundle")
+    }
+}
+
+/// The ids of the resources in a Bundle's entries, in order.
+pub fn entry_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// The URL of a Bundle link relation (`self`, `next` …).
+pub fn link(bundle: &Value, relation: &str) -> Option<String> {
+    bundle["link"].as_array()?.iter().find(|l| l["relation"] == relation)?["url"].as_str().map(str::to_owned)
 }

@@ -14,4 +14,3 @@ mod history;
 mod metadata;
 mod search;
 mod validation;
-mod zz_timing;
