@@ -263,18 +263,25 @@ fn push_where(sql: &mut QueryBuilder<Postgres>, criteria: &Criteria) {
     }
 }
 
-/// `EXISTS (SELECT 1 FROM jsonb_path_query(r.content, <path>) v WHERE <cond>) OR …` over all paths.
-fn push_exists(sql: &mut QueryBuilder<Postgres>, paths: &[String], mut cond: impl FnMut(&mut QueryBuilder<Postgres>)) {
-    for (i, path) in paths.iter().enumerate() {
+/// Pushes `a OR b OR …` for the items (the caller wraps it in parentheses when needed).
+fn push_any<T>(sql: &mut QueryBuilder<Postgres>, items: impl IntoIterator<Item = T>, mut each: impl FnMut(&mut QueryBuilder<Postgres>, T)) {
+    for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
             sql.push(" OR ");
         }
+        each(sql, item);
+    }
+}
+
+/// `EXISTS (SELECT 1 FROM jsonb_path_query(r.content, <path>) v WHERE <cond>) OR …` over all paths.
+fn push_exists(sql: &mut QueryBuilder<Postgres>, paths: &[String], mut cond: impl FnMut(&mut QueryBuilder<Postgres>)) {
+    push_any(sql, paths.iter(), |sql, path| {
         sql.push("EXISTS (SELECT 1 FROM jsonb_path_query(r.content, ");
         sql.push_bind(path.clone());
         sql.push("::jsonpath) v WHERE ");
         cond(sql);
         sql.push(")");
-    }
+    });
 }
 
 fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
@@ -283,12 +290,9 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
             sql.push("r.id = ANY(").push_bind(ids.clone()).push(")");
         }
         ClauseKind::LastUpdated(values) => {
-            for (i, (prefix, v)) in values.iter().enumerate() {
-                if i > 0 {
-                    sql.push(" OR ");
-                }
+            push_any(sql, values.iter(), |sql, (prefix, v)| {
                 push_range_compare(sql, "tstzrange(r.last_updated, r.last_updated + interval '1 millisecond', '[)')", *prefix, v);
-            }
+            });
         }
         ClauseKind::Missing { paths, missing } => {
             if *missing {
@@ -296,21 +300,15 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
             } else {
                 sql.push("(");
             }
-            for (i, path) in paths.iter().enumerate() {
-                if i > 0 {
-                    sql.push(" OR ");
-                }
+            push_any(sql, paths.iter(), |sql, path| {
                 sql.push("jsonb_path_exists(r.content, ").push_bind(path.clone()).push("::jsonpath)");
-            }
+            });
             sql.push(")");
         }
         ClauseKind::String { paths, values, mode } => {
             push_exists(sql, paths, |sql| {
                 sql.push("jsonb_typeof(v) = 'string' AND (");
-                for (i, value) in values.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(" OR ");
-                    }
+                push_any(sql, values.iter(), |sql, value| {
                     match mode {
                         StringMode::Exact => {
                             sql.push("v #>> '{}' = ").push_bind(value.clone());
@@ -322,17 +320,14 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                             sql.push("lower(v #>> '{}') LIKE ").push_bind(format!("%{}%", like_escape(&value.to_lowercase())));
                         }
                     }
-                }
+                });
                 sql.push(")");
             });
         }
         ClauseKind::Token { paths, values } => {
             push_exists(sql, paths, |sql| {
                 sql.push("(");
-                for (i, (system, code)) in values.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(" OR ");
-                    }
+                push_any(sql, values.iter(), |sql, (system, code)| {
                     sql.push("(CASE jsonb_typeof(v) WHEN 'object' THEN (true");
                     if let Some(code) = code {
                         sql.push(" AND coalesce(v ->> 'code', v ->> 'value') = ").push_bind(code.clone());
@@ -358,7 +353,7 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                         }
                     }
                     sql.push(" END)");
-                }
+                });
                 sql.push(")");
             });
         }
@@ -371,22 +366,16 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
         ClauseKind::Date { paths, values } => {
             push_exists(sql, paths, |sql| {
                 sql.push("(");
-                for (i, (prefix, value)) in values.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(" OR ");
-                    }
+                push_any(sql, values.iter(), |sql, (prefix, value)| {
                     push_range_compare(sql, "fhir_value_range(v)", *prefix, value);
-                }
+                });
                 sql.push(")");
             });
         }
         ClauseKind::Number { paths, values, quantity } => {
             push_exists(sql, paths, |sql| {
                 sql.push("(");
-                for (i, ((prefix, lo, hi), (system, code))) in values.iter().zip(quantity).enumerate() {
-                    if i > 0 {
-                        sql.push(" OR ");
-                    }
+                push_any(sql, values.iter().zip(quantity), |sql, ((prefix, lo, hi), (system, code))| {
                     sql.push("(");
                     let num = "(CASE jsonb_typeof(v) WHEN 'number' THEN (v #>> '{}')::float8 WHEN 'object' THEN (v ->> 'value')::float8 END)";
                     let mid = (lo + hi) / 2.0;
@@ -422,17 +411,14 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                         sql.push(")");
                     }
                     sql.push(")");
-                }
+                });
                 sql.push(")");
             });
         }
         ClauseKind::Uri { paths, values, mode } => {
             push_exists(sql, paths, |sql| {
                 sql.push("jsonb_typeof(v) = 'string' AND (");
-                for (i, value) in values.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(" OR ");
-                    }
+                push_any(sql, values.iter(), |sql, value| {
                     match mode {
                         UriMode::Exact => {
                             sql.push("v #>> '{}' = ").push_bind(value.clone());
@@ -444,7 +430,7 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                             sql.push(" ").push_bind(value.clone()).push(" LIKE (replace(replace(v #>> '{}', '%', '\\%'), '_', '\\_') || '%')");
                         }
                     }
-                }
+                });
                 sql.push(")");
             });
         }

@@ -133,18 +133,7 @@ impl Store {
         let mut sql = sqlx::QueryBuilder::<Postgres>::new(
             "SELECT seq, resource_type, id, version_id, last_updated, deleted, content, method FROM resource_history WHERE true",
         );
-        if let Some(rt) = q.resource_type {
-            sql.push(" AND resource_type = ").push_bind(rt.to_owned());
-        }
-        if let Some(id) = q.id {
-            sql.push(" AND id = ").push_bind(id.to_owned());
-        }
-        if let Some(since) = q.since {
-            sql.push(" AND last_updated >= ").push_bind(since);
-        }
-        if let Some(at) = q.at {
-            sql.push(" AND last_updated <= ").push_bind(at);
-        }
+        q.push_filters(&mut sql);
         if let Some(before) = q.before_seq {
             sql.push(" AND seq < ").push_bind(before);
         }
@@ -165,18 +154,7 @@ impl Store {
     /// Number of history entries matching a history query (for `Bundle.total`).
     pub async fn history_total(&self, q: &HistoryQuery<'_>) -> FhirResult<i64> {
         let mut sql = sqlx::QueryBuilder::<Postgres>::new("SELECT count(*) FROM resource_history WHERE true");
-        if let Some(rt) = q.resource_type {
-            sql.push(" AND resource_type = ").push_bind(rt.to_owned());
-        }
-        if let Some(id) = q.id {
-            sql.push(" AND id = ").push_bind(id.to_owned());
-        }
-        if let Some(since) = q.since {
-            sql.push(" AND last_updated >= ").push_bind(since);
-        }
-        if let Some(at) = q.at {
-            sql.push(" AND last_updated <= ").push_bind(at);
-        }
+        q.push_filters(&mut sql);
         Ok(sql.build().fetch_one(&self.pool).await?.get::<i64, _>(0))
     }
 }
@@ -190,6 +168,24 @@ pub struct HistoryQuery<'a> {
     pub at: Option<DateTime<Utc>>,
     pub before_seq: Option<i64>,
     pub count: usize,
+}
+
+impl HistoryQuery<'_> {
+    /// Appends the type/id/_since/_at conditions shared by the page and the total.
+    fn push_filters(&self, sql: &mut sqlx::QueryBuilder<Postgres>) {
+        if let Some(rt) = self.resource_type {
+            sql.push(" AND resource_type = ").push_bind(rt.to_owned());
+        }
+        if let Some(id) = self.id {
+            sql.push(" AND id = ").push_bind(id.to_owned());
+        }
+        if let Some(since) = self.since {
+            sql.push(" AND last_updated >= ").push_bind(since);
+        }
+        if let Some(at) = self.at {
+            sql.push(" AND last_updated <= ").push_bind(at);
+        }
+    }
 }
 
 fn current_from_row(resource_type: &str, id: &str, r: &sqlx::postgres::PgRow) -> StoredResource {
