@@ -60,7 +60,10 @@ pub async fn create(
         .await
 }
 
-async fn create_in(
+/// The create inside a transaction: with `criteria` (If-None-Exist) a single match is returned
+/// instead (200), several are 412; otherwise `body` (already stamped with `id`, version 1 and
+/// `last_updated`) is inserted. Used by [`create`] and by transaction Bundles.
+pub async fn create_in(
     tx: &mut Tx,
     rt: &str,
     id: &Id,
@@ -96,7 +99,8 @@ async fn create_in(
     })
 }
 
-async fn read_locked(
+/// The current version of a matched resource, locked for the rest of the transaction.
+pub(crate) async fn read_locked(
     tx: &mut Tx,
     rt: &str,
     id: &str,

@@ -54,7 +54,9 @@ async fn conditional_delete_in(tx: &mut Tx, rt: &str, criteria: &search::Criteri
     }
 }
 
-async fn delete_in(tx: &mut Tx, rt: &str, id: &str) -> FhirResult<u32> {
+/// The delete inside a transaction (0 when there was nothing to delete). Used by [`delete`] and
+/// by transaction Bundles.
+pub async fn delete_in(tx: &mut Tx, rt: &str, id: &str) -> FhirResult<u32> {
     match store::lock_current(tx, rt, id).await? {
         Some((version, false)) => {
             store::write_version(tx, rt, id, version + 1, now(), "DELETE", None).await?;

@@ -28,8 +28,7 @@ pub async fn patch(
     if_match: Option<&str>,
 ) -> FhirResult<WriteOutcome> {
     principal.require(resource_type.as_str(), Interaction::Update)?;
-    let patch: json_patch::Patch = serde_json::from_value(patch_doc)
-        .map_err(|e| FhirError::BadRequest(format!("not a JSON Patch document: {}", first_line(&e.to_string()))))?;
+    let patch = parse_patch(patch_doc)?;
     let criteria = match target {
         PatchTarget::Criteria { query, base } => {
             principal.require(resource_type.as_str(), Interaction::Search)?;
@@ -52,7 +51,16 @@ pub async fn patch(
         .await
 }
 
-async fn patch_in(
+/// Parses a JSON Patch document (400 when it is not one).
+pub fn parse_patch(patch_doc: Value) -> FhirResult<json_patch::Patch> {
+    serde_json::from_value(patch_doc)
+        .map_err(|e| FhirError::BadRequest(format!("not a JSON Patch document: {}", first_line(&e.to_string()))))
+}
+
+/// The patch inside a transaction: finds the target (`fixed_id`, or the single match of
+/// `criteria`), applies the patch, validates and writes the next version. Used by [`patch`] and
+/// by transaction Bundles.
+pub async fn patch_in(
     tx: &mut Tx,
     principal: &Principal,
     resource_type: &ResourceType,

@@ -514,6 +514,13 @@ pub async fn matching_ids(tx: &mut crate::store::Tx, criteria: &Criteria, limit:
 
 /// Runs a search: one page of matches plus the total when asked for.
 pub async fn execute(pool: &sqlx::PgPool, request: &SearchRequest) -> FhirResult<(Vec<StoredResource>, Option<i64>)> {
+    let mut conn = pool.acquire().await?;
+    execute_in(&mut conn, request).await
+}
+
+/// [`execute`] on one connection — inside a transaction it sees the transaction's own writes
+/// (a GET entry of a transaction Bundle).
+pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) -> FhirResult<(Vec<StoredResource>, Option<i64>)> {
     let criteria = &request.criteria;
     let mut total = None;
     if request.want_total {
@@ -521,7 +528,7 @@ pub async fn execute(pool: &sqlx::PgPool, request: &SearchRequest) -> FhirResult
         sql.push_bind(criteria.resource_type.as_str().to_owned());
         sql.push(" AND NOT r.deleted");
         push_where(&mut sql, criteria);
-        total = Some(sql.build().fetch_one(pool).await?.get::<i64, _>(0));
+        total = Some(sql.build().fetch_one(&mut *conn).await?.get::<i64, _>(0));
     }
     if request.count == 0 {
         return Ok((vec![], total));
@@ -542,7 +549,7 @@ pub async fn execute(pool: &sqlx::PgPool, request: &SearchRequest) -> FhirResult
     }
     sql.push("r.id ASC LIMIT ").push_bind(request.count as i64);
     sql.push(" OFFSET ").push_bind(request.offset as i64);
-    let rows = sql.build().fetch_all(pool).await?;
+    let rows = sql.build().fetch_all(&mut *conn).await?;
     let found = rows
         .iter()
         .map(|r| StoredResource {

@@ -103,28 +103,12 @@ impl Store {
 
     /// The current row of a resource, deleted or not.
     pub async fn read(&self, resource_type: &str, id: &str) -> FhirResult<Option<StoredResource>> {
-        let row = sqlx::query(
-            "SELECT version_id, last_updated, deleted, content FROM resource WHERE resource_type = $1 AND id = $2",
-        )
-        .bind(resource_type)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| current_from_row(resource_type, id, &r)))
+        read_current(&self.pool, resource_type, id).await
     }
 
     /// One version from the history.
     pub async fn vread(&self, resource_type: &str, id: &str, version: i64) -> FhirResult<Option<StoredResource>> {
-        let row = sqlx::query(
-            "SELECT resource_type, id, version_id, last_updated, deleted, content, method FROM resource_history \
-             WHERE resource_type = $1 AND id = $2 AND version_id = $3",
-        )
-        .bind(resource_type)
-        .bind(id)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| history_from_row(&r)))
+        read_version(&self.pool, resource_type, id, version).await
     }
 
     /// History entries, newest first, keyset-paged on the history sequence so that pages
@@ -183,9 +167,56 @@ impl HistoryQuery<'_> {
             sql.push(" AND last_updated >= ").push_bind(since);
         }
         if let Some(at) = self.at {
+            // http.html#history: `_at` keeps the versions that were current at that instant —
+            // written at or before it and not yet replaced by a later version of the same
+            // resource written at or before it (older versions are not what was current).
             sql.push(" AND last_updated <= ").push_bind(at);
+            sql.push(
+                " AND NOT EXISTS (SELECT 1 FROM resource_history later WHERE later.resource_type = resource_history.resource_type \
+                 AND later.id = resource_history.id AND later.version_id > resource_history.version_id AND later.last_updated <= ",
+            )
+            .push_bind(at)
+            .push(")");
         }
     }
+}
+
+/// The current row of a resource, deleted or not, inside a transaction (it sees the
+/// transaction's own writes — a GET entry of a transaction Bundle reads through this).
+pub async fn read_in(tx: &mut Tx, resource_type: &str, id: &str) -> FhirResult<Option<StoredResource>> {
+    read_current(&mut **tx, resource_type, id).await
+}
+
+/// One version from the history, inside a transaction.
+pub async fn vread_in(tx: &mut Tx, resource_type: &str, id: &str, version: i64) -> FhirResult<Option<StoredResource>> {
+    read_version(&mut **tx, resource_type, id, version).await
+}
+
+async fn read_current<'e, E: sqlx::PgExecutor<'e>>(executor: E, resource_type: &str, id: &str) -> FhirResult<Option<StoredResource>> {
+    let row = sqlx::query("SELECT version_id, last_updated, deleted, content FROM resource WHERE resource_type = $1 AND id = $2")
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.map(|r| current_from_row(resource_type, id, &r)))
+}
+
+async fn read_version<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+) -> FhirResult<Option<StoredResource>> {
+    let row = sqlx::query(
+        "SELECT resource_type, id, version_id, last_updated, deleted, content, method FROM resource_history \
+         WHERE resource_type = $1 AND id = $2 AND version_id = $3",
+    )
+    .bind(resource_type)
+    .bind(id)
+    .bind(version)
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.map(|r| history_from_row(&r)))
 }
 
 fn current_from_row(resource_type: &str, id: &str, r: &sqlx::postgres::PgRow) -> StoredResource {

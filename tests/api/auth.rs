@@ -235,6 +235,11 @@ async fn scopes_allow_exactly_the_interactions_and_types_they_name() {
         row("system/Observation.rs", Method::GET, &read, 403),
         row("system/Observation.rs", Method::GET, "Patient/no-such-id", 403),
         row("system/Observation.rs", Method::POST, "Patient/$validate", 403),
+        // user/ scopes act like system/ ones for now.
+        row("user/Patient.rs", Method::GET, &read, 200),
+        row("user/Patient.rs", Method::GET, "Patient", 200),
+        row("user/Patient.rs", Method::POST, "Patient", 403),
+        row("user/Patient.rs", Method::GET, "Observation", 403),
         // Type-level history needs search; system-level history needs a wildcard.
         row("system/Patient.rs", Method::GET, "Patient/_history", 200),
         row("system/Patient.rs system/Observation.rs", Method::GET, "_history", 403),
@@ -242,7 +247,8 @@ async fn scopes_allow_exactly_the_interactions_and_types_they_name() {
     let mut failures = vec![];
     for r in rows {
         let token = app.token_with(r.scope);
-        let got = status_with(&app, &token, r.method.clone(), &r.path, Some(json!({"resourceType": "Patient"}))).await;
+        let body = matches!(r.method, Method::POST | Method::PUT).then(|| json!({"resourceType": "Patient"}));
+        let got = status_with(&app, &token, r.method.clone(), &r.path, body).await;
         if got != r.status {
             failures.push(format!("{:?} {} {}: expected {}, got {got}", r.scope, r.method, r.path, r.status));
         }

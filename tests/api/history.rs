@@ -190,3 +190,36 @@ async fn count_limits_a_history_page_and_total_counts_all() {
     assert!(link(&page, "self").is_some());
     assert!(link(&page, "next").is_some());
 }
+
+#[tokio::test]
+async fn at_keeps_only_the_versions_current_at_that_instant() {
+    let app = TestApp::spawn().await;
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(20));
+    let a1 = app.create(&patient("Testperson-A")).await;
+    let aid = format!("Patient/{}", a1["id"].as_str().unwrap());
+    pause().await;
+    let a2 = update(&app, a1.clone(), "Testperson-A2").await;
+    pause().await;
+    let b1 = app.create(&patient("Testperson-B")).await;
+    let bid = format!("Patient/{}", b1["id"].as_str().unwrap());
+    pause().await;
+    // The instant: a is at version 2 (version 1 was superseded), b at version 1.
+    let at = b1["meta"]["lastUpdated"].as_str().unwrap().to_owned();
+    pause().await;
+    update(&app, a2, "Testperson-A3").await;
+    delete(&app, &bid).await;
+
+    let query = form_urlencoded::Serializer::new(String::new()).append_pair("_at", &at).finish();
+    let bundle = app.get_json(&format!("Patient/_history?{query}")).await;
+    let mut got = versions(&bundle);
+    got.sort();
+    let mut want = vec![(aid.clone(), 2), (bid.clone(), 1)];
+    want.sort();
+    assert_eq!(got, want, "the version of each resource current at {at}");
+    assert_eq!(bundle["total"], 2);
+    let instance = app.get_json(&format!("{aid}/_history?{query}")).await;
+    assert_eq!(versions(&instance), [(aid, 2)]);
+    // Before anything existed: nothing was current.
+    let before = app.get_json("Patient/_history?_at=2000-01-01T00:00:00Z").await;
+    assert_eq!(before["total"], 0);
+}
