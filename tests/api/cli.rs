@@ -76,7 +76,8 @@ async fn wait_ready(client: &reqwest::Client, url: &str) {
 #[tokio::test]
 async fn a_token_printed_by_admin_token_is_accepted_by_serve_with_the_same_data_dir() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (url, _) = fresh_database().await;
+    let (url, name) = fresh_database().await;
+    let _db = crate::helpers::DatabaseGuard(name);
     let dir = temp_dir("token");
     let token = admin_token(&dir, "system/Patient.rs");
     let port = free_port();
@@ -124,7 +125,8 @@ fn tls_client(cert: &Path, max: reqwest::tls::Version) -> reqwest::Client {
 #[tokio::test]
 async fn https_uses_tls_1_3_by_default_and_allows_1_2_only_when_configured() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (url, _) = fresh_database().await;
+    let (url, name) = fresh_database().await;
+    let _db = crate::helpers::DatabaseGuard(name);
     let dir = temp_dir("tls");
     let (cert, key) = self_signed(&dir);
     let tls_args = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
@@ -212,7 +214,8 @@ async fn migrate_applies_the_schema_to_an_empty_database_and_exits() {
 #[tokio::test]
 async fn serve_with_demo_loads_the_synthetic_data_set_once() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (url, _) = fresh_database().await;
+    let (url, name) = fresh_database().await;
+    let _db = crate::helpers::DatabaseGuard(name);
     let dir = temp_dir("demo");
     let token = admin_token(&dir, "system/*.*");
     let client = reqwest::Client::new();

@@ -93,6 +93,11 @@ impl TestApp {
 
     /// Spawns the app with options.
     pub async fn spawn_with(options: Options) -> TestApp {
+        Self::spawn_with_bundle_limit(options, 10_000).await
+    }
+
+    /// Spawns the app with options and a limit on the entries of batch/transaction Bundles.
+    pub async fn spawn_with_bundle_limit(options: Options, max_bundle_entries: usize) -> TestApp {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // Every test process parses the FHIR definitions once (the first request would): do it
         // while the database is being cloned rather than after.
@@ -111,6 +116,7 @@ impl TestApp {
             base_url: None,
             tls: false,
             max_body_bytes: options.max_body_bytes,
+            max_bundle_entries,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -164,10 +170,26 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        // Best-effort cleanup in a separate thread (we may be inside a runtime).
         // The pool belongs to the test's runtime, which is blocked here: do not touch it;
         // `WITH (FORCE)` ends its connections.
-        let name = self.db_name.clone();
+        drop_database(&self.db_name);
+    }
+}
+
+/// Drops a test database when it goes out of scope (for tests that start the binary
+/// themselves rather than a `TestApp`).
+pub struct DatabaseGuard(pub String);
+
+impl Drop for DatabaseGuard {
+    fn drop(&mut self) {
+        drop_database(&self.0);
+    }
+}
+
+/// Best-effort `DROP DATABASE … WITH (FORCE)` from a separate thread (we may be inside a runtime).
+fn drop_database(name: &str) {
+    let name = name.to_owned();
+    {
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
             if let Ok(rt) = rt {
