@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes (413 above it).
     #[arg(long, env = "IRONFHIR_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest number of entries in a batch or transaction Bundle (413 above it).
+    #[arg(long, env = "IRONFHIR_MAX_BUNDLE_ENTRIES", default_value_t = 10_000)]
+    pub max_bundle_entries: usize,
     /// Statement timeout for database queries, in milliseconds.
     #[arg(long, env = "IRONFHIR_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
     pub statement_timeout_ms: u64,

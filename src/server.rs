@@ -72,6 +72,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         base_url: args.base_url.clone(),
         tls,
         max_body_bytes: args.max_body_bytes,
+        max_bundle_entries: args.max_bundle_entries,
     });
     // Preload the FHIR definitions so the first request does not pay for parsing them.
     let _ = crate::fhir::definitions::definitions();

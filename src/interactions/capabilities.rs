@@ -60,6 +60,6 @@ fn build() -> Value {
         .collect();
     let rest = &mut cs["rest"][0];
     rest["resource"] = json!(resources);
-    rest["interaction"] = json!([{"code": "history-system"}]);
+    rest["interaction"] = json!([{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}]);
     cs
 }

@@ -3,6 +3,7 @@
 //! Each function authorises, acts and returns stored resources; `rest/` only parses requests and
 //! renders what comes back. Spec: https://hl7.org/fhir/R4/http.html
 
+pub mod bundle;
 pub mod capabilities;
 pub mod create;
 pub mod delete;

@@ -1,10 +1,14 @@
 //! Bundles the server builds: searchset and history, with paging links
-//! (https://hl7.org/fhir/R4/http.html#paging, bundle.html).
+//! (https://hl7.org/fhir/R4/http.html#paging, bundle.html), and the responses to batch and
+//! transaction Bundles (http.html#transaction-response).
 
-use serde_json::{Value, json};
+use axum::http::StatusCode;
+use serde_json::{Map, Value, json};
 
 use super::{Ctx, instant_now};
+use crate::error::{Issue, Severity, operation_outcome};
 use crate::fhir::types::ResourceType;
+use crate::interactions::bundle::{BundleResult, EntryOutcome};
 use crate::interactions::history::{HistoryPage, HistoryParams};
 use crate::interactions::instant;
 use crate::search::SearchRequest;
@@ -133,4 +137,96 @@ pub fn search_bundle(ctx: &Ctx, rt: &ResourceType, request: &SearchRequest, foun
         bundle["total"] = json!(total);
     }
     bundle
+}
+
+/// The `batch-response` / `transaction-response` of a processed Bundle: one entry per request
+/// entry, in order, with `response.status`, `location`, `etag`, `lastModified`, the resource
+/// per `Prefer: return` (writes) and an `outcome` for failed batch entries.
+pub fn bundle_response(ctx: &Ctx, result: &BundleResult) -> Value {
+    let prefer = ctx.prefer("return");
+    let entries: Vec<Value> = result
+        .entries
+        .iter()
+        .map(|r| match r {
+            Ok(outcome) => response_entry(ctx, outcome, prefer.as_deref()),
+            Err(e) => json!({"response": {"status": status_line(e.status()), "outcome": e.outcome()}}),
+        })
+        .collect();
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": instant_now()},
+        "type": result.kind.response_type(),
+    });
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
+    }
+    bundle
+}
+
+/// `201 Created`, `412 Precondition Failed` …
+fn status_line(status: StatusCode) -> String {
+    format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")).trim_end().to_owned()
+}
+
+fn version_response(status: StatusCode, stored: &StoredResource) -> Map<String, Value> {
+    let mut response = Map::new();
+    response.insert("status".into(), json!(status_line(status)));
+    response.insert("etag".into(), json!(format!("W/\"{}\"", stored.version_id)));
+    response.insert("lastModified".into(), json!(instant(&stored.last_updated)));
+    response
+}
+
+fn response_entry(ctx: &Ctx, outcome: &EntryOutcome, prefer: Option<&str>) -> Value {
+    let full_url = |s: &StoredResource| json!(format!("{}/{}/{}", ctx.base, s.resource_type, s.id));
+    let mut entry = Map::new();
+    match outcome {
+        EntryOutcome::Write(write) => {
+            let s = &write.stored;
+            let status = if write.created { StatusCode::CREATED } else { StatusCode::OK };
+            let mut response = Map::new();
+            response.insert("status".into(), json!(status_line(status)));
+            response.insert("location".into(), json!(format!("{}/{}/_history/{}", s.resource_type, s.id, s.version_id)));
+            response.extend(version_response(status, s).into_iter().filter(|(k, _)| k != "status"));
+            entry.insert("fullUrl".into(), full_url(s));
+            match prefer {
+                Some("minimal") => {}
+                Some("OperationOutcome") => {
+                    let text = if write.created { "created" } else { "updated" };
+                    let issue = Issue {
+                        severity: Severity::Information,
+                        code: "informational",
+                        diagnostics: format!("{text} {}/{} version {}", s.resource_type, s.id, s.version_id),
+                        expression: vec![],
+                    };
+                    response.insert("outcome".into(), operation_outcome(&[issue]));
+                }
+                _ => {
+                    if let Some(content) = &s.content {
+                        entry.insert("resource".into(), content.clone());
+                    }
+                }
+            }
+            entry.insert("response".into(), Value::Object(response));
+        }
+        EntryOutcome::Deleted(_) => {
+            entry.insert("response".into(), json!({"status": status_line(StatusCode::NO_CONTENT)}));
+        }
+        EntryOutcome::Read { stored, head } => {
+            entry.insert("fullUrl".into(), full_url(stored));
+            if let (false, Some(content)) = (head, &stored.content) {
+                entry.insert("resource".into(), content.clone());
+            }
+            entry.insert("response".into(), Value::Object(version_response(StatusCode::OK, stored)));
+        }
+        EntryOutcome::NotModified(stored) => {
+            entry.insert("response".into(), Value::Object(version_response(StatusCode::NOT_MODIFIED, stored)));
+        }
+        EntryOutcome::Search { request, found, total } => {
+            let rt = &request.criteria.resource_type;
+            entry.insert("resource".into(), search_bundle(ctx, rt, request, found, *total));
+            entry.insert("response".into(), json!({"status": status_line(StatusCode::OK)}));
+        }
+    }
+    Value::Object(entry)
 }

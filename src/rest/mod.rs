@@ -31,6 +31,8 @@ pub struct AppState {
     /// Whether the server terminates TLS (for base URLs derived from the Host header).
     pub tls: bool,
     pub max_body_bytes: usize,
+    /// Largest number of entries in a batch or transaction Bundle (413 above it).
+    pub max_bundle_entries: usize,
 }
 
 /// Builds the router: everything under `/fhir` goes through [`dispatch`]; other paths are 404
@@ -121,7 +123,11 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             let page = interactions::history::history(store, &principal, None, None, &params).await?;
             respond(ctx, StatusCode::OK, bundle::history_bundle(ctx, "_history", &page, &params), HeaderMap::new())
         }
-        (Method::POST, []) => Err(FhirError::MethodNotAllowed("batch and transaction Bundles are not supported yet".into())),
+        (Method::POST, []) => {
+            let submitted = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
+            let result = interactions::bundle::process(store, &principal, submitted, &ctx.base, state.max_bundle_entries).await?;
+            respond(ctx, StatusCode::OK, bundle::bundle_response(ctx, &result), HeaderMap::new())
+        }
         (_, []) => Err(FhirError::MethodNotAllowed("unsupported operation at the base URL".into())),
         (method, [rt, rest @ ..]) => {
             let rt = ResourceType::parse(rt)?;

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod bundles;
 mod cli;
 mod conditional;
 mod crud;
