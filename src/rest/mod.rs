@@ -293,10 +293,13 @@ async fn read_body(state: &AppState, body: Body) -> FhirResult<Bytes> {
     })
 }
 
+/// The 401 message for requests without any Authorization header.
+const MISSING_TOKEN: &str = "an access token is required (Authorization: Bearer ...)";
+
 fn authenticate(state: &AppState, headers: &HeaderMap) -> FhirResult<Arc<Principal>> {
     let value = headers
         .get(header::AUTHORIZATION)
-        .ok_or_else(|| FhirError::Unauthorized("an access token is required (Authorization: Bearer ...)".into()))?;
+        .ok_or_else(|| FhirError::Unauthorized(MISSING_TOKEN.into()))?;
     let token = value
         .to_str()
         .ok()
@@ -336,11 +339,14 @@ pub fn error_response(error: &FhirError, format: Format, pretty: bool) -> Respon
         Err(_) => (serde_json::to_vec(&error.outcome()).unwrap_or_default(), Format::Json.content_type()),
     };
     let mut response = (error.status(), [(header::CONTENT_TYPE, content_type)], body).into_response();
-    if let FhirError::Unauthorized(_) = error {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"ironfhir\", error=\"invalid_token\""),
-        );
+    if let FhirError::Unauthorized(message) = error {
+        // RFC 6750 §3.1: no error code when the request carried no credentials at all.
+        let challenge = if message == MISSING_TOKEN {
+            "Bearer realm=\"ironfhir\""
+        } else {
+            "Bearer realm=\"ironfhir\", error=\"invalid_token\""
+        };
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
     response
 }

@@ -51,11 +51,17 @@ fn base64url_matches_rfc_4648_test_vectors() {
     assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
 }
 
-/// Asserts a 401 OperationOutcome that tells the client how to authenticate.
-async fn expect_401(r: reqwest::Response, case: &str) {
+/// Asserts a 401 OperationOutcome that tells the client how to authenticate; RFC 6750 §3.1:
+/// `error="invalid_token"` when a token was sent, no error code when there was none.
+async fn expect_401(r: reqwest::Response, case: &str, token_sent: bool) {
     assert_eq!(r.status(), 401, "{case}");
     let challenge = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
     assert!(challenge.as_deref().is_some_and(|c| c.starts_with("Bearer")), "{case}: WWW-Authenticate {challenge:?}");
+    assert_eq!(
+        challenge.as_deref().is_some_and(|c| c.contains("error=\"invalid_token\"")),
+        token_sent,
+        "{case}: WWW-Authenticate {challenge:?}"
+    );
     let outcome = expect_outcome(r, 401).await;
     assert_eq!(issue_codes(&outcome), ["login"], "{case}");
 }
@@ -82,7 +88,7 @@ async fn requests_without_a_token_get_401_with_www_authenticate() {
             .send()
             .await
             .unwrap();
-        expect_401(r, &format!("{method} {path}")).await;
+        expect_401(r, &format!("{method} {path}"), false).await;
     }
     assert_eq!(app.count("Patient").await, 1, "the unauthenticated POST created nothing");
     assert_eq!(app.get_json(&read).await["meta"]["versionId"], "1", "the unauthenticated DELETE did nothing");
@@ -123,7 +129,7 @@ async fn invalid_tokens_get_401() {
     assert_eq!(ok.status(), 200);
     for (case, authorization) in cases {
         let r = app.client.get(format!("{}/Patient", app.base)).header("authorization", authorization).send().await.unwrap();
-        expect_401(r, case).await;
+        expect_401(r, case, true).await;
     }
 }
 
