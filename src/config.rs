@@ -1,6 +1,6 @@
 //! The one configuration of every subcommand, from command-line flags and the environment.
 //!
-//! `serve`, `migrate` and `admin` all flatten [`Config`], so a token printed by
+//! `serve`, `migrate`, `import` and `admin` all flatten [`Config`], so a token printed by
 //! `admin token --data-dir D` is signed by the same key that `serve --data-dir D` checks.
 
 use std::net::SocketAddr;
@@ -23,6 +23,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(Config),
+    /// Load FHIR data fast: transaction/batch/collection Bundles (JSON) and NDJSON files;
+    /// resumable after an interruption (progress is kept in the database).
+    Import(ImportArgs),
     /// Operator tasks.
     Admin {
         #[command(subcommand)]
@@ -51,6 +54,27 @@ pub struct TokenArgs {
     /// Subject (`sub` claim) recorded in the token.
     #[arg(long, default_value = "operator")]
     pub subject: String,
+}
+
+/// Arguments of `import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub config: Config,
+    /// Files to load (`*.json` Bundles or resources, `*.ndjson` one resource per line); a
+    /// directory means every `*.json` and `*.ndjson` file in it, in name order.
+    #[arg(required = true, value_name = "FILE|DIR")]
+    pub files: Vec<PathBuf>,
+    /// Number of files loaded at the same time.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
+    /// Resources written per database transaction (NDJSON and collection Bundles).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+    /// FHIR base URL that absolute fullUrls and references in transaction Bundles are resolved
+    /// against.
+    #[arg(long, env = "IRONFHIR_BASE_URL", default_value = "http://localhost:8080/fhir")]
+    pub base_url: String,
 }
 
 /// Arguments of `serve`.

@@ -9,6 +9,7 @@
 //! - [`search`]: query parameters → SQL over the stored JSON.
 //! - [`interactions`]: create/read/update/… as plain async functions over the store.
 //! - [`rest`]: the thin axum layer — route, parse, call an interaction, render JSON or XML.
+//! - [`import`]: the `import` command (bulk loading of Bundles and NDJSON).
 //! - [`server`]: wiring: start the database, build the router, serve HTTP or HTTPS.
 
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fhir;
+pub mod import;
 pub mod interactions;
 pub mod rest;
 pub mod search;

@@ -1,4 +1,4 @@
-//! The `ironfhir` binary: `serve`, `migrate`, `admin token`.
+//! The `ironfhir` binary: `serve`, `migrate`, `import`, `admin token`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,6 +24,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => server::serve(args).await,
         Command::Migrate(config) => migrate(config).await,
+        Command::Import(args) => ironfhir::import::run(args).await,
         Command::Admin { command: AdminCommand::Token(args) } => server::token_authority(&args.config)
             .and_then(|authority| authority.issue(&args.subject, &args.scope, args.ttl))
             .map(|token| println!("{token}")),

@@ -87,6 +87,20 @@ pub async fn process(
     base: &str,
     max_entries: usize,
 ) -> FhirResult<BundleResult> {
+    process_recorded(store, principal, bundle, base, max_entries, None).await
+}
+
+/// [`process`] for `ironfhir import`: a transaction also records `record` (the file's
+/// `import_progress`) in its own database transaction, so the Bundle and the fact that it was
+/// imported commit together. (A batch has no single transaction; the caller records it after.)
+pub async fn process_recorded(
+    store: &Store,
+    principal: &Principal,
+    bundle: Value,
+    base: &str,
+    max_entries: usize,
+    record: Option<(&str, store::import::Progress)>,
+) -> FhirResult<BundleResult> {
     let Value::Object(mut bundle) = bundle else {
         return Err(bad("the body must be a Bundle of type batch or transaction"));
     };
@@ -119,7 +133,7 @@ pub async fn process(
                 .enumerate()
                 .map(|(i, e)| e.map_err(|err| at_entry(err, i)))
                 .collect::<FhirResult<Vec<Entry>>>()?;
-            let outcomes = run_transaction(store, principal, &entries, base).await?;
+            let outcomes = run_transaction(store, principal, &entries, base, record).await?;
             Ok(BundleResult { kind, entries: outcomes.into_iter().map(Ok).collect() })
         }
         BundleKind::Batch => Ok(BundleResult { kind, entries: run_batch(store, principal, prepared, base).await }),
@@ -728,14 +742,25 @@ async fn get_entry(tx: &mut Tx, principal: &Principal, e: &Entry, links: &Links<
 
 /// Runs all entries in one database transaction (retried as a whole on serialization
 /// failures and deadlocks); a failure is tagged with the failing entry.
-async fn run_transaction(store: &Store, principal: &Principal, entries: &[Entry], base: &str) -> FhirResult<Vec<EntryOutcome>> {
+async fn run_transaction(
+    store: &Store,
+    principal: &Principal,
+    entries: &[Entry],
+    base: &str,
+    record: Option<(&str, store::import::Progress)>,
+) -> FhirResult<Vec<EntryOutcome>> {
     let failed = AtomicUsize::new(usize::MAX);
     let failed_ref = &failed;
     let result = store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
                 failed_ref.store(usize::MAX, Ordering::Relaxed);
-                let result = transaction_in(&mut tx, principal, entries, base, failed_ref).await;
+                let mut result = transaction_in(&mut tx, principal, entries, base, failed_ref).await;
+                if let (Ok(_), Some((key, progress))) = (&result, record) {
+                    if let Err(e) = store::import::record_progress(&mut tx, key, progress).await {
+                        result = Err(e);
+                    }
+                }
                 (tx, result)
             })
         })

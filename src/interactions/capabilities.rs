@@ -55,6 +55,16 @@ fn build() -> Value {
             if search_params.is_empty() {
                 resource.as_object_mut().map(|o| o.remove("searchParam"));
             }
+            if rt == "Patient" {
+                // patient-operation-everything.html; `start`/`end` are accepted and ignored.
+                if let Some(ops) = resource["operation"].as_array_mut() {
+                    ops.push(json!({
+                        "name": "everything",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                        "documentation": "Supports _since, _type and _count (paging by next links); start and end are ignored.",
+                    }));
+                }
+            }
             resource
         })
         .collect();

@@ -44,7 +44,7 @@ impl HistoryParams {
     }
 }
 
-fn parse_instant(name: &str, v: &str) -> FhirResult<DateTime<Utc>> {
+pub(crate) fn parse_instant(name: &str, v: &str) -> FhirResult<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&Utc))
         .or_else(|_| {

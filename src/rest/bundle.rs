@@ -9,6 +9,7 @@ use super::{Ctx, instant_now};
 use crate::error::{Issue, Severity, operation_outcome};
 use crate::fhir::types::ResourceType;
 use crate::interactions::bundle::{BundleResult, EntryOutcome};
+use crate::interactions::everything::{EverythingPage, EverythingParams};
 use crate::interactions::history::{HistoryPage, HistoryParams};
 use crate::interactions::instant;
 use crate::search::SearchRequest;
@@ -135,6 +136,59 @@ pub fn search_bundle(ctx: &Ctx, rt: &ResourceType, request: &SearchRequest, foun
     }
     if let Some(total) = total {
         bundle["total"] = json!(total);
+    }
+    bundle
+}
+
+/// The searchset of Patient `$everything` (patient-operation-everything.html): compartment
+/// members as `match`, resources the patient references as `include`; offset paging links.
+pub fn everything_bundle(ctx: &Ctx, path: &str, page: &EverythingPage, params: &EverythingParams) -> Value {
+    let url = |offset: usize| {
+        let mut q: Vec<(String, String)> = vec![];
+        if let Some(since) = params.since {
+            q.push(("_since".into(), instant(&since)));
+        }
+        if let Some(types) = &params.types {
+            q.push(("_type".into(), types.join(",")));
+        }
+        q.push(("_count".into(), params.count.to_string()));
+        if offset > 0 {
+            q.push(("_offset".into(), offset.to_string()));
+        }
+        format!("{}/{path}?{}", ctx.base, encode(&q))
+    };
+    let mut links = vec![link("self", url(params.offset))];
+    if params.count > 0 {
+        links.push(link("first", url(0)));
+        if params.offset > 0 {
+            links.push(link("previous", url(params.offset.saturating_sub(params.count))));
+        }
+        if ((params.offset + page.entries.len()) as i64) < page.total && !page.entries.is_empty() {
+            links.push(link("next", url(params.offset + params.count)));
+        }
+    }
+    let entries: Vec<Value> = page
+        .entries
+        .iter()
+        .filter_map(|(r, include)| {
+            let content = r.content.as_ref()?;
+            Some(json!({
+                "fullUrl": format!("{}/{}/{}", ctx.base, r.resource_type, r.id),
+                "resource": content,
+                "search": {"mode": if *include { "include" } else { "match" }},
+            }))
+        })
+        .collect();
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": instant_now()},
+        "type": "searchset",
+        "total": page.total,
+        "link": links,
+    });
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
     }
     bundle
 }

@@ -255,6 +255,11 @@ async fn route_instance(
                 interactions::validate::validate(store, principal, rt, Some(id), body, ctx.param("mode"), ctx.param("profile")).await?;
             respond(ctx, StatusCode::OK, operation_outcome(&issues), HeaderMap::new())
         }
+        (Method::GET | Method::POST, ["$everything"]) if rt.as_str() == "Patient" => {
+            let params = interactions::everything::EverythingParams::parse(&ctx.query)?;
+            let page = interactions::everything::everything(store, principal, id, &params, &ctx.base).await?;
+            respond(ctx, StatusCode::OK, bundle::everything_bundle(ctx, &format!("Patient/{id}/$everything"), &page, &params), HeaderMap::new())
+        }
         (_, [op]) if op.starts_with('$') => Err(FhirError::NotFound(format!("operation {} is not supported", crate::fhir::types::sanitize(op)))),
         (Method::GET, _) => Err(FhirError::NotFound("no such endpoint".into())),
         _ => Err(FhirError::MethodNotAllowed("unsupported method for this path".into())),

@@ -565,6 +565,65 @@ pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) 
     Ok((found, total))
 }
 
+/// One page of the union of several criteria (each one's clauses ANDed, the criteria ORed) over
+/// live resources of any type, de-duplicated and ordered by type then id, plus the total size of
+/// the union. `since` keeps only resources last updated at or after it. Serves operations that
+/// gather resources across types (Patient `$everything`).
+pub async fn execute_union(
+    pool: &sqlx::PgPool,
+    parts: &[Criteria],
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    count: usize,
+    offset: usize,
+) -> FhirResult<(Vec<StoredResource>, i64)> {
+    if parts.is_empty() {
+        return Ok((vec![], 0));
+    }
+    let mut conn = pool.acquire().await?;
+    let mut sql = QueryBuilder::<Postgres>::new("SELECT count(*) FROM (");
+    push_union(&mut sql, parts, since);
+    sql.push(") k");
+    let total = sql.build().fetch_one(&mut *conn).await?.get::<i64, _>(0);
+    if count == 0 {
+        return Ok((vec![], total));
+    }
+    let mut sql = QueryBuilder::<Postgres>::new("SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM (");
+    push_union(&mut sql, parts, since);
+    sql.push(") k JOIN resource r ON r.resource_type = k.resource_type AND r.id = k.id");
+    sql.push(" ORDER BY r.resource_type COLLATE \"C\" ASC, r.id COLLATE \"C\" ASC LIMIT ").push_bind(count as i64);
+    sql.push(" OFFSET ").push_bind(offset as i64);
+    let rows = sql.build().fetch_all(&mut *conn).await?;
+    let found = rows
+        .iter()
+        .map(|r| StoredResource {
+            resource_type: r.get(0),
+            id: r.get(1),
+            version_id: r.get(2),
+            last_updated: r.get(3),
+            deleted: false,
+            content: r.get::<Option<Value>, _>(4),
+            method: None,
+        })
+        .collect();
+    Ok((found, total))
+}
+
+/// `SELECT resource_type, id … UNION SELECT …` for each criteria (UNION de-duplicates).
+fn push_union(sql: &mut QueryBuilder<Postgres>, parts: &[Criteria], since: Option<chrono::DateTime<chrono::Utc>>) {
+    for (i, criteria) in parts.iter().enumerate() {
+        if i > 0 {
+            sql.push(" UNION ");
+        }
+        sql.push("SELECT r.resource_type, r.id FROM resource r WHERE r.resource_type = ");
+        sql.push_bind(criteria.resource_type.as_str().to_owned());
+        sql.push(" AND NOT r.deleted");
+        if let Some(since) = since {
+            sql.push(" AND r.last_updated >= ").push_bind(since);
+        }
+        push_where(sql, criteria);
+    }
+}
+
 /// Whether this engine can evaluate `sp` on `resource_type` (what the CapabilityStatement lists).
 pub fn is_supported(sp: &SearchParameter, resource_type: &str) -> bool {
     if sp.code == "_id" || sp.code == "_lastUpdated" {

@@ -5,6 +5,7 @@
 //! resource, its history row and (later) its index, audit and outbox rows commit together.
 
 pub mod embedded;
+pub mod import;
 
 use std::future::Future;
 use std::pin::Pin;

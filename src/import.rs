@@ -1,0 +1,525 @@
+//! `ironfhir import FILE|DIR…`: loads FHIR data fast, straight into the database.
+//!
+//! - **transaction / batch Bundles** go through [`bundle::process_recorded`], exactly like
+//!   `POST [base]` (urn:uuid references rewritten, a transaction all or nothing), as a system
+//!   principal (`system/*.*`).
+//! - **NDJSON** (one resource per line) and **collection Bundles** (and a `.json` file holding a
+//!   single resource): every resource is checked like an update ([`check_body`]), keeps its id
+//!   (one is generated when it has none) and is written with update-as-create semantics (a new id
+//!   is version 1, a known one gets the next version), many rows per statement
+//!   ([`store::import::write_batch`]) and `--batch-size` resources per database transaction.
+//! - **Resumable**: `import_progress` (migrations/0003) records per file (path, size, mtime) how
+//!   far it is imported, in the same transaction as each batch; a re-run continues after the
+//!   last committed batch and skips completed files. A Bundle is one unit (a transaction Bundle
+//!   records itself inside its own transaction; a batch Bundle, whose entries commit one by one,
+//!   is recorded after its last entry, so an interrupted batch Bundle runs again whole).
+//! - Invalid resources are reported as `file:line: diagnostics` (never resource content) and
+//!   skipped; the exit code is non-zero when any resource failed.
+//! - `--parallel` files are imported at once, each by its own task with its own batches.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::auth::{Principal, parse_scopes};
+use crate::config::ImportArgs;
+use crate::error::{FhirError, FhirResult, Severity};
+use crate::fhir::types::{Id, ResourceType};
+use crate::interactions::bundle::{self, EntryOutcome};
+use crate::interactions::{check_body, now, stamp};
+use crate::server;
+use crate::store::import::{ImportRow, Progress, progress, record_progress, write_batch};
+use crate::store::{Store, Tx};
+
+/// Errors reported per file before the rest are only counted.
+const MAX_REPORTED_PER_FILE: u64 = 100;
+
+/// Runs `import`; `Err` (non-zero exit) when a file could not be read or any resource failed.
+pub async fn run(args: ImportArgs) -> Result<(), String> {
+    let inputs = inputs(&args.files)?;
+    if inputs.is_empty() {
+        return Err("no *.json or *.ndjson files to import".into());
+    }
+    // Parse the FHIR definitions while the database starts.
+    let definitions = tokio::task::spawn_blocking(|| {
+        crate::fhir::definitions::definitions();
+    });
+    let db = server::open_database(&args.config, args.parallel + 2, Duration::from_secs(600)).await?;
+    let _ = definitions.await;
+    let result = import_all(&db.store, &args, inputs).await;
+    db.store.pool().close().await;
+    if let Some(pg) = db.embedded {
+        pg.stop().await.map_err(|e| e.to_string())?;
+    }
+    result
+}
+
+/// An input file: how it is shown, its `import_progress` key, size and format.
+#[derive(Debug, Clone)]
+struct Input {
+    path: PathBuf,
+    key: String,
+    size: u64,
+    ndjson: bool,
+}
+
+/// Expands directories (their `*.json` and `*.ndjson` files, sorted by name) and keys each file
+/// by absolute path, size and modification time.
+fn inputs(paths: &[PathBuf]) -> Result<Vec<Input>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if meta.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| format!("cannot read directory {}: {e}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("json" | "ndjson")))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for path in files {
+        let meta = std::fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let absolute = std::fs::canonicalize(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if !seen.insert(absolute.clone()) {
+            continue;
+        }
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+        let ndjson = matches!(path.extension().and_then(|e| e.to_str()), Some("ndjson" | "jsonl"));
+        out.push(Input { key: format!("{}|{}|{mtime}", absolute.display(), meta.len()), size: meta.len(), path, ndjson });
+    }
+    Ok(out)
+}
+
+/// What is shared by the file tasks.
+struct Context {
+    store: Store,
+    principal: Principal,
+    base: String,
+    batch_size: usize,
+    bar: ProgressBar,
+    resources: AtomicU64,
+    started: Instant,
+}
+
+impl Context {
+    /// Counts written resources and consumed bytes on the progress bar.
+    fn advance(&self, resources: u64, bytes: u64) {
+        let total = self.resources.fetch_add(resources, Ordering::Relaxed) + resources;
+        let rate = total as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        self.bar.inc(bytes);
+        self.bar.set_message(format!("{total} resources, {rate:.0}/s"));
+    }
+
+    /// Prints one problem (file position and diagnostics, never resource content) above the bar.
+    fn report(&self, file: &FileReport, at: &str, message: &str) {
+        if file.errors <= MAX_REPORTED_PER_FILE {
+            self.bar.suspend(|| eprintln!("{}{at}: {message}", file.name));
+        }
+        if file.errors == MAX_REPORTED_PER_FILE {
+            self.bar.suspend(|| eprintln!("{}: further errors are counted but not shown", file.name));
+        }
+    }
+}
+
+/// The outcome of one file, a row of the final table.
+#[derive(Debug)]
+struct FileReport {
+    name: String,
+    resources: u64,
+    errors: u64,
+    status: &'static str,
+}
+
+async fn import_all(store: &Store, args: &ImportArgs, inputs: Vec<Input>) -> Result<(), String> {
+    let mut starts = Vec::with_capacity(inputs.len());
+    for input in &inputs {
+        starts.push(progress(store.pool(), &input.key).await.map_err(|e| e.to_string())?);
+    }
+    let remaining: u64 = inputs
+        .iter()
+        .zip(&starts)
+        .filter(|(_, p)| !p.completed)
+        .map(|(i, p)| if i.ndjson { i.size.saturating_sub(p.bytes_done as u64) } else { i.size })
+        .sum();
+    let bar = ProgressBar::new(remaining);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {msg} (ETA {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let ctx = Arc::new(Context {
+        store: store.clone(),
+        principal: Principal {
+            subject: "import".into(),
+            client_id: None,
+            patient: None,
+            fhir_user: None,
+            role: None,
+            scopes: parse_scopes("system/*.*"),
+        },
+        base: args.base_url.trim_end_matches('/').to_owned(),
+        batch_size: args.batch_size as usize,
+        bar,
+        resources: AtomicU64::new(0),
+        started: Instant::now(),
+    });
+    let tasks = inputs.into_iter().zip(starts).map(|(input, start)| {
+        let ctx = ctx.clone();
+        async move {
+            let name = input.path.display().to_string();
+            match tokio::spawn(import_file(ctx, input, start)).await {
+                Ok(report) => report,
+                Err(e) => FileReport { name, resources: 0, errors: 1, status: if e.is_panic() { "panicked" } else { "cancelled" } },
+            }
+        }
+    });
+    let reports: Vec<FileReport> = futures::stream::iter(tasks).buffered(args.parallel as usize).collect().await;
+    ctx.bar.finish_and_clear();
+    print_table(&reports, ctx.started.elapsed());
+    let errors: u64 = reports.iter().map(|r| r.errors).sum();
+    if errors > 0 {
+        return Err(format!("{errors} resource(s) or file(s) could not be imported (reported above)"));
+    }
+    Ok(())
+}
+
+fn print_table(reports: &[FileReport], elapsed: Duration) {
+    let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    println!("{:<width$}  {:>10}  {:>7}  status", "file", "resources", "errors");
+    for r in reports {
+        println!("{:<width$}  {:>10}  {:>7}  {}", r.name, r.resources, r.errors, r.status);
+    }
+    let (resources, errors) = reports.iter().fold((0, 0), |(a, b), r| (a + r.resources, b + r.errors));
+    println!("{:<width$}  {:>10}  {:>7}", "total", resources, errors);
+    let secs = elapsed.as_secs_f64();
+    println!("{resources} resources in {secs:.1} s ({:.0} resources/s)", resources as f64 / secs.max(0.001));
+}
+
+async fn import_file(ctx: Arc<Context>, input: Input, start: Progress) -> FileReport {
+    let mut report = FileReport { name: input.path.display().to_string(), resources: 0, errors: 0, status: "imported" };
+    if start.completed {
+        report.status = "already imported";
+        return report;
+    }
+    let result = if input.ndjson {
+        import_ndjson(&ctx, &input, start, &mut report).await
+    } else {
+        import_json(&ctx, &input, &mut report).await
+    };
+    if let Err(message) = result {
+        report.errors += 1;
+        report.status = "failed";
+        ctx.report(&report, "", &message);
+    } else if report.errors > 0 {
+        report.status = "imported with errors";
+    }
+    report
+}
+
+/// Resources of one database transaction: distinct `(type, id)`, one timestamp.
+struct Batch {
+    rows: Vec<ImportRow>,
+    keys: HashSet<(String, String)>,
+    last_updated: DateTime<Utc>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch { rows: Vec::new(), keys: HashSet::new(), last_updated: now() }
+    }
+
+    fn contains(&self, row: &ImportRow) -> bool {
+        self.keys.contains(&(row.resource_type.clone(), row.id.clone()))
+    }
+
+    fn push(&mut self, row: ImportRow) {
+        self.keys.insert((row.resource_type.clone(), row.id.clone()));
+        self.rows.push(row);
+    }
+}
+
+/// Checks one resource and stamps it with its id (kept, or generated), version 1 and `time`.
+fn prepare(mut resource: Value, time: &DateTime<Utc>) -> FhirResult<ImportRow> {
+    let rt = match resource.get("resourceType") {
+        Some(Value::String(t)) => ResourceType::parse(t).map_err(|e| FhirError::BadRequest(e.to_string()))?,
+        _ => return Err(FhirError::BadRequest("not a FHIR resource (no resourceType)".into())),
+    };
+    let id = match resource.get("id") {
+        None => Id::generate(),
+        Some(Value::String(s)) => Id::parse(s)?,
+        Some(_) => return Err(FhirError::BadRequest("id must be a string".into())),
+    };
+    check_body(&rt, &resource, None)?;
+    stamp(&mut resource, id.as_str(), 1, time);
+    let content = serde_json::to_string(&resource).map_err(|e| FhirError::Internal(e.to_string()))?;
+    Ok(ImportRow { resource_type: rt.to_string(), id: id.to_string(), content })
+}
+
+/// The diagnostics of an error, without resource content.
+fn describe(error: &FhirError) -> String {
+    match error {
+        FhirError::Invalid(issues) => issues
+            .iter()
+            .filter(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
+            .map(|i| match i.expression.first() {
+                Some(at) => format!("{} ({at})", i.diagnostics),
+                None => i.diagnostics.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    }
+}
+
+/// Writes a batch and the file's progress in one transaction (retried on serialization
+/// failures and deadlocks with concurrent files).
+async fn commit(ctx: &Context, key: &str, batches: &[&Batch], progress: Progress) -> FhirResult<u64> {
+    ctx.store
+        .with_transaction(move |mut tx| {
+            Box::pin(async move {
+                let result = write_all(&mut tx, key, batches, progress).await;
+                (tx, result)
+            })
+        })
+        .await
+}
+
+async fn write_all(tx: &mut Tx, key: &str, batches: &[&Batch], progress: Progress) -> FhirResult<u64> {
+    let mut written = 0;
+    for batch in batches {
+        written += write_batch(tx, &batch.rows, batch.last_updated).await?;
+    }
+    record_progress(tx, key, progress).await?;
+    Ok(written)
+}
+
+async fn import_ndjson(ctx: &Context, input: &Input, start: Progress, report: &mut FileReport) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("cannot read the file: {e}");
+    let mut file = std::fs::File::open(&input.path).map_err(io)?;
+    file.seek(SeekFrom::Start(start.bytes_done as u64)).map_err(io)?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut done = Progress { completed: false, ..start };
+    let mut reported_bytes = start.bytes_done;
+    let mut batch = Batch::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        let number = done.lines_done + 1;
+        let text = line.trim_ascii();
+        if !text.is_empty() {
+            let row = serde_json::from_slice::<Value>(text)
+                .map_err(|e| FhirError::BadRequest(format!("not valid JSON: {e}")))
+                .and_then(|resource| prepare(resource, &batch.last_updated));
+            match row {
+                Ok(row) => {
+                    if batch.contains(&row) {
+                        // The same resource twice: the earlier version commits first (the
+                        // row keeps the timestamp it was stamped with).
+                        let time = batch.last_updated;
+                        flush(ctx, input, &mut batch, done, &mut reported_bytes, report).await?;
+                        batch.last_updated = time;
+                    }
+                    batch.push(row);
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    ctx.report(report, &format!(":{number}"), &describe(&e));
+                }
+            }
+        }
+        done.bytes_done += n as i64;
+        done.lines_done += 1;
+        if batch.rows.len() >= ctx.batch_size {
+            flush(ctx, input, &mut batch, done, &mut reported_bytes, report).await?;
+        }
+    }
+    done.completed = true;
+    flush(ctx, input, &mut batch, done, &mut reported_bytes, report).await
+}
+
+/// Commits the batch with the progress `done` and starts a new batch.
+async fn flush(
+    ctx: &Context,
+    input: &Input,
+    batch: &mut Batch,
+    done: Progress,
+    reported_bytes: &mut i64,
+    report: &mut FileReport,
+) -> Result<(), String> {
+    let written = commit(ctx, &input.key, &[batch], done).await.map_err(|e| format!("database write failed: {}", describe(&e)))?;
+    report.resources += written;
+    ctx.advance(written, (done.bytes_done - *reported_bytes).max(0) as u64);
+    *reported_bytes = done.bytes_done;
+    *batch = Batch::new();
+    Ok(())
+}
+
+/// A `.json` file: a transaction/batch Bundle (through the Bundle processing of the API), a
+/// collection Bundle or a single resource (written like NDJSON, as one unit).
+async fn import_json(ctx: &Context, input: &Input, report: &mut FileReport) -> Result<(), String> {
+    let bytes = tokio::fs::read(&input.path).await.map_err(|e| format!("cannot read the file: {e}"))?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let whole = Progress { bytes_done: input.size as i64, lines_done: 0, completed: true };
+    let is_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle");
+    let kind = value.get("type").and_then(Value::as_str).map(str::to_owned);
+    match kind.as_deref() {
+        Some(kind @ ("transaction" | "batch")) if is_bundle => {
+            let entries = value.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
+            let record = Progress { lines_done: entries as i64, ..whole };
+            let transaction = kind == "transaction";
+            let result = bundle::process_recorded(
+                &ctx.store,
+                &ctx.principal,
+                value,
+                &ctx.base,
+                usize::MAX,
+                transaction.then_some((input.key.as_str(), record)),
+            )
+            .await;
+            let outcome = match result {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    report.errors += 1;
+                    ctx.report(report, "", &format!("{kind} Bundle not imported: {}", describe(&e)));
+                    ctx.advance(0, input.size);
+                    return Ok(());
+                }
+            };
+            for (index, entry) in outcome.entries.iter().enumerate() {
+                match entry {
+                    Ok(EntryOutcome::Write(_)) | Ok(EntryOutcome::Deleted(_)) => report.resources += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        report.errors += 1;
+                        ctx.report(report, &format!(": Bundle.entry[{index}]"), &describe(e));
+                    }
+                }
+            }
+            if !transaction {
+                // A batch commits entry by entry; it is recorded once all entries ran.
+                ctx.store
+                    .with_transaction(move |mut tx| {
+                        Box::pin(async move {
+                            let result = record_progress(&mut tx, &input.key, record).await;
+                            (tx, result)
+                        })
+                    })
+                    .await
+                    .map_err(|e| format!("database write failed: {}", describe(&e)))?;
+            }
+            ctx.advance(report.resources, input.size);
+            Ok(())
+        }
+        Some("collection") if is_bundle => {
+            let Value::Object(mut bundle) = value else { unreachable!("a Bundle is an object") };
+            let entries = match bundle.remove("entry") {
+                Some(Value::Array(entries)) => entries,
+                None => vec![],
+                Some(_) => return Err("Bundle.entry must be an array".into()),
+            };
+            let count = entries.len();
+            let resources = entries.into_iter().enumerate().map(|(i, mut entry)| {
+                (format!(": Bundle.entry[{i}]"), entry.get_mut("resource").map(Value::take))
+            });
+            write_unit(ctx, input, resources, Progress { lines_done: count as i64, ..whole }, report).await
+        }
+        _ if is_bundle => Err("only Bundles of type transaction, batch or collection are imported".into()),
+        _ => write_unit(ctx, input, std::iter::once((String::new(), Some(value))), Progress { lines_done: 1, ..whole }, report).await,
+    }
+}
+
+/// Writes resources as one unit: all batches and the completed progress in one transaction.
+async fn write_unit(
+    ctx: &Context,
+    input: &Input,
+    resources: impl Iterator<Item = (String, Option<Value>)>,
+    done: Progress,
+    report: &mut FileReport,
+) -> Result<(), String> {
+    let mut batches = vec![Batch::new()];
+    for (at, resource) in resources {
+        let time = batches.last().map(|b| b.last_updated).unwrap_or_else(now);
+        let row = match resource {
+            Some(resource) => prepare(resource, &time),
+            None => Err(FhirError::BadRequest("the entry has no resource".into())),
+        };
+        match row {
+            Ok(row) => {
+                let last = batches.last_mut().expect("one batch at least");
+                if last.contains(&row) || last.rows.len() >= ctx.batch_size {
+                    let mut next = Batch::new();
+                    next.last_updated = time;
+                    next.push(row);
+                    batches.push(next);
+                } else {
+                    last.push(row);
+                }
+            }
+            Err(e) => {
+                report.errors += 1;
+                ctx.report(report, &at, &describe(&e));
+            }
+        }
+    }
+    let refs: Vec<&Batch> = batches.iter().collect();
+    let written = commit(ctx, &input.key, &refs, done).await.map_err(|e| format!("database write failed: {}", describe(&e)))?;
+    report.resources += written;
+    ctx.advance(written, input.size);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resource_without_an_id_gets_one_and_keeps_a_client_id_otherwise() {
+        let time = now();
+        let row = prepare(serde_json::json!({"resourceType": "Patient", "id": "p-1"}), &time).unwrap();
+        assert_eq!((row.resource_type.as_str(), row.id.as_str()), ("Patient", "p-1"));
+        let row = prepare(serde_json::json!({"resourceType": "Patient"}), &time).unwrap();
+        assert!(Id::is_valid(&row.id));
+        assert!(row.content.contains(&row.id));
+    }
+
+    #[test]
+    fn an_invalid_resource_is_described_without_its_content() {
+        let err = prepare(serde_json::json!({"resourceType": "Patient", "birthDate": "secret-value"}), &now()).unwrap_err();
+        let text = describe(&err);
+        assert!(!text.is_empty());
+        assert!(!text.contains("secret-value"), "{text}");
+    }
+
+    #[test]
+    fn directories_expand_to_their_json_and_ndjson_files_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("ironfhir-import-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["b.ndjson", "a.json", "c.txt"] {
+            std::fs::write(dir.join(name), "{}").unwrap();
+        }
+        let found = inputs(std::slice::from_ref(&dir)).unwrap();
+        let names: Vec<_> = found.iter().map(|i| i.path.file_name().unwrap().to_str().unwrap().to_owned()).collect();
+        assert_eq!(names, ["a.json", "b.ndjson"]);
+        assert!(found[1].ndjson && !found[0].ndjson);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

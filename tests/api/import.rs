@@ -1,0 +1,211 @@
+//! `ironfhir import`: the real binary loading NDJSON and Bundles into a fresh database —
+//! reference rewriting, reporting of invalid lines, idempotent re-runs and resuming after a kill.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, Row};
+
+use crate::helpers::{DatabaseGuard, fresh_database};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ironfhir");
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ironfhir-import-{tag}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn import_command(url: &str, data_dir: &Path, args: &[&Path], extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("import").arg("--data-dir").arg(data_dir).args(extra).args(args).env("DATABASE_URL", url);
+    cmd
+}
+
+/// Runs an import to the end and returns its output.
+fn import(url: &str, data_dir: &Path, args: &[&Path], extra: &[&str]) -> Output {
+    import_command(url, data_dir, args, extra).stdin(Stdio::null()).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// One synthetic patient per line, with client ids `prefix-N`.
+fn patients_ndjson(prefix: &str, count: usize) -> String {
+    (1..=count)
+        .map(|i| {
+            json!({"resourceType": "Patient", "id": format!("{prefix}-{i}"), "active": true,
+                   "name": [{"family": "Testperson", "given": [format!("Synth{i}")]}], "gender": "unknown"})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+async fn connect(url: &str) -> PgConnection {
+    PgConnection::connect(url).await.unwrap()
+}
+
+async fn scalar(db: &mut PgConnection, sql: &'static str) -> i64 {
+    sqlx::query(sql).fetch_one(db).await.unwrap().get::<i64, _>(0)
+}
+
+/// (current resources, history rows, highest version).
+async fn counts(db: &mut PgConnection) -> (i64, i64, i64) {
+    (
+        scalar(db, "SELECT count(*) FROM resource").await,
+        scalar(db, "SELECT count(*) FROM resource_history").await,
+        scalar(db, "SELECT coalesce(max(version_id), 0) FROM resource").await,
+    )
+}
+
+async fn content(db: &mut PgConnection, rt: &str, id: &str) -> Value {
+    sqlx::query("SELECT content FROM resource WHERE resource_type = $1 AND id = $2")
+        .bind(rt)
+        .bind(id)
+        .fetch_one(db)
+        .await
+        .unwrap()
+        .get::<Value, _>(0)
+}
+
+fn transaction_bundle() -> Value {
+    let patient = "urn:uuid:7f3c0a4e-2b1d-4c55-9d1e-0a6f2f8e1b01";
+    json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": patient,
+             "resource": {"resourceType": "Patient", "name": [{"family": "Bundleperson"}]},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"fullUrl": "urn:uuid:7f3c0a4e-2b1d-4c55-9d1e-0a6f2f8e1b02",
+             "resource": {"resourceType": "Observation", "id": "ignored", "status": "final",
+                          "code": {"text": "synthetic measurement"}, "subject": {"reference": patient}},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn import_loads_ndjson_files_and_a_transaction_bundle_whose_urn_uuid_references_are_rewritten() {
+    let (url, name) = fresh_database().await;
+    let _guard = DatabaseGuard(name);
+    let dir = temp_dir("load");
+    std::fs::write(dir.join("patients.ndjson"), patients_ndjson("imp", 30)).unwrap();
+    // A resource without an id gets one; a client id is kept.
+    std::fs::write(dir.join("orgs.ndjson"), "{\"resourceType\":\"Organization\",\"name\":\"Synthetic Clinic\"}\n\n").unwrap();
+    std::fs::write(dir.join("tx.json"), transaction_bundle().to_string()).unwrap();
+    let out = import(&url, &dir, &[&dir], &[]);
+    assert!(out.status.success(), "stdout {} stderr {}", text(&out.stdout), text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("patients.ndjson") && stdout.contains("tx.json"), "per-file table: {stdout}");
+    let mut db = connect(&url).await;
+    assert_eq!(counts(&mut db).await, (33, 33, 1));
+    let p = content(&mut db, "Patient", "imp-7").await;
+    assert_eq!(p["meta"]["versionId"], "1");
+    assert_eq!(p["name"][0]["given"][0], "Synth7");
+    // The Observation of the transaction points at the Patient it created.
+    let obs = sqlx::query("SELECT content FROM resource WHERE resource_type = 'Observation'").fetch_one(&mut db).await.unwrap();
+    let obs: Value = obs.get(0);
+    let reference = obs["subject"]["reference"].as_str().unwrap().to_owned();
+    let patient_id = reference.strip_prefix("Patient/").expect("rewritten to Patient/<id>");
+    assert_eq!(content(&mut db, "Patient", patient_id).await["name"][0]["family"], "Bundleperson");
+    assert_ne!(obs["id"], "ignored", "POST in a transaction assigns the id");
+    let done: i64 = sqlx::query("SELECT count(*) FROM import_progress WHERE completed").fetch_one(&mut db).await.unwrap().get(0);
+    assert_eq!(done, 3);
+}
+
+#[tokio::test]
+async fn an_invalid_line_is_reported_with_file_and_line_without_its_content_and_skipped_while_the_rest_is_imported() {
+    let (url, name) = fresh_database().await;
+    let _guard = DatabaseGuard(name);
+    let dir = temp_dir("invalid");
+    let file = dir.join("mixed.ndjson");
+    let lines = [
+        json!({"resourceType": "Patient", "id": "ok-1"}).to_string(),
+        json!({"resourceType": "Patient", "id": "bad-1", "birthDate": "secret-not-a-date"}).to_string(),
+        "{ this is not json".to_owned(),
+        json!({"resourceType": "Patient", "id": "ok-2", "gender": "female"}).to_string(),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = import(&url, &dir, &[&file], &[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "a failed resource makes the exit code non-zero");
+    assert!(stderr.contains("mixed.ndjson:2:"), "line 2 reported: {stderr}");
+    assert!(stderr.contains("mixed.ndjson:3:"), "line 3 reported: {stderr}");
+    assert!(!stderr.contains("mixed.ndjson:1:") && !stderr.contains("mixed.ndjson:4:"), "{stderr}");
+    assert!(!stderr.contains("secret-not-a-date") && !text(&out.stdout).contains("secret-not-a-date"), "no content in output");
+    let stdout = text(&out.stdout);
+    let row = stdout.lines().find(|l| l.contains("mixed.ndjson")).expect("a table row for the file");
+    let numbers: Vec<&str> = row.split_whitespace().skip(1).take(2).collect();
+    assert_eq!(numbers, ["2", "2"], "resources and errors of the file: {row}");
+    let mut db = connect(&url).await;
+    assert_eq!(counts(&mut db).await, (2, 2, 1));
+    assert_eq!(content(&mut db, "Patient", "ok-2").await["gender"], "female");
+}
+
+#[tokio::test]
+async fn running_the_same_import_again_writes_nothing_new() {
+    let (url, name) = fresh_database().await;
+    let _guard = DatabaseGuard(name);
+    let dir = temp_dir("rerun");
+    let ndjson = dir.join("patients.ndjson");
+    let bundle = dir.join("tx.json");
+    std::fs::write(&ndjson, patients_ndjson("again", 25)).unwrap();
+    std::fs::write(&bundle, transaction_bundle().to_string()).unwrap();
+    let first = import(&url, &dir, &[&ndjson, &bundle], &["--batch-size", "10"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let mut db = connect(&url).await;
+    let before = counts(&mut db).await;
+    assert_eq!(before, (27, 27, 1));
+    let second = import(&url, &dir, &[&ndjson, &bundle], &["--batch-size", "10"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(text(&second.stdout).contains("already imported"), "{}", text(&second.stdout));
+    assert_eq!(counts(&mut db).await, before, "no new resources and no new versions");
+}
+
+#[tokio::test]
+async fn an_import_killed_midway_resumes_after_the_last_committed_batch_without_duplicates() {
+    let (url, name) = fresh_database().await;
+    let _guard = DatabaseGuard(name);
+    let dir = temp_dir("resume");
+    let file = dir.join("many.ndjson");
+    let total = 20_000;
+    std::fs::write(&file, patients_ndjson("many", total)).unwrap();
+    let mut child = import_command(&url, &dir, &[&file], &["--batch-size", "50"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut db = connect(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let started = sqlx::query("SELECT bytes_done FROM import_progress WHERE bytes_done > 0").fetch_optional(&mut db).await.unwrap();
+        if started.is_some() {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the import ended before any progress was seen");
+        assert!(Instant::now() < deadline, "no import progress recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    let row = sqlx::query("SELECT lines_done, completed FROM import_progress").fetch_one(&mut db).await.unwrap();
+    let (lines_done, completed): (i64, bool) = (row.get(0), row.get(1));
+    assert!(!completed, "the kill interrupted the import");
+    // What is committed is exactly what the progress says.
+    assert_eq!(counts(&mut db).await, (lines_done, lines_done, 1));
+    assert!(lines_done < total as i64);
+    let out = import(&url, &dir, &[&file], &["--batch-size", "50"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let row = stdout.lines().find(|l| l.contains("many.ndjson")).expect("a table row for the file");
+    assert_eq!(row.split_whitespace().nth(1), Some((total as i64 - lines_done).to_string().as_str()), "only the rest: {row}");
+    assert_eq!(counts(&mut db).await, (total as i64, total as i64, 1), "every line once, one version each");
+    let distinct = scalar(&mut db, "SELECT count(DISTINCT id) FROM resource_history").await;
+    assert_eq!(distinct, total as i64);
+}
