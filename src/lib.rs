@@ -9,13 +9,17 @@
 //! - [`search`]: query parameters → SQL over the stored JSON.
 //! - [`interactions`]: create/read/update/… as plain async functions over the store.
 //! - [`rest`]: the thin axum layer — route, parse, call an interaction, render JSON or XML.
+//! - [`export`]: Bulk Data `$export` jobs and their background worker; [`documents`]: where
+//!   their files live.
 //! - [`import`]: the `import` command (bulk loading of Bundles and NDJSON).
 //! - [`server`]: wiring: start the database, build the router, serve HTTP or HTTPS.
 
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod documents;
 pub mod error;
+pub mod export;
 pub mod fhir;
 pub mod import;
 pub mod interactions;

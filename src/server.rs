@@ -66,7 +66,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::info!(written, "demo data loaded");
     }
     let tls = args.tls_cert.is_some();
+    let documents = args.document_dir.clone().unwrap_or_else(|| args.config.data_dir.join("documents"));
+    let exports = Arc::new(crate::export::ExportService::new(
+        crate::documents::DocumentStore::local(documents),
+        Duration::from_secs(args.export_retention_hours.saturating_mul(3600)),
+    ));
+    crate::export::worker::spawn(exports.clone(), db.store.clone());
     let state = Arc::new(AppState {
+        exports,
         store: db.store.clone(),
         tokens,
         base_url: args.base_url.clone(),

@@ -72,6 +72,17 @@ impl Principal {
         }
     }
 
+    /// Whether a `system/` scope (SMART Backend Services) allows `interaction` on
+    /// `resource_type`: what Bulk Data export requires.
+    pub fn allows_system(&self, resource_type: &str, interaction: Interaction) -> bool {
+        self.scopes.iter().any(|s| s.context == ScopeContext::System && s.allows(resource_type, interaction))
+    }
+
+    /// Who the principal is for owning asynchronous jobs: client and subject of the token.
+    pub fn owner_key(&self) -> String {
+        format!("{}|{}", self.client_id.as_deref().unwrap_or(""), self.subject)
+    }
+
     /// Whether the principal may use the interaction on at least one resource type (for
     /// system-level history and search).
     pub fn allows_any(&self, interaction: Interaction) -> bool {

@@ -65,11 +65,23 @@ fn build() -> Value {
                     }));
                 }
             }
+            if rt == "Patient" || rt == "Group" {
+                if let Some(ops) = resource["operation"].as_array_mut() {
+                    let definition = if rt == "Patient" { "patient-export" } else { "group-export" };
+                    ops.push(json!({
+                        "name": "export",
+                        "definition": format!("http://hl7.org/fhir/uv/bulkdata/OperationDefinition/{definition}"),
+                    }));
+                }
+            }
             resource
         })
         .collect();
     let rest = &mut cs["rest"][0];
     rest["resource"] = json!(resources);
     rest["interaction"] = json!([{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}]);
+    // Bulk Data Access IG v2 (export.html): system, Patient and Group level.
+    rest["operation"] = json!([{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]);
+    cs["instantiates"] = json!(["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"]);
     cs
 }

@@ -2,6 +2,7 @@
 //! as FHIR JSON or XML with the headers http.html asks for.
 
 pub mod bundle;
+mod export;
 pub mod format;
 
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Largest number of entries in a batch or transaction Bundle (413 above it).
     pub max_bundle_entries: usize,
+    /// Bulk Data export: document store, retention and the worker's wake-up signal.
+    pub exports: Arc<crate::export::ExportService>,
 }
 
 /// Builds the router: everything under `/fhir` goes through [`dispatch`]; other paths are 404
@@ -68,6 +71,16 @@ impl Ctx {
         })
     }
 
+    /// Whether a `Prefer` header carries a bare preference token (`respond-async`).
+    fn prefers(&self, token: &str) -> bool {
+        self.headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .any(|p| p.trim() == token)
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -82,8 +95,12 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         .unwrap_or_default();
     let format_param = query.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.clone());
     let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
+    // Bulk Data status and file URLs answer JSON manifests and NDJSON whatever Accept says
+    // (clients send `application/json` and `application/fhir+ndjson` there).
+    let bulk = parts.uri.path().starts_with("/fhir/$export-");
     let format = match format::negotiate(format_param.as_deref(), &parts.headers) {
         Ok(f) => f,
+        Err(_) if bulk => Format::Json,
         Err(e) => return error_response(&e, Format::Json, pretty),
     };
     let base = base_url(&state, &parts.headers);
@@ -128,6 +145,10 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             let result = interactions::bundle::process(store, &principal, submitted, &ctx.base, state.max_bundle_entries).await?;
             respond(ctx, StatusCode::OK, bundle::bundle_response(ctx, &result), HeaderMap::new())
         }
+        (Method::GET | Method::POST, ["$export"]) => export::kick_off(state, ctx, &principal, method, crate::export::Level::System, body).await,
+        (Method::GET, ["$export-status", id]) => export::status(state, ctx, &principal, id).await,
+        (Method::DELETE, ["$export-status", id]) => export::cancel(state, ctx, &principal, id).await,
+        (Method::GET, ["$export-file", id, name]) => export::file(state, &principal, id, name).await,
         (_, []) => Err(FhirError::MethodNotAllowed("unsupported operation at the base URL".into())),
         (method, [rt, rest @ ..]) => {
             let rt = ResourceType::parse(rt)?;
@@ -196,6 +217,9 @@ async fn route_type(
             let issues = interactions::validate::validate(store, principal, rt, None, body, ctx.param("mode"), ctx.param("profile")).await?;
             respond(ctx, StatusCode::OK, operation_outcome(&issues), HeaderMap::new())
         }
+        (m @ (Method::GET | Method::POST), ["$export"]) if rt.as_str() == "Patient" => {
+            export::kick_off(state, ctx, principal, &m, crate::export::Level::Patient, body).await
+        }
         (_, [op]) if op.starts_with('$') => Err(FhirError::NotFound(format!("operation {} is not supported on {rt}", crate::fhir::types::sanitize(op)))),
         (method, [id, rest @ ..]) => {
             let id = Id::parse(id).map_err(|e| match method {
@@ -259,6 +283,9 @@ async fn route_instance(
             let params = interactions::everything::EverythingParams::parse(&ctx.query)?;
             let page = interactions::everything::everything(store, principal, id, &params, &ctx.base).await?;
             respond(ctx, StatusCode::OK, bundle::everything_bundle(ctx, &format!("Patient/{id}/$everything"), &page, &params), HeaderMap::new())
+        }
+        (m @ (Method::GET | Method::POST), ["$export"]) if rt.as_str() == "Group" => {
+            export::kick_off(state, ctx, principal, &m, crate::export::Level::Group(id.clone()), body).await
         }
         (_, [op]) if op.starts_with('$') => Err(FhirError::NotFound(format!("operation {} is not supported", crate::fhir::types::sanitize(op)))),
         (Method::GET, _) => Err(FhirError::NotFound("no such endpoint".into())),

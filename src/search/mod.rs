@@ -57,6 +57,10 @@ pub enum ClauseKind {
     Token { paths: Vec<String>, values: Vec<(Option<String>, Option<String>)> },
     /// `values`: every stored reference text that names a wanted resource (see [`reference_forms`]).
     Reference { paths: Vec<String>, values: Vec<String> },
+    /// A reference to any resource whose stored reference text starts with one of `prefixes`
+    /// (`Patient/`, `<base>/Patient/`): membership in some patient's compartment, for export.
+    /// Built by the server, never parsed from a request.
+    ReferencePrefix { paths: Vec<String>, prefixes: Vec<String> },
     Date { paths: Vec<String>, values: Vec<(Prefix, String)> },
     Number { paths: Vec<String>, values: Vec<(Prefix, f64, f64)>, quantity: Vec<(Option<String>, Option<String>)> },
     Uri { paths: Vec<String>, values: Vec<String>, mode: UriMode },
@@ -363,6 +367,15 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                 sql.push("coalesce(v ->> 'reference', v #>> '{}') = ANY(").push_bind(values.clone()).push(")");
             });
         }
+        ClauseKind::ReferencePrefix { paths, prefixes } => {
+            push_exists(sql, paths, |sql| {
+                sql.push("(");
+                push_any(sql, prefixes.iter(), |sql, prefix| {
+                    sql.push("starts_with(coalesce(v ->> 'reference', ''), ").push_bind(prefix.clone()).push(")");
+                });
+                sql.push(")");
+            });
+        }
         ClauseKind::Date { paths, values } => {
             push_exists(sql, paths, |sql| {
                 sql.push("(");
@@ -622,6 +635,37 @@ fn push_union(sql: &mut QueryBuilder<Postgres>, parts: &[Criteria], since: Optio
         }
         push_where(sql, criteria);
     }
+}
+
+/// The query that streams one type's live resources as JSON text for Bulk Data export:
+/// `since` keeps resources updated after it; a resource must match one of `any_of` (patient
+/// compartment membership; empty means no restriction) and one of `filters` (`_typeFilter`
+/// criteria; empty means no restriction). Unordered, so PostgreSQL can scan sequentially.
+pub fn export_query(
+    resource_type: &ResourceType,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    any_of: &[Criteria],
+    filters: &[Criteria],
+) -> QueryBuilder<Postgres> {
+    let mut sql = QueryBuilder::<Postgres>::new("SELECT r.content::text FROM resource r WHERE r.resource_type = ");
+    sql.push_bind(resource_type.as_str().to_owned());
+    sql.push(" AND NOT r.deleted");
+    if let Some(since) = since {
+        sql.push(" AND r.last_updated > ").push_bind(since);
+    }
+    for group in [any_of, filters] {
+        if group.is_empty() {
+            continue;
+        }
+        sql.push(" AND (");
+        push_any(&mut sql, group.iter(), |sql, criteria| {
+            sql.push("(true");
+            push_where(sql, criteria);
+            sql.push(")");
+        });
+        sql.push(")");
+    }
+    sql
 }
 
 /// Whether this engine can evaluate `sp` on `resource_type` (what the CapabilityStatement lists).

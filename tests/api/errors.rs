@@ -162,7 +162,7 @@ async fn unsupported_content_types_answer_415() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_answers_413_and_stores_nothing() {
-    let app = TestApp::spawn_with(Options { max_body_bytes: 1000 }).await;
+    let app = TestApp::spawn_with(Options { max_body_bytes: 1000, ..Options::default() }).await;
     let big = json!({"resourceType": "Patient", "name": [{"family": "Testperson", "given": ["A".repeat(2000)]}]});
     let small = json!({"resourceType": "Patient", "name": [{"family": "Testperson"}]});
     let r = app.send_json(Method::POST, "Patient", &big).await;

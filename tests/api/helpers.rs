@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ironfhir::auth::{TokenAuthority, keys};
+use ironfhir::documents::DocumentStore;
+use ironfhir::export::ExportService;
 use ironfhir::rest::AppState;
 use ironfhir::store::{MIGRATOR, Store};
 use reqwest::{Method, RequestBuilder, Response};
@@ -71,17 +73,21 @@ pub struct TestApp {
     pub token: String,
     pub tokens: Arc<TokenAuthority>,
     pub store: Store,
+    /// The export service (document store) the app uses.
+    pub exports: Arc<ExportService>,
     db_name: String,
 }
 
 /// Options for [`TestApp::spawn_with`].
 pub struct Options {
     pub max_body_bytes: usize,
+    /// Whether the Bulk Data export worker runs (off to test jobs surviving a restart).
+    pub export_worker: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_body_bytes: 1024 * 1024 }
+        Options { max_body_bytes: 1024 * 1024, export_worker: true }
     }
 }
 
@@ -110,7 +116,15 @@ impl TestApp {
         let pem = keys::generate_pem().unwrap();
         let tokens = TokenAuthority::from_pem(&pem, "ironfhir").unwrap();
         let token = tokens.issue("test-operator", "system/*.*", 600).unwrap();
+        let exports = Arc::new(ExportService::new(
+            DocumentStore::local(std::env::temp_dir().join(format!("ironfhir-test-docs-{db_name}"))),
+            Duration::from_secs(3600),
+        ));
+        if options.export_worker {
+            ironfhir::export::worker::spawn(exports.clone(), store.clone());
+        }
         let state = Arc::new(AppState {
+            exports: exports.clone(),
             store: store.clone(),
             tokens: TokenAuthority::from_pem(&pem, "ironfhir").unwrap(),
             base_url: None,
@@ -130,6 +144,7 @@ impl TestApp {
             token,
             tokens: Arc::new(tokens),
             store,
+            exports,
             db_name,
         }
     }
@@ -173,6 +188,7 @@ impl Drop for TestApp {
         // The pool belongs to the test's runtime, which is blocked here: do not touch it;
         // `WITH (FORCE)` ends its connections.
         drop_database(&self.db_name);
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("ironfhir-test-docs-{}", self.db_name)));
     }
 }
 

@@ -11,6 +11,7 @@ mod crud;
 mod errors;
 mod every_parameter;
 mod everything;
+mod export;
 mod formats;
 mod history;
 mod import;
