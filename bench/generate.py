@@ -16,6 +16,11 @@ Writes, under --out:
                      (server-assigned ids); they refer to loaded patients and encounters.
   ids.tsv            <Type>\\t<id> of every loaded resource (read workload, pgbench id table).
   manifest.json      counts and bytes per type, seed, and the generator parameters.
+  bundles/NNNNNN.json  (with --bundles SIZE) the same resources as transaction Bundles of about
+                     SIZE entries, the way an EHR sends them: the first Bundles PUT the
+                     organisations and practitioners; each later one POSTs whole patients
+                     (the patient and everything of theirs) with urn:uuid fullUrls and
+                     references, so the server assigns ids and rewrites references.
 
 Why client-assigned ids: the dataset is one fixed graph (patients, their encounters and the
 observations, conditions, prescriptions and appointments that point at both) whose references
@@ -265,7 +270,45 @@ def poisson_ish(rng: random.Random, mean: int) -> int:
     return rng.randint(0, 2 * mean) if mean > 0 else 0
 
 
-def generate(total: int, seed: int, out: Path, post_count: int | None) -> dict:
+class BundleWriter:
+    """Transaction Bundles of about `size` entries under out/bundles/ (see the module doc)."""
+
+    def __init__(self, out: Path, size: int):
+        self.dir = out / "bundles"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for old in self.dir.glob("*.json"):
+            old.unlink()
+        self.size, self.entries, self.count = size, [], 0
+
+    def put(self, res: dict) -> None:
+        self.entries.append({"fullUrl": f"{res['resourceType']}/{res['id']}", "resource": res,
+                             "request": {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}})
+        if len(self.entries) >= self.size:
+            self.flush()
+
+    def patient(self, group: list[dict]) -> None:
+        """POSTs one patient's resources; references among them become urn:uuid."""
+        urn = {f"{r['resourceType']}/{r['id']}": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, r['resourceType'] + '/' + r['id'])}"
+               for r in group}
+        for res in group:
+            text = dumps({k: v for k, v in res.items() if k != "id"})
+            for ref, u in urn.items():
+                text = text.replace(f'"reference":"{ref}"', f'"reference":"{u}"')
+            self.entries.append({"fullUrl": urn[f"{res['resourceType']}/{res['id']}"], "resource": json.loads(text),
+                                 "request": {"method": "POST", "url": res["resourceType"]}})
+        if len(self.entries) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.entries:
+            return
+        self.count += 1
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": self.entries}
+        (self.dir / f"{self.count:06d}.json").write_text(dumps(bundle), encoding="utf-8")
+        self.entries = []
+
+
+def generate(total: int, seed: int, out: Path, post_count: int | None, bundle_size: int | None = None) -> dict:
     g = Gen(seed)
     per_patient = 1 + sum(PER_PATIENT.values())
     n_org = max(5, total // 400)
@@ -279,8 +322,13 @@ def generate(total: int, seed: int, out: Path, post_count: int | None) -> dict:
     counts = {t: 0 for t in files}
     sizes = {t: 0 for t in files}
 
+    bundles = BundleWriter(out, bundle_size) if bundle_size else None
+    group: list[dict] = []
+
     def emit(res: dict) -> str:
-        line = dumps(g.fill(res))
+        res = g.fill(res)
+        line = dumps(res)
+        group.append(res)
         t = res["resourceType"]
         files[t].write(line + "\n")
         ids.write(f"{t}\t{res['id']}\n")
@@ -290,6 +338,11 @@ def generate(total: int, seed: int, out: Path, post_count: int | None) -> dict:
 
     orgs = [emit(g.organization(i)) for i in range(n_org)]
     practs = [emit(g.practitioner(i)) for i in range(n_pract)]
+    if bundles:
+        for res in group:
+            bundles.put(res)
+        bundles.flush()
+    group.clear()
     patients, encounters = [], []
     for i in range(n_pat):
         org, gp = g.pick(orgs), g.pick(practs)
@@ -306,6 +359,11 @@ def generate(total: int, seed: int, out: Path, post_count: int | None) -> dict:
             emit(g.medication_request(pat, g.pick(encs), gp))
         for _ in range(poisson_ish(g.rng, PER_PATIENT["Appointment"])):
             emit(g.appointment(pat, gp))
+        if bundles:
+            bundles.patient(group)
+        group.clear()
+    if bundles:
+        bundles.flush()
     for f in files.values():
         f.close()
     ids.close()
@@ -327,6 +385,7 @@ def generate(total: int, seed: int, out: Path, post_count: int | None) -> dict:
         "resources": sum(counts.values()), "bytes": sum(sizes.values()),
         "by_type": {t: {"count": counts[t], "bytes": sizes[t]} for t in counts},
         "levels": LEVELS, "post_observations": n_post, "post_bytes": post_bytes,
+        "bundles": bundles.count if bundles else 0, "bundle_size": bundle_size,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -340,8 +399,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "data")
     ap.add_argument("--post", type=int, default=None,
                     help="number of POST Observation bodies (default max(1000, resources/4))")
+    ap.add_argument("--bundles", type=int, default=None, metavar="SIZE",
+                    help="also write transaction Bundles of about SIZE entries to out/bundles/")
     args = ap.parse_args()
-    m = generate(args.resources, args.seed, args.out, args.post)
+    m = generate(args.resources, args.seed, args.out, args.post, args.bundles)
     print(f"{m['resources']} resources, {m['bytes'] / 1e6:.1f} MB, "
           f"avg {m['bytes'] / max(1, m['resources']):.0f} B -> {args.out}")
     for t, v in m["by_type"].items():

@@ -851,13 +851,41 @@ async fn transaction_in(
         bodies.insert(e.index, body);
     }
 
-    // 4. POST, then PUT/PATCH.
-    for group in [&[Method::Post][..], &[Method::Put, Method::Patch][..]] {
-        for e in entries.iter().filter(|e| group.contains(&e.method)) {
-            let plan = plans.remove(&e.index).ok_or_else(|| FhirError::Internal("entry without plan".into()))?;
-            let outcome = tagged(failed, e.index, write(tx, principal, e, plan, bodies.remove(&e.index)).await)?;
-            out[e.index] = Some(outcome);
+    // 4. POST, then PUT/PATCH. The POSTs that create (most of a Synthea-style Bundle) are
+    //    written together in one statement, all with the transaction's one timestamp.
+    let last_updated = now();
+    let mut creates: Vec<(usize, &ResourceType, Id, Value)> = vec![];
+    for e in entries.iter().filter(|e| e.method == Method::Post) {
+        match plans.remove(&e.index) {
+            Some(Plan::Create(id)) => {
+                let mut body = bodies.remove(&e.index).ok_or_else(|| FhirError::Internal("entry without body".into()))?;
+                stamp(&mut body, id.as_str(), 1, &last_updated);
+                creates.push((e.index, &e.rt, id, body));
+            }
+            Some(plan) => out[e.index] = Some(tagged(failed, e.index, write(tx, principal, e, plan, bodies.remove(&e.index)).await)?),
+            None => return Err(FhirError::Internal("entry without plan".into())),
         }
+    }
+    if let Some((first, ..)) = creates.first() {
+        let rows: Vec<(&str, &str, &Value)> = creates.iter().map(|(_, rt, id, body)| (rt.as_str(), id.as_str(), body)).collect();
+        tagged(failed, *first, store::insert_many_new(tx, &rows, last_updated).await)?;
+    }
+    for (index, rt, id, body) in creates {
+        let stored = StoredResource {
+            resource_type: rt.to_string(),
+            id: id.to_string(),
+            version_id: 1,
+            last_updated,
+            deleted: false,
+            content: Some(body),
+            method: None,
+        };
+        out[index] = Some(EntryOutcome::Write(WriteOutcome { stored, created: true }));
+    }
+    for e in entries.iter().filter(|e| matches!(e.method, Method::Put | Method::Patch)) {
+        let plan = plans.remove(&e.index).ok_or_else(|| FhirError::Internal("entry without plan".into()))?;
+        let outcome = tagged(failed, e.index, write(tx, principal, e, plan, bodies.remove(&e.index)).await)?;
+        out[e.index] = Some(outcome);
     }
 
     // 5. GET/HEAD, seeing everything above.
