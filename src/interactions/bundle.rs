@@ -35,7 +35,7 @@ use crate::auth::{Interaction, Principal};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::definitions::definitions;
 use crate::fhir::types::{Id, ResourceType, sanitize};
-use crate::search::{self, SearchRequest};
+use crate::search;
 use crate::store::{self, Store, StoredResource, Tx};
 
 /// `batch` or `transaction`.
@@ -67,7 +67,7 @@ pub enum EntryOutcome {
     /// read whose `ifNoneMatch` / `ifModifiedSince` held (304).
     NotModified(StoredResource),
     /// type-level search.
-    Search { request: SearchRequest, found: Vec<StoredResource>, total: Option<i64> },
+    Search(super::search::SearchOutcome),
 }
 
 /// A processed Bundle: one result per request entry, in the request's order.
@@ -720,8 +720,7 @@ async fn get_entry(tx: &mut Tx, principal: &Principal, e: &Entry, links: &Links<
             let query = links.rewrite_query(query);
             let pairs: Vec<(String, String)> =
                 form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-            let (request, found, total) = super::search::search_in(tx, principal, &e.rt, &pairs, false, links.base).await?;
-            return Ok(EntryOutcome::Search { request, found, total });
+            return Ok(EntryOutcome::Search(super::search::search_in(tx, principal, &e.rt, &pairs, false, links.base).await?));
         }
         Target::Type => return Err(FhirError::Internal("no read target".into())),
     };

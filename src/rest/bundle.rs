@@ -11,8 +11,8 @@ use crate::fhir::types::ResourceType;
 use crate::interactions::bundle::{BundleResult, EntryOutcome};
 use crate::interactions::everything::{EverythingPage, EverythingParams};
 use crate::interactions::history::{HistoryPage, HistoryParams};
+use crate::interactions::search::SearchOutcome;
 use crate::interactions::instant;
-use crate::search::SearchRequest;
 use crate::store::StoredResource;
 
 fn encode(pairs: &[(String, String)]) -> String {
@@ -84,7 +84,8 @@ fn history_entry(ctx: &Ctx, e: &StoredResource) -> Value {
 
 /// A searchset bundle with `self`/`first`/`next`/`previous` links built from the parameters
 /// actually used.
-pub fn search_bundle(ctx: &Ctx, rt: &ResourceType, request: &SearchRequest, found: &[StoredResource], total: Option<i64>) -> Value {
+pub fn search_bundle(ctx: &Ctx, rt: &ResourceType, outcome: &SearchOutcome) -> Value {
+    let (request, found, total) = (&outcome.request, &outcome.found, outcome.total);
     let url = |offset: usize| {
         let mut q = request.used.clone();
         q.retain(|(k, _)| k != "_count");
@@ -108,9 +109,11 @@ pub fn search_bundle(ctx: &Ctx, rt: &ResourceType, request: &SearchRequest, foun
             links.push(link("next", url(request.offset + request.count)));
         }
     }
-    let entries: Vec<Value> = found
-        .iter()
-        .filter_map(|r| {
+    let matches = found.iter().map(|r| (r, "match"));
+    let included = outcome.included.iter().map(|r| (r, "include"));
+    let entries: Vec<Value> = matches
+        .chain(included)
+        .filter_map(|(r, mode)| {
             let content = r.content.as_ref()?;
             let resource = match (&request.summary, &request.elements) {
                 (Some(mode), _) if mode != "count" => super::format::summarize(content, mode),
@@ -120,7 +123,7 @@ pub fn search_bundle(ctx: &Ctx, rt: &ResourceType, request: &SearchRequest, foun
             Some(json!({
                 "fullUrl": format!("{}/{}/{}", ctx.base, r.resource_type, r.id),
                 "resource": resource,
-                "search": {"mode": "match"},
+                "search": {"mode": mode},
             }))
         })
         .collect();
@@ -276,9 +279,9 @@ fn response_entry(ctx: &Ctx, outcome: &EntryOutcome, prefer: Option<&str>) -> Va
         EntryOutcome::NotModified(stored) => {
             entry.insert("response".into(), Value::Object(version_response(StatusCode::NOT_MODIFIED, stored)));
         }
-        EntryOutcome::Search { request, found, total } => {
-            let rt = &request.criteria.resource_type;
-            entry.insert("resource".into(), search_bundle(ctx, rt, request, found, *total));
+        EntryOutcome::Search(outcome) => {
+            let rt = &outcome.request.criteria.resource_type;
+            entry.insert("resource".into(), search_bundle(ctx, rt, outcome));
             entry.insert("response".into(), json!({"status": status_line(StatusCode::OK)}));
         }
     }

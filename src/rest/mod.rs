@@ -295,8 +295,8 @@ async fn route_instance(
 
 async fn search(ctx: &Ctx, store: &Store, principal: &Principal, rt: &ResourceType, pairs: &[(String, String)]) -> FhirResult<Response> {
     let strict = ctx.prefer("handling").as_deref() == Some("strict");
-    let (request, found, total) = interactions::search::search(store, principal, rt, pairs, strict, &ctx.base).await?;
-    respond(ctx, StatusCode::OK, bundle::search_bundle(ctx, rt, &request, &found, total), HeaderMap::new())
+    let outcome = interactions::search::search(store, principal, rt, pairs, strict, &ctx.base).await?;
+    respond(ctx, StatusCode::OK, bundle::search_bundle(ctx, rt, &outcome), HeaderMap::new())
 }
 
 /// The query of a conditional interaction; a conditional write without criteria is refused.

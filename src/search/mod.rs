@@ -18,7 +18,7 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir::definitions::{SearchParameter, definitions};
 use crate::fhir::types::{ResourceType, sanitize};
 use crate::store::StoredResource;
-pub use params::{SearchRequest, parse_search};
+pub use params::{Include, MAX_INCLUDE_DEPTH, SearchRequest, parse_search, reference_paths};
 
 /// A parsed set of search conditions on one resource type (ANDed clauses).
 #[derive(Debug, Clone)]
@@ -61,6 +61,13 @@ pub enum ClauseKind {
     /// (`Patient/`, `<base>/Patient/`): membership in some patient's compartment, for export.
     /// Built by the server, never parsed from a request.
     ReferencePrefix { paths: Vec<String>, prefixes: Vec<String> },
+    /// A chained parameter (`subject:Patient.name=x`, search.html#chaining): a reference at
+    /// `paths` names a live resource matching one of `targets` (one per possible target type;
+    /// each may chain further). `base` turns absolute references to this server into local ones.
+    Chain { paths: Vec<String>, base: String, targets: Vec<Criteria> },
+    /// A reverse chain (`_has:Observation:patient:code=x`, search.html#has): a live resource
+    /// matching `source` references this one at `paths`.
+    Has { paths: Vec<String>, base: String, source: Criteria },
     Date { paths: Vec<String>, values: Vec<(Prefix, String)> },
     Number { paths: Vec<String>, values: Vec<(Prefix, f64, f64)>, quantity: Vec<(Option<String>, Option<String>)> },
     Uri { paths: Vec<String>, values: Vec<String>, mode: UriMode },
@@ -376,6 +383,40 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                 sql.push(")");
             });
         }
+        ClauseKind::Chain { paths, base, targets } => {
+            push_exists(sql, paths, |sql| {
+                push_local_reference(sql, "v ->> 'reference'", base);
+                sql.push(" IN (");
+                for (i, target) in targets.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" UNION ALL ");
+                    }
+                    // The inner `r` shadows the outer one inside the subquery.
+                    sql.push("SELECT r.resource_type || '/' || r.id FROM resource r WHERE r.resource_type = ");
+                    sql.push_bind(target.resource_type.as_str().to_owned());
+                    sql.push(" AND NOT r.deleted");
+                    push_where(sql, target);
+                }
+                sql.push(")");
+            });
+        }
+        ClauseKind::Has { paths, base, source } => {
+            sql.push("(r.resource_type || '/' || r.id) IN (");
+            for (i, path) in paths.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" UNION ALL ");
+                }
+                sql.push("SELECT ");
+                push_local_reference(sql, "v ->> 'reference'", base);
+                sql.push(" FROM resource r, jsonb_path_query(r.content, ");
+                sql.push_bind(path.clone());
+                sql.push("::jsonpath) v WHERE r.resource_type = ");
+                sql.push_bind(source.resource_type.as_str().to_owned());
+                sql.push(" AND NOT r.deleted");
+                push_where(sql, source);
+            }
+            sql.push(")");
+        }
         ClauseKind::Date { paths, values } => {
             push_exists(sql, paths, |sql| {
                 sql.push("(");
@@ -509,6 +550,32 @@ fn push_range_compare(sql: &mut QueryBuilder<Postgres>, target: &str, prefix: Pr
     sql.push(")");
 }
 
+/// Pushes `expr` (a reference text) as a local `Type/id` when it is an absolute URL on `base`.
+fn push_local_reference(sql: &mut QueryBuilder<Postgres>, expr: &str, base: &str) {
+    let prefix = format!("{base}/");
+    let from = prefix.chars().count() as i32 + 1;
+    sql.push("(CASE WHEN starts_with(coalesce(").push(expr).push(", ''), ").push_bind(prefix);
+    sql.push(") THEN substr(").push(expr).push(", ").push_bind(from).push(") ELSE ").push(expr).push(" END)");
+}
+
+impl Criteria {
+    /// Every resource type the criteria look at (itself, chained targets, `_has` sources), so
+    /// the caller can check the principal may search them all.
+    pub fn types(&self) -> Vec<String> {
+        let mut out = vec![self.resource_type.as_str().to_owned()];
+        for clause in &self.clauses {
+            match &clause.kind {
+                ClauseKind::Chain { targets, .. } => targets.iter().for_each(|t| out.extend(t.types())),
+                ClauseKind::Has { source, .. } => out.extend(source.types()),
+                _ => {}
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 /// Escapes `%`, `_` and `\` for LIKE.
 fn like_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
@@ -523,6 +590,150 @@ pub async fn matching_ids(tx: &mut crate::store::Tx, criteria: &Criteria, limit:
     sql.push(" LIMIT ").push_bind(limit);
     let rows = sql.build().fetch_all(&mut **tx).await?;
     Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+}
+
+/// The resources that `_include`/`_revinclude` add to a page of `matches` (search.html#include):
+/// forward includes follow the matches' reference parameters to live local resources,
+/// reverse includes find live resources whose parameter references a match; `:iterate` repeats
+/// on what was included, up to [`MAX_INCLUDE_DEPTH`] rounds. Resources of types `allowed`
+/// rejects are never fetched, and nothing is returned twice or duplicates a match.
+pub async fn fetch_includes(
+    conn: &mut sqlx::PgConnection,
+    includes: &[Include],
+    matches: &[StoredResource],
+    base: &str,
+    allowed: &(dyn Fn(&str) -> bool + Send + Sync),
+) -> FhirResult<Vec<StoredResource>> {
+    use std::collections::HashSet;
+    if includes.is_empty() || matches.is_empty() {
+        return Ok(vec![]);
+    }
+    let key = |r: &StoredResource| (r.resource_type.clone(), r.id.clone());
+    let mut seen: HashSet<(String, String)> = matches.iter().map(key).collect();
+    let mut frontier: Vec<(String, String)> = matches.iter().map(key).collect();
+    let mut out: Vec<StoredResource> = vec![];
+    let rounds = if includes.iter().any(|i| i.iterate) { MAX_INCLUDE_DEPTH } else { 1 };
+    for round in 0..rounds {
+        let mut wanted: Vec<(String, String)> = vec![];
+        let mut found: Vec<StoredResource> = vec![];
+        for include in includes.iter().filter(|i| round == 0 || i.iterate) {
+            if include.reverse {
+                let Some(source) = &include.source else { continue };
+                if !allowed(source) {
+                    continue;
+                }
+                let source_type = ResourceType::parse(source)?;
+                let refs: Vec<String> =
+                    frontier.iter().flat_map(|(t, id)| [format!("{t}/{id}"), format!("{base}/{t}/{id}")]).collect();
+                for code in include_params(&source_type, include.param.as_deref()) {
+                    let Some(paths) = reference_paths(&source_type, &code, base) else { continue };
+                    let mut sql = QueryBuilder::<Postgres>::new(
+                        "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r WHERE r.resource_type = ",
+                    );
+                    sql.push_bind(source.clone()).push(" AND NOT r.deleted AND (");
+                    push_exists(&mut sql, &paths, |sql| {
+                        sql.push("(v ->> 'reference') = ANY(").push_bind(refs.clone()).push(")");
+                    });
+                    sql.push(") LIMIT ").push_bind(MAX_COUNT_INCLUDED as i64);
+                    for row in sql.build().fetch_all(&mut *conn).await? {
+                        let r = stored_from_row(&row);
+                        if seen.insert(key(&r)) {
+                            found.push(r);
+                        }
+                    }
+                }
+            } else {
+                let mut by_type: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+                for (t, id) in &frontier {
+                    if include.source.as_deref().is_none_or(|s| s == t) {
+                        by_type.entry(t.as_str()).or_default().push(id.clone());
+                    }
+                }
+                for (t, ids) in by_type {
+                    let rt = ResourceType::parse(t)?;
+                    for code in include_params(&rt, include.param.as_deref()) {
+                        let Some(paths) = reference_paths(&rt, &code, base) else { continue };
+                        for path in paths {
+                            let mut sql = QueryBuilder::<Postgres>::new("SELECT DISTINCT ");
+                            push_local_reference(&mut sql, "v ->> 'reference'", base);
+                            sql.push(" FROM resource r, jsonb_path_query(r.content, ").push_bind(path).push("::jsonpath) v");
+                            sql.push(" WHERE r.resource_type = ").push_bind(t.to_owned());
+                            sql.push(" AND r.id = ANY(").push_bind(ids.clone()).push(")");
+                            for row in sql.build().fetch_all(&mut *conn).await? {
+                                let Some(reference) = row.get::<Option<String>, _>(0) else { continue };
+                                let Some((rt, id)) = reference.split_once('/') else { continue };
+                                if id.contains('/') || !definitions().is_resource_type(rt) || !crate::fhir::types::Id::is_valid(id) {
+                                    continue; // another server, a version-specific or contained reference
+                                }
+                                if include.target.as_deref().is_some_and(|target| target != rt) || !allowed(rt) {
+                                    continue;
+                                }
+                                let k = (rt.to_owned(), id.to_owned());
+                                if !seen.contains(&k) && !wanted.contains(&k) {
+                                    wanted.push(k);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !wanted.is_empty() {
+            let (types, ids): (Vec<String>, Vec<String>) = wanted.into_iter().unzip();
+            let rows = sqlx::query(
+                "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r \
+                 JOIN UNNEST($1::text[], $2::text[]) AS w(resource_type, id) ON r.resource_type = w.resource_type AND r.id = w.id \
+                 WHERE NOT r.deleted",
+            )
+            .bind(&types)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+            for row in rows {
+                let r = stored_from_row(&row);
+                if seen.insert(key(&r)) {
+                    found.push(r);
+                }
+            }
+        }
+        if found.is_empty() {
+            break;
+        }
+        frontier = found.iter().map(key).collect();
+        out.extend(found);
+        if out.len() >= MAX_COUNT_INCLUDED {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Most included resources per page.
+const MAX_COUNT_INCLUDED: usize = 5000;
+
+/// The reference parameters an include follows on a type: the named one, or all for `*`.
+fn include_params(resource_type: &ResourceType, param: Option<&str>) -> Vec<String> {
+    match param {
+        Some(p) => vec![p.to_owned()],
+        None => definitions()
+            .search_params(resource_type.as_str())
+            .into_iter()
+            .filter(|sp| sp.param_type == "reference")
+            .map(|sp| sp.code.clone())
+            .collect(),
+    }
+}
+
+fn stored_from_row(r: &sqlx::postgres::PgRow) -> StoredResource {
+    StoredResource {
+        resource_type: r.get(0),
+        id: r.get(1),
+        version_id: r.get(2),
+        last_updated: r.get(3),
+        deleted: false,
+        content: r.get::<Option<Value>, _>(4),
+        method: None,
+    }
 }
 
 /// Runs a search: one page of matches plus the total when asked for.

@@ -1,6 +1,6 @@
 //! Parsing of search query parameters: escapes, OR lists, prefixes, result parameters.
 
-use super::{Clause, Criteria, Prefix, build_clause};
+use super::{Clause, ClauseKind, Criteria, Prefix, build_clause};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::definitions::definitions;
 use crate::fhir::types::{ResourceType, sanitize};
@@ -24,6 +24,137 @@ pub struct SearchRequest {
     pub elements: Option<Vec<String>>,
     /// The parameters actually used, for the self link (unknown ones left out).
     pub used: Vec<(String, String)>,
+    /// `_include` / `_revinclude` (with `:iterate`), in request order.
+    pub includes: Vec<Include>,
+}
+
+/// One `_include` or `_revinclude` (search.html#include).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    /// `_revinclude`: resources of `source` that reference the matches.
+    pub reverse: bool,
+    /// `:iterate`: also applies to the resources included so far.
+    pub iterate: bool,
+    /// The type whose reference parameter is followed; `None` for `*` (any type).
+    pub source: Option<String>,
+    /// The reference parameter; `None` for `*` (all of the type's reference parameters).
+    pub param: Option<String>,
+    /// `Type:param:target` restricts the referenced type.
+    pub target: Option<String>,
+}
+
+/// How deep `:iterate` follows references (a guard against cycles and explosions).
+pub const MAX_INCLUDE_DEPTH: usize = 4;
+
+/// Parses an `_include`/`_revinclude` value: `*`, `Type:*`, `Type:param`, `Type:param:Target`.
+fn parse_include(value: &str, reverse: bool, iterate: bool) -> Result<Include, String> {
+    if value == "*" {
+        return Ok(Include { reverse, iterate, source: None, param: None, target: None });
+    }
+    let mut parts = value.split(':');
+    let source = parts.next().unwrap_or_default();
+    let param = parts.next().ok_or("expected Type:parameter")?;
+    let target = parts.next();
+    if parts.next().is_some() {
+        return Err("expected Type:parameter[:TargetType]".into());
+    }
+    let defs = definitions();
+    if !defs.is_resource_type(source) {
+        return Err(format!("'{}' is not a resource type", sanitize(source)));
+    }
+    if param != "*" {
+        let sp = defs.search_param(source, param).ok_or_else(|| format!("{} has no search parameter '{}'", source, sanitize(param)))?;
+        if sp.param_type != "reference" {
+            return Err(format!("'{}' is not a reference parameter", sanitize(param)));
+        }
+    }
+    if let Some(t) = target {
+        if !defs.is_resource_type(t) {
+            return Err(format!("'{}' is not a resource type", sanitize(t)));
+        }
+    }
+    Ok(Include {
+        reverse,
+        iterate,
+        source: Some(source.to_owned()),
+        param: (param != "*").then(|| param.to_owned()),
+        target: target.map(str::to_owned),
+    })
+}
+
+/// The jsonpath paths of a reference parameter on a type (what chains and includes follow).
+pub fn reference_paths(resource_type: &ResourceType, code: &str, base: &str) -> Option<Vec<String>> {
+    let sp = definitions().search_param(resource_type.as_str(), code)?;
+    if sp.param_type != "reference" {
+        return None;
+    }
+    match build_clause(sp, resource_type, code, None, "x", base).ok()?.kind {
+        ClauseKind::Reference { paths, .. } => Some(paths),
+        _ => None,
+    }
+}
+
+/// A chained parameter `ref[:Type].rest=value`; `Ok(None)` when a parameter is unknown.
+fn parse_chain(resource_type: &ResourceType, key: &str, value: &str, base: &str) -> FhirResult<Option<Clause>> {
+    let bad = |why: String| FhirError::BadRequest(format!("chained parameter '{}': {why}", sanitize(key)));
+    let Some((left, rest)) = key.split_once('.') else { return Ok(None) };
+    let (name, type_modifier) = match left.split_once(':') {
+        Some((n, t)) => (n, Some(t)),
+        None => (left, None),
+    };
+    let defs = definitions();
+    let Some(sp) = defs.search_param(resource_type.as_str(), name) else { return Ok(None) };
+    if sp.param_type != "reference" {
+        return Err(bad("only reference parameters can be chained".into()));
+    }
+    let Some(paths) = reference_paths(resource_type, name, base) else { return Ok(None) };
+    let candidates: Vec<String> = match type_modifier {
+        Some(t) => {
+            if !defs.is_resource_type(t) || (!sp.target.is_empty() && !sp.target.iter().any(|x| x == t)) {
+                return Err(bad(format!("'{}' is not a target type of {name}", sanitize(t))));
+            }
+            vec![t.to_owned()]
+        }
+        None if sp.target.is_empty() => defs.resource_types().to_vec(),
+        None => sp.target.clone(),
+    };
+    // The next parameter (`name`, `name:exact`, `organization.name`, `_has:…`).
+    let next_name = rest.split(['.', ':']).next().unwrap_or_default();
+    let mut targets = vec![];
+    for t in candidates {
+        let known = next_name == "_has" || defs.search_param(&t, next_name).is_some();
+        if !known {
+            continue;
+        }
+        let rt = ResourceType::parse(&t)?;
+        let inner = parse_search(&rt, &[(rest.to_owned(), value.to_owned())], true, base)?;
+        targets.push(inner.criteria);
+    }
+    if targets.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Clause { name: key.to_owned(), kind: ClauseKind::Chain { paths, base: base.to_owned(), targets }, negate: false }))
+}
+
+/// A reverse chain `_has:Type:reference:rest=value` (nests); `Ok(None)` when unknown.
+fn parse_has(resource_type: &ResourceType, key: &str, value: &str, base: &str) -> FhirResult<Option<Clause>> {
+    let bad = |why: &str| FhirError::BadRequest(format!("parameter '{}': {why}", sanitize(key)));
+    let parts: Vec<&str> = key.splitn(4, ':').collect();
+    let [_, source, reference, rest] = parts.as_slice() else {
+        return Err(bad("expected _has:Type:reference:parameter"));
+    };
+    if !definitions().is_resource_type(source) {
+        return Err(bad("unknown resource type"));
+    }
+    let source_type = ResourceType::parse(source)?;
+    let Some(paths) = reference_paths(&source_type, reference, base) else { return Ok(None) };
+    let next_name = rest.split(['.', ':']).next().unwrap_or_default();
+    if next_name != "_has" && definitions().search_param(source, next_name).is_none() {
+        return Ok(None);
+    }
+    let inner = parse_search(&source_type, &[((*rest).to_owned(), value.to_owned())], true, base)?;
+    let _ = resource_type;
+    Ok(Some(Clause { name: key.to_owned(), kind: ClauseKind::Has { paths, base: base.to_owned(), source: inner.criteria }, negate: false }))
 }
 
 /// Parses `pairs` into a search request. Unknown or unsupported parameters are ignored, or
@@ -39,6 +170,7 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
         summary: None,
         elements: None,
         used: vec![],
+        includes: vec![],
     };
     let bad = |name: &str, why: &str| FhirError::BadRequest(format!("parameter '{}': {why}", sanitize(name)));
     for (key, value) in pairs {
@@ -84,6 +216,27 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
                 request.elements = Some(value.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
             }
             "_format" | "_pretty" => continue,
+            "_include" | "_include:iterate" | "_revinclude" | "_revinclude:iterate" => {
+                let reverse = key.starts_with("_revinclude");
+                match parse_include(value, reverse, key.ends_with(":iterate")) {
+                    Ok(include) if !(reverse && include.source.is_none()) => request.includes.push(include),
+                    Ok(_) if strict => return Err(bad(key, "_revinclude needs Type:parameter")),
+                    Err(e) if strict => return Err(bad(key, &e)),
+                    _ => continue,
+                }
+            }
+            _ if key.starts_with("_has:") || is_chain(key) => {
+                let parsed = if key.starts_with("_has:") {
+                    parse_has(resource_type, key, value, base)?
+                } else {
+                    parse_chain(resource_type, key, value, base)?
+                };
+                match parsed {
+                    Some(clause) => request.criteria.clauses.push(clause),
+                    None if strict => return Err(bad(key, &format!("unknown search parameter for {resource_type}"))),
+                    None => continue,
+                }
+            }
             _ => {
                 let (name, modifier) = match key.split_once(':') {
                     Some((n, m)) => (n, Some(m)),
@@ -106,6 +259,15 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
         request.used.push((key.clone(), value.clone()));
     }
     Ok(request)
+}
+
+/// Whether a key is a chain (`subject.name`, `subject:Patient.name`): a `.` after the
+/// parameter name and its optional type modifier.
+fn is_chain(key: &str) -> bool {
+    match key.split_once('.') {
+        Some((left, _)) => !left.is_empty() && left.split(':').count() <= 2,
+        None => false,
+    }
 }
 
 /// Splits a value on unescaped commas (OR) and unescapes `\,` `\|` `\$` `\\`.

@@ -5,6 +5,7 @@ mod helpers;
 
 mod auth;
 mod bundles;
+mod chaining;
 mod cli;
 mod conditional;
 mod crud;
