@@ -10,6 +10,9 @@ use crate::store::{Store, StoredResource, Tx};
 /// total, and the resources `_include`/`_revinclude` added.
 #[derive(Debug)]
 pub struct SearchOutcome {
+    /// The path searched, relative to the base (`Observation`, `Patient/1/Observation`, ``),
+    /// for the Bundle's links.
+    pub path: String,
     pub request: SearchRequest,
     pub found: Vec<StoredResource>,
     pub total: Option<i64>,
@@ -48,7 +51,109 @@ pub async fn search(
     let (found, total) = search::execute_in(&mut conn, &request).await?;
     let allowed = |t: &str| principal.allows(t, Interaction::Read);
     let included = search::fetch_includes(&mut conn, &request.includes, &found, base, &allowed).await?;
-    Ok(SearchOutcome { request, found, total, included })
+    Ok(SearchOutcome { path: resource_type.to_string(), request, found, total, included })
+}
+
+/// Compartment search (`GET [base]/Patient/1/Observation`, compartmentdefinition.html): the
+/// type-level search, restricted to resources that reference the compartment's resource
+/// through any of the parameters the official CompartmentDefinition lists for the type. A type
+/// that is not part of the compartment finds nothing.
+#[allow(clippy::too_many_arguments)]
+pub async fn compartment_search(
+    store: &Store,
+    principal: &Principal,
+    compartment: &ResourceType,
+    id: &crate::fhir::types::Id,
+    resource_type: &ResourceType,
+    pairs: &[(String, String)],
+    strict: bool,
+    base: &str,
+) -> FhirResult<SearchOutcome> {
+    let mut request = parse_checked(principal, resource_type, pairs, strict, base)?;
+    let params: Vec<String> = crate::fhir::definitions::definitions()
+        .compartment(compartment.as_str())
+        .and_then(|c| c.get("resource"))
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("code").and_then(serde_json::Value::as_str) == Some(resource_type.as_str()))
+        .flat_map(|e| e.get("param").and_then(serde_json::Value::as_array).cloned().unwrap_or_default())
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect();
+    let mut paths = vec![];
+    for p in &params {
+        if p == "{def}" && resource_type == compartment {
+            continue;
+        }
+        paths.extend(search::reference_paths(resource_type, p, base).unwrap_or_default());
+    }
+    let member = if resource_type == compartment {
+        // The compartment's own resource is in its compartment.
+        search::Clause { name: "_id".into(), kind: search::ClauseKind::Id(vec![id.to_string()]), negate: false }
+    } else {
+        let values = vec![format!("{compartment}/{id}"), format!("{base}/{compartment}/{id}")];
+        // No parameters: an empty path list matches nothing.
+        search::Clause { name: compartment.to_string(), kind: search::ClauseKind::Reference { paths, values }, negate: false }
+    };
+    if resource_type == compartment || !params.is_empty() {
+        request.criteria.clauses.push(member);
+    } else {
+        request.criteria.clauses.push(search::Clause { name: "_id".into(), kind: search::ClauseKind::Id(vec![]), negate: false });
+    }
+    let mut conn = store.pool().acquire().await?;
+    let (found, total) = search::execute_in(&mut conn, &request).await?;
+    let allowed = |t: &str| principal.allows(t, Interaction::Read);
+    let included = search::fetch_includes(&mut conn, &request.includes, &found, base, &allowed).await?;
+    Ok(SearchOutcome { path: format!("{compartment}/{id}/{resource_type}"), request, found, total, included })
+}
+
+/// System-level search (`GET [base]?_type=A,B&…`): the parameters must apply to every listed
+/// type (otherwise 400), or to every type when `_type` is absent (the common parameters). Types
+/// the principal may not search are left out unless named in `_type` (then 403). Results are
+/// ordered by type and id.
+pub async fn system_search(store: &Store, principal: &Principal, pairs: &[(String, String)], base: &str) -> FhirResult<SearchOutcome> {
+    let defs = crate::fhir::definitions::definitions();
+    let mut types: Option<Vec<String>> = None;
+    for (k, v) in pairs.iter().filter(|(k, _)| k == "_type") {
+        let list = types.get_or_insert_with(Vec::new);
+        for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if !defs.is_resource_type(t) {
+                return Err(crate::error::FhirError::BadRequest(format!("{k}: '{}' is not a resource type", crate::fhir::types::sanitize(t))));
+            }
+            principal.require(t, Interaction::Search)?;
+            list.push(t.to_owned());
+        }
+    }
+    let explicit = types.is_some();
+    let types = types.unwrap_or_else(|| defs.resource_types().iter().filter(|t| principal.allows(t, Interaction::Search)).cloned().collect());
+    if !principal.allows_any(Interaction::Search) {
+        return Err(crate::error::FhirError::Forbidden("the access token's scopes do not allow search".into()));
+    }
+    let rest: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "_type").cloned().collect();
+    let mut parts = vec![];
+    let mut first: Option<SearchRequest> = None;
+    for t in &types {
+        let rt = ResourceType::parse(t)?;
+        let request = parse_checked(principal, &rt, &rest, true, base).map_err(|e| match e {
+            crate::error::FhirError::BadRequest(m) if !explicit => {
+                crate::error::FhirError::BadRequest(format!("{m} (without _type only parameters common to all types can be used)"))
+            }
+            other => other,
+        })?;
+        parts.push(request.criteria.clone());
+        first.get_or_insert(request);
+    }
+    let Some(mut request) = first else {
+        return Err(crate::error::FhirError::Forbidden("the access token's scopes do not allow searching any type".into()));
+    };
+    let (found, total) = search::execute_union(store.pool(), &parts, None, request.count, request.offset).await?;
+    if explicit {
+        request.used.insert(0, ("_type".into(), types.join(",")));
+    }
+    let mut conn = store.pool().acquire().await?;
+    let allowed = |t: &str| principal.allows(t, Interaction::Read);
+    let included = search::fetch_includes(&mut conn, &request.includes, &found, base, &allowed).await?;
+    Ok(SearchOutcome { path: String::new(), request, found, total: Some(total), included })
 }
 
 /// [`search`] inside a transaction (a GET entry of a transaction Bundle sees the entries
@@ -65,5 +170,5 @@ pub async fn search_in(
     let (found, total) = search::execute_in(&mut **tx, &request).await?;
     let allowed = |t: &str| principal.allows(t, Interaction::Read);
     let included = search::fetch_includes(&mut **tx, &request.includes, &found, base, &allowed).await?;
-    Ok(SearchOutcome { request, found, total, included })
+    Ok(SearchOutcome { path: resource_type.to_string(), request, found, total, included })
 }

@@ -7,7 +7,6 @@ use serde_json::{Map, Value, json};
 
 use super::{Ctx, instant_now};
 use crate::error::{Issue, Severity, operation_outcome};
-use crate::fhir::types::ResourceType;
 use crate::interactions::bundle::{BundleResult, EntryOutcome};
 use crate::interactions::everything::{EverythingPage, EverythingParams};
 use crate::interactions::history::{HistoryPage, HistoryParams};
@@ -84,7 +83,7 @@ fn history_entry(ctx: &Ctx, e: &StoredResource) -> Value {
 
 /// A searchset bundle with `self`/`first`/`next`/`previous` links built from the parameters
 /// actually used.
-pub fn search_bundle(ctx: &Ctx, rt: &ResourceType, outcome: &SearchOutcome) -> Value {
+pub fn search_bundle(ctx: &Ctx, outcome: &SearchOutcome) -> Value {
     let (request, found, total) = (&outcome.request, &outcome.found, outcome.total);
     let url = |offset: usize| {
         let mut q = request.used.clone();
@@ -93,7 +92,10 @@ pub fn search_bundle(ctx: &Ctx, rt: &ResourceType, outcome: &SearchOutcome) -> V
         if offset > 0 {
             q.push(("_offset".into(), offset.to_string()));
         }
-        format!("{}/{rt}?{}", ctx.base, encode(&q))
+        match outcome.path.as_str() {
+            "" => format!("{}?{}", ctx.base, encode(&q)),
+            path => format!("{}/{path}?{}", ctx.base, encode(&q)),
+        }
     };
     let mut links = vec![link("self", url(request.offset))];
     if request.count > 0 {
@@ -280,8 +282,7 @@ fn response_entry(ctx: &Ctx, outcome: &EntryOutcome, prefer: Option<&str>) -> Va
             entry.insert("response".into(), Value::Object(version_response(StatusCode::NOT_MODIFIED, stored)));
         }
         EntryOutcome::Search(outcome) => {
-            let rt = &outcome.request.criteria.resource_type;
-            entry.insert("resource".into(), search_bundle(ctx, rt, outcome));
+            entry.insert("resource".into(), search_bundle(ctx, outcome));
             entry.insert("response".into(), json!({"status": status_line(StatusCode::OK)}));
         }
     }

@@ -145,6 +145,10 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             let result = interactions::bundle::process(store, &principal, submitted, &ctx.base, state.max_bundle_entries).await?;
             respond(ctx, StatusCode::OK, bundle::bundle_response(ctx, &result), HeaderMap::new())
         }
+        (Method::GET, []) => {
+            let outcome = interactions::search::system_search(store, &principal, &ctx.query, &ctx.base).await?;
+            respond(ctx, StatusCode::OK, bundle::search_bundle(ctx, &outcome), HeaderMap::new())
+        }
         (Method::GET | Method::POST, ["$export"]) => export::kick_off(state, ctx, &principal, method, crate::export::Level::System, body).await,
         (Method::GET, ["$export-status", id]) => export::status(state, ctx, &principal, id).await,
         (Method::DELETE, ["$export-status", id]) => export::cancel(state, ctx, &principal, id).await,
@@ -287,6 +291,12 @@ async fn route_instance(
         (m @ (Method::GET | Method::POST), ["$export"]) if rt.as_str() == "Group" => {
             export::kick_off(state, ctx, principal, &m, crate::export::Level::Group(id.clone()), body).await
         }
+        (Method::GET, [target]) if crate::fhir::definitions::definitions().compartment(rt.as_str()).is_some() && !target.starts_with('$') => {
+            let target = ResourceType::parse(target)?;
+            let strict = ctx.prefer("handling").as_deref() == Some("strict");
+            let outcome = interactions::search::compartment_search(store, principal, rt, id, &target, &ctx.query, strict, &ctx.base).await?;
+            respond(ctx, StatusCode::OK, bundle::search_bundle(ctx, &outcome), HeaderMap::new())
+        }
         (_, [op]) if op.starts_with('$') => Err(FhirError::NotFound(format!("operation {} is not supported", crate::fhir::types::sanitize(op)))),
         (Method::GET, _) => Err(FhirError::NotFound("no such endpoint".into())),
         _ => Err(FhirError::MethodNotAllowed("unsupported method for this path".into())),
@@ -296,7 +306,7 @@ async fn route_instance(
 async fn search(ctx: &Ctx, store: &Store, principal: &Principal, rt: &ResourceType, pairs: &[(String, String)]) -> FhirResult<Response> {
     let strict = ctx.prefer("handling").as_deref() == Some("strict");
     let outcome = interactions::search::search(store, principal, rt, pairs, strict, &ctx.base).await?;
-    respond(ctx, StatusCode::OK, bundle::search_bundle(ctx, rt, &outcome), HeaderMap::new())
+    respond(ctx, StatusCode::OK, bundle::search_bundle(ctx, &outcome), HeaderMap::new())
 }
 
 /// The query of a conditional interaction; a conditional write without criteria is refused.

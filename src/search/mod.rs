@@ -61,6 +61,13 @@ pub enum ClauseKind {
     /// (`Patient/`, `<base>/Patient/`): membership in some patient's compartment, for export.
     /// Built by the server, never parsed from a request.
     ReferencePrefix { paths: Vec<String>, prefixes: Vec<String> },
+    /// Token `:text`: the text of a CodeableConcept, or a Coding's display, starts with a value
+    /// (case- and accent-insensitive).
+    TokenText { paths: Vec<String>, values: Vec<String> },
+    /// Identifier `:of-type` (`type-system|type-code|value`).
+    IdentifierOfType { paths: Vec<String>, values: Vec<(String, String, String)> },
+    /// Reference `:identifier` (`system|value`, `|value`, `value`): `Reference.identifier`.
+    ReferenceIdentifier { paths: Vec<String>, values: Vec<(Option<String>, String)> },
     /// A chained parameter (`subject:Patient.name=x`, search.html#chaining): a reference at
     /// `paths` names a live resource matching one of `targets` (one per possible target type;
     /// each may chain further). `base` turns absolute references to this server into local ones.
@@ -174,6 +181,31 @@ pub fn build_clause(
                 Some(_) => return Err(bad("unsupported modifier")),
             };
             ClauseKind::String { paths, values: plain, mode }
+        }
+        "token" if modifier == Some("text") => ClauseKind::TokenText { paths, values: plain.iter().map(|v| normalize(v)).collect() },
+        "token" if modifier == Some("of-type") => {
+            let mut triples = vec![];
+            for v in &values {
+                let parts = params::split_unescaped(v, '|');
+                let [system, code, value] = parts.as_slice() else {
+                    return Err(bad(":of-type takes type-system|type-code|value"));
+                };
+                if code.is_empty() || value.is_empty() {
+                    return Err(bad(":of-type needs a type code and a value"));
+                }
+                triples.push((params::unescape_value(system), params::unescape_value(code), params::unescape_value(value)));
+            }
+            ClauseKind::IdentifierOfType { paths, values: triples }
+        }
+        "reference" if modifier == Some("identifier") => {
+            let values = values
+                .iter()
+                .map(|v| match params::split_token(v) {
+                    (system, Some(value)) => Ok((system.filter(|s| !s.is_empty()), value)),
+                    _ => Err(bad(":identifier takes system|value")),
+                })
+                .collect::<FhirResult<Vec<_>>>()?;
+            ClauseKind::ReferenceIdentifier { paths, values }
         }
         "token" => {
             match modifier {
@@ -325,10 +357,10 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                             sql.push("v #>> '{}' = ").push_bind(value.clone());
                         }
                         StringMode::StartsWith => {
-                            sql.push("lower(v #>> '{}') LIKE ").push_bind(format!("{}%", like_escape(&value.to_lowercase())));
+                            sql.push("fhir_normalize(v #>> '{}') LIKE ").push_bind(format!("{}%", like_escape(&normalize(value))));
                         }
                         StringMode::Contains => {
-                            sql.push("lower(v #>> '{}') LIKE ").push_bind(format!("%{}%", like_escape(&value.to_lowercase())));
+                            sql.push("fhir_normalize(v #>> '{}') LIKE ").push_bind(format!("%{}%", like_escape(&normalize(value))));
                         }
                     }
                 });
@@ -379,6 +411,45 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                 sql.push("(");
                 push_any(sql, prefixes.iter(), |sql, prefix| {
                     sql.push("starts_with(coalesce(v ->> 'reference', ''), ").push_bind(prefix.clone()).push(")");
+                });
+                sql.push(")");
+            });
+        }
+        ClauseKind::TokenText { paths, values } => {
+            push_exists(sql, paths, |sql| {
+                sql.push("EXISTS (SELECT 1 FROM (SELECT v ->> 'text' UNION ALL SELECT v ->> 'display' UNION ALL \
+                          SELECT c ->> 'display' FROM jsonb_array_elements(CASE jsonb_typeof(v -> 'coding') WHEN 'array' THEN v -> 'coding' ELSE '[]'::jsonb END) c) t(s) \
+                          WHERE (");
+                push_any(sql, values.iter(), |sql, value| {
+                    sql.push("starts_with(fhir_normalize(t.s), ").push_bind(value.clone()).push(")");
+                });
+                sql.push("))");
+            });
+        }
+        ClauseKind::IdentifierOfType { paths, values } => {
+            push_exists(sql, paths, |sql| {
+                sql.push("(");
+                push_any(sql, values.iter(), |sql, (system, code, value)| {
+                    sql.push("(v ->> 'value' = ").push_bind(value.clone());
+                    sql.push(" AND EXISTS (SELECT 1 FROM jsonb_array_elements(CASE jsonb_typeof(v -> 'type' -> 'coding') WHEN 'array' THEN v -> 'type' -> 'coding' ELSE '[]'::jsonb END) c WHERE c ->> 'code' = ");
+                    sql.push_bind(code.clone());
+                    if !system.is_empty() {
+                        sql.push(" AND c ->> 'system' = ").push_bind(system.clone());
+                    }
+                    sql.push("))");
+                });
+                sql.push(")");
+            });
+        }
+        ClauseKind::ReferenceIdentifier { paths, values } => {
+            push_exists(sql, paths, |sql| {
+                sql.push("(");
+                push_any(sql, values.iter(), |sql, (system, value)| {
+                    sql.push("(v -> 'identifier' ->> 'value' = ").push_bind(value.clone());
+                    if let Some(system) = system {
+                        sql.push(" AND v -> 'identifier' ->> 'system' = ").push_bind(system.clone());
+                    }
+                    sql.push(")");
                 });
                 sql.push(")");
             });
@@ -575,6 +646,23 @@ impl Criteria {
         out
     }
 }
+
+/// Case- and accent-folding of string search (search.html#string): lower case, and the Latin
+/// letters with diacritics of `ACCENTED` replaced by their base letters. Must equal the SQL
+/// function `fhir_normalize` (migrations/0005) so values and stored text fold alike.
+pub fn normalize(s: &str) -> String {
+    s.chars()
+        .map(|c| match ACCENTED.chars().position(|a| a == c) {
+            Some(i) => UNACCENTED.chars().nth(i).unwrap_or(c),
+            None => c,
+        })
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Keep in sync with migrations/0005_normalize.sql.
+const ACCENTED: &str = "ÀÁÂÃÄÅàáâãäåÇçÈÉÊËèéêëÌÍÎÏìíîïÑñÒÓÔÕÖØòóôõöøÙÚÛÜùúûüÝýÿŠšŽžŁłŚśŹźŻżĆćŃńĘęĄąŐőŰűČčŘřĎďŤťŇňĚěŮů";
+const UNACCENTED: &str = "AAAAAAaaaaaaCcEEEEeeeeIIIIiiiiNnOOOOOOooooooUUUUuuuuYyySsZzLlSsZzZzCcNnEeAaOoUuCcRrDdTtNnEeUu";
 
 /// Escapes `%`, `_` and `\` for LIKE.
 fn like_escape(s: &str) -> String {

@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod bundles;
 mod chaining;
+mod compartments;
 mod cli;
 mod conditional;
 mod crud;

@@ -1,0 +1,106 @@
+//! Compartment search, system-level search with `_type`, and the token `:text`, identifier
+//! `:of-type`, reference `:identifier` modifiers and accent-insensitive string search.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+
+async fn put(app: &TestApp, resource: Value) {
+    let path = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+    let r = app.send_json(Method::PUT, &path, &resource).await;
+    assert!(r.status().is_success(), "PUT {path}: {}", r.status());
+}
+
+async fn fixture(app: &TestApp) {
+    put(app, json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Müller-Lüdenscheidt", "given": ["Zoë"]}],
+        "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+                        "system": "urn:example:mrn", "value": "MRN-1"}]}))
+    .await;
+    put(app, json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Mueller"}],
+        "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "SS"}]},
+                        "system": "urn:example:ssn", "value": "MRN-1"}]}))
+    .await;
+    for (id, patient, text) in [("o1", "p1", "Heart rate"), ("o2", "p2", "Body temperature"), ("o3", "p1", "Body weight")] {
+        put(app, json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "0000-0", "display": format!("{text} display")}], "text": text},
+            "subject": {"reference": format!("Patient/{patient}")}}))
+        .await;
+    }
+    put(app, json!({"resourceType": "Encounter", "id": "e1", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/p1", "identifier": {"system": "urn:example:mrn", "value": "MRN-1"}}}))
+    .await;
+}
+
+async fn ids(app: &TestApp, query: &str) -> Vec<String> {
+    let r = app.get(query).await;
+    assert_eq!(r.status(), 200, "{query}");
+    let body: Value = r.json().await.unwrap();
+    let mut out: Vec<String> = body["entry"]
+        .as_array()
+        .map(|l| l.iter().map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap())).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_compartment_search_returns_only_that_patients_resources_of_the_type() {
+    let app = TestApp::spawn().await;
+    fixture(&app).await;
+    assert_eq!(ids(&app, "Patient/p1/Observation").await, ["Observation/o1", "Observation/o3"]);
+    assert_eq!(ids(&app, "Patient/p1/Observation?code:text=heart").await, ["Observation/o1"]);
+    assert_eq!(ids(&app, "Patient/p2/Observation").await, ["Observation/o2"]);
+    assert_eq!(ids(&app, "Patient/p1/Encounter").await, ["Encounter/e1"]);
+    // Organization is not in the Patient compartment.
+    assert!(ids(&app, "Patient/p1/Organization").await.is_empty());
+    let body: Value = app.get("Patient/p1/Observation").await.json().await.unwrap();
+    assert!(body["link"][0]["url"].as_str().unwrap().starts_with(&format!("{}/Patient/p1/Observation?", app.base)));
+    assert_eq!(app.get("Patient/p1/NoSuchType").await.status(), 404);
+}
+
+#[tokio::test]
+async fn system_search_spans_the_listed_types_and_refuses_parameters_they_do_not_share() {
+    let app = TestApp::spawn().await;
+    fixture(&app).await;
+    assert_eq!(ids(&app, "?_type=Patient,Encounter").await, ["Encounter/e1", "Patient/p1", "Patient/p2"]);
+    assert_eq!(ids(&app, "?_id=o2,p1").await, ["Observation/o2", "Patient/p1"]);
+    assert_eq!(ids(&app, "?_type=Observation&code:text=body").await, ["Observation/o2", "Observation/o3"]);
+    assert_eq!(app.get("?_type=Patient,Observation&name=x").await.status(), 400, "Observation has no name parameter");
+    assert_eq!(app.get("?name=x").await.status(), 400, "not a common parameter");
+    let body: Value = app.get("?_type=Patient").await.json().await.unwrap();
+    assert_eq!(body["total"], 2);
+    let observations_only = app.token_with("system/Observation.rs");
+    let r = app.client.get(format!("{}?_type=Patient", app.base)).bearer_auth(&observations_only).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = app.client.get(format!("{}?_id=o1,p1", app.base)).bearer_auth(&observations_only).send().await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["total"], 1, "only the types the token may search");
+}
+
+#[tokio::test]
+async fn token_text_identifier_of_type_and_reference_identifier_modifiers() {
+    let app = TestApp::spawn().await;
+    fixture(&app).await;
+    assert_eq!(ids(&app, "Observation?code:text=BODY").await, ["Observation/o2", "Observation/o3"]);
+    assert_eq!(ids(&app, "Observation?code:text=heart rate disp").await, ["Observation/o1"], "Coding.display counts");
+    let mr = "http://terminology.hl7.org/CodeSystem/v2-0203|MR|MRN-1";
+    assert_eq!(ids(&app, &format!("Patient?identifier:of-type={}", mr.replace('|', "%7C"))).await, ["Patient/p1"]);
+    assert_eq!(ids(&app, "Patient?identifier=MRN-1").await, ["Patient/p1", "Patient/p2"]);
+    assert_eq!(app.get("Patient?identifier:of-type=MRN-1").await.status(), 400);
+    assert_eq!(ids(&app, "Encounter?subject:identifier=urn:example:mrn%7CMRN-1").await, ["Encounter/e1"]);
+    assert!(ids(&app, "Encounter?subject:identifier=urn:example:ssn%7CMRN-1").await.is_empty());
+}
+
+#[tokio::test]
+async fn string_search_ignores_case_and_accents() {
+    let app = TestApp::spawn().await;
+    fixture(&app).await;
+    assert_eq!(ids(&app, "Patient?family=muller").await, ["Patient/p1"]);
+    assert_eq!(ids(&app, "Patient?family=MÜLLER").await, ["Patient/p1"]);
+    assert_eq!(ids(&app, "Patient?given=zoe").await, ["Patient/p1"]);
+    assert_eq!(ids(&app, "Patient?name:contains=ludensch").await, ["Patient/p1"]);
+    assert_eq!(ids(&app, "Patient?family=mue").await, ["Patient/p2"]);
+    assert!(ids(&app, "Patient?family:exact=muller-ludenscheidt").await.is_empty(), ":exact stays exact");
+}
