@@ -621,6 +621,74 @@ fn push_range_compare(sql: &mut QueryBuilder<Postgres>, target: &str, prefix: Pr
     sql.push(")");
 }
 
+/// How a `_sort` parameter orders resources.
+#[derive(Debug, Clone)]
+pub enum SortKey {
+    LastUpdated,
+    Id,
+    /// The smallest (ascending) or largest (descending) value at `paths`, compared as the
+    /// parameter type says; resources without a value sort last.
+    Values { paths: Vec<String>, param_type: String },
+}
+
+/// The sort key of a parameter on a type, if it can be sorted on (search.html#sort).
+pub fn sort_key(resource_type: &ResourceType, name: &str) -> Option<SortKey> {
+    match name {
+        "_lastUpdated" => return Some(SortKey::LastUpdated),
+        "_id" => return Some(SortKey::Id),
+        _ => {}
+    }
+    let sp = definitions().search_param(resource_type.as_str(), name)?;
+    if !matches!(sp.param_type.as_str(), "string" | "token" | "date" | "number" | "quantity" | "reference" | "uri") {
+        return None;
+    }
+    let typed = paths::compile_typed(sp.expression.as_deref()?, resource_type.as_str())?;
+    let paths = if sp.param_type == "string" {
+        // A name sorts by its family name, an address by its first line, not by any part.
+        typed.into_iter().flat_map(|t| paths::refine(vec![t], "string").into_iter().take(1)).collect()
+    } else {
+        paths::refine(typed, &sp.param_type)
+    };
+    Some(SortKey::Values { paths, param_type: sp.param_type.clone() })
+}
+
+/// Pushes the ORDER BY expression of a sort key.
+fn push_sort_key(sql: &mut QueryBuilder<Postgres>, key: &SortKey, descending: bool) {
+    let (paths, param_type) = match key {
+        SortKey::LastUpdated => {
+            sql.push("r.last_updated");
+            return;
+        }
+        SortKey::Id => {
+            sql.push("r.id");
+            return;
+        }
+        SortKey::Values { paths, param_type } => (paths, param_type.as_str()),
+    };
+    let value = match (param_type, descending) {
+        ("date", false) => "lower(fhir_value_range(v))",
+        ("date", true) => "upper(fhir_value_range(v))",
+        ("string", _) => "CASE jsonb_typeof(v) WHEN 'string' THEN fhir_normalize(v #>> '{}') END",
+        ("token", _) => "CASE jsonb_typeof(v) WHEN 'object' THEN coalesce(v ->> 'code', v ->> 'value') ELSE v #>> '{}' END",
+        ("number", _) => "CASE jsonb_typeof(v) WHEN 'number' THEN (v #>> '{}')::numeric END",
+        ("quantity", _) => "CASE jsonb_typeof(v -> 'value') WHEN 'number' THEN (v ->> 'value')::numeric END",
+        ("reference", _) => "coalesce(v ->> 'reference', v #>> '{}')",
+        _ => "v #>> '{}'",
+    };
+    if paths.is_empty() {
+        sql.push("NULL::text");
+        return;
+    }
+    sql.push(if descending { "(SELECT max(s.x) FROM (" } else { "(SELECT min(s.x) FROM (" });
+    for (i, path) in paths.iter().enumerate() {
+        if i > 0 {
+            sql.push(" UNION ALL ");
+        }
+        sql.push("SELECT ").push(value).push(" FROM jsonb_path_query(r.content, ").push_bind(path.clone()).push("::jsonpath) v");
+    }
+    sql.push(") s(x))");
+}
+
 /// Pushes `expr` (a reference text) as a local `Type/id` when it is an absolute URL on `base`.
 fn push_local_reference(sql: &mut QueryBuilder<Postgres>, expr: &str, base: &str) {
     let prefix = format!("{base}/");
@@ -852,12 +920,9 @@ pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) 
     sql.push(" AND NOT r.deleted");
     push_where(&mut sql, criteria);
     sql.push(" ORDER BY ");
-    for (key, descending) in &request.sort {
-        let column = match key.as_str() {
-            "_lastUpdated" => "r.last_updated",
-            _ => "r.id",
-        };
-        sql.push(column).push(if *descending { " DESC, " } else { " ASC, " });
+    for (_, descending, key) in &request.sort {
+        push_sort_key(&mut sql, key, *descending);
+        sql.push(if *descending { " DESC NULLS LAST, " } else { " ASC NULLS LAST, " });
     }
     sql.push("r.id ASC LIMIT ").push_bind(request.count as i64);
     sql.push(" OFFSET ").push_bind(request.offset as i64);

@@ -15,8 +15,8 @@ pub struct SearchRequest {
     pub criteria: Criteria,
     pub count: usize,
     pub offset: usize,
-    /// `(key, descending)`.
-    pub sort: Vec<(String, bool)>,
+    /// `_sort` keys in order: `(parameter, descending, how to sort)`.
+    pub sort: Vec<(String, bool, super::SortKey)>,
     pub want_total: bool,
     /// `_summary` value, if any.
     pub summary: Option<String>,
@@ -183,18 +183,16 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
                 continue;
             }
             "_sort" => {
-                for k in value.split(',') {
+                for k in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
                     let (name, desc) = match k.strip_prefix('-') {
                         Some(n) => (n, true),
                         None => (k, false),
                     };
-                    if name != "_lastUpdated" && name != "_id" {
-                        if strict {
-                            return Err(bad(key, "only _lastUpdated and _id can be sorted on"));
-                        }
-                        continue;
+                    match super::sort_key(resource_type, name) {
+                        Some(key) => request.sort.push((name.to_owned(), desc, key)),
+                        None if strict => return Err(bad(key, &format!("cannot sort on '{}'", sanitize(name)))),
+                        None => {}
                     }
-                    request.sort.push((name.to_owned(), desc));
                 }
             }
             "_total" => match value.as_str() {

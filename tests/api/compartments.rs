@@ -104,3 +104,34 @@ async fn string_search_ignores_case_and_accents() {
     assert_eq!(ids(&app, "Patient?family=mue").await, ["Patient/p2"]);
     assert!(ids(&app, "Patient?family:exact=muller-ludenscheidt").await.is_empty(), ":exact stays exact");
 }
+
+/// Ids in the order the search returned them.
+async fn ordered(app: &TestApp, query: &str) -> Vec<String> {
+    let r = app.get(query).await;
+    assert_eq!(r.status(), 200, "{query}");
+    let body: Value = r.json().await.unwrap();
+    body["entry"].as_array().map(|l| l.iter().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()).collect()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn sort_orders_by_any_parameter_with_several_keys_and_missing_values_last() {
+    let app = TestApp::spawn().await;
+    for (id, family, birth) in [("a", "Brown", Some("1990-05-01")), ("b", "adams", Some("1985")), ("c", "Ćwik", None), ("d", "Brown", Some("1970-01-01"))] {
+        let mut p = json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]});
+        if let Some(b) = birth {
+            p["birthDate"] = json!(b);
+        }
+        put(&app, p).await;
+    }
+    assert_eq!(ordered(&app, "Patient?_sort=family").await, ["b", "a", "d", "c"], "case and accents fold; ties by id");
+    assert_eq!(ordered(&app, "Patient?_sort=-family").await, ["c", "a", "d", "b"]);
+    assert_eq!(ordered(&app, "Patient?_sort=birthdate").await, ["d", "b", "a", "c"], "no birth date sorts last");
+    assert_eq!(ordered(&app, "Patient?_sort=-birthdate").await, ["a", "b", "d", "c"]);
+    assert_eq!(ordered(&app, "Patient?_sort=family,-birthdate").await, ["b", "a", "d", "c"]);
+    assert_eq!(ordered(&app, "Patient?_sort=family,birthdate").await, ["b", "d", "a", "c"]);
+    assert_eq!(ordered(&app, "Patient?_sort=family,birthdate&_count=2&_offset=2").await, ["a", "c"], "paging keeps the order");
+    let self_link: Value = app.get("Patient?_sort=family,-birthdate").await.json().await.unwrap();
+    assert!(self_link["link"][0]["url"].as_str().unwrap().contains("_sort=family%2C-birthdate"));
+    let strict = app.req(Method::GET, "Patient?_sort=nosuchparam").header("prefer", "handling=strict").send().await.unwrap();
+    assert_eq!(strict.status(), 400);
+}
