@@ -61,6 +61,10 @@ pub enum ClauseKind {
     /// (`Patient/`, `<base>/Patient/`): membership in some patient's compartment, for export.
     /// Built by the server, never parsed from a request.
     ReferencePrefix { paths: Vec<String>, prefixes: Vec<String> },
+    /// A composite parameter (`code-value-quantity=loinc|8480-6$gt100`): some element at one
+    /// of `roots` satisfies every component clause of one of the `alternatives` (OR values);
+    /// component clauses' paths are relative to that element.
+    Composite { roots: Vec<String>, alternatives: Vec<Vec<ClauseKind>> },
     /// Token `:text`: the text of a CodeableConcept, or a Coding's display, starts with a value
     /// (case- and accent-insensitive).
     TokenText { paths: Vec<String>, values: Vec<String> },
@@ -181,6 +185,41 @@ pub fn build_clause(
                 Some(_) => return Err(bad("unsupported modifier")),
             };
             ClauseKind::String { paths, values: plain, mode }
+        }
+        "composite" => {
+            if modifier.is_some() {
+                return Err(bad("unsupported modifier"));
+            }
+            let defs = definitions();
+            let mut components = vec![];
+            for c in &sp.component {
+                let url = c.get("definition").and_then(Value::as_str).ok_or_else(|| bad("not supported by this server"))?;
+                let relative = c.get("expression").and_then(Value::as_str).ok_or_else(|| bad("not supported by this server"))?;
+                let csp = defs
+                    .search_params(resource_type.as_str())
+                    .into_iter()
+                    .find(|s| s.url == url)
+                    .ok_or_else(|| bad("not supported by this server"))?;
+                let (roots, paths) = paths::compile_component(expression, relative, resource_type.as_str(), &csp.param_type)
+                    .ok_or_else(|| bad("not supported by this server"))?;
+                components.push((csp, roots, paths));
+            }
+            let roots = components.first().map(|(_, r, _)| r.clone()).ok_or_else(|| bad("not supported by this server"))?;
+            let mut alternatives = vec![];
+            for v in &values {
+                let parts = params::split_unescaped(v, '$');
+                if parts.len() != components.len() {
+                    return Err(bad(&format!("a value needs {} parts separated by $", components.len())));
+                }
+                let mut kinds = vec![];
+                for ((csp, _, paths), part) in components.iter().zip(parts) {
+                    // `values` were split on unescaped commas, so a part's commas stay escaped.
+                    let clause = build_clause(csp, resource_type, &csp.code, None, &part, base)?;
+                    kinds.push(with_paths(clause.kind, paths.clone()).ok_or_else(|| bad("not supported by this server"))?);
+                }
+                alternatives.push(kinds);
+            }
+            ClauseKind::Composite { roots, alternatives }
         }
         "token" if modifier == Some("text") => ClauseKind::TokenText { paths, values: plain.iter().map(|v| normalize(v)).collect() },
         "token" if modifier == Some("of-type") => {
@@ -415,6 +454,25 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                 sql.push(")");
             });
         }
+        ClauseKind::Composite { roots, alternatives } => {
+            push_any(sql, roots.iter(), |sql, root| {
+                // The derived table named `r` makes the component clauses (written against
+                // `r.content`) look at the root element.
+                sql.push("EXISTS (SELECT 1 FROM (SELECT c AS content FROM jsonb_path_query(r.content, ");
+                sql.push_bind(root.clone());
+                sql.push("::jsonpath) c) r WHERE ");
+                push_any(sql, alternatives.iter(), |sql, parts| {
+                    sql.push("(true");
+                    for part in parts {
+                        sql.push(" AND (");
+                        push_clause(sql, part);
+                        sql.push(")");
+                    }
+                    sql.push(")");
+                });
+                sql.push(")");
+            });
+        }
         ClauseKind::TokenText { paths, values } => {
             push_exists(sql, paths, |sql| {
                 sql.push("EXISTS (SELECT 1 FROM (SELECT v ->> 'text' UNION ALL SELECT v ->> 'display' UNION ALL \
@@ -619,6 +677,19 @@ fn push_range_compare(sql: &mut QueryBuilder<Postgres>, target: &str, prefix: Pr
         }
     }
     sql.push(")");
+}
+
+/// A clause kind with its paths replaced (composite components evaluate relative paths).
+fn with_paths(kind: ClauseKind, new: Vec<String>) -> Option<ClauseKind> {
+    Some(match kind {
+        ClauseKind::String { values, mode, .. } => ClauseKind::String { paths: new, values, mode },
+        ClauseKind::Token { values, .. } => ClauseKind::Token { paths: new, values },
+        ClauseKind::Reference { values, .. } => ClauseKind::Reference { paths: new, values },
+        ClauseKind::Date { values, .. } => ClauseKind::Date { paths: new, values },
+        ClauseKind::Number { values, quantity, .. } => ClauseKind::Number { paths: new, values, quantity },
+        ClauseKind::Uri { values, mode, .. } => ClauseKind::Uri { paths: new, values, mode },
+        _ => return None,
+    })
 }
 
 /// How a `_sort` parameter orders resources.
@@ -1036,6 +1107,23 @@ pub fn export_query(
 pub fn is_supported(sp: &SearchParameter, resource_type: &str) -> bool {
     if sp.code == "_id" || sp.code == "_lastUpdated" {
         return true;
+    }
+    if sp.param_type == "composite" {
+        // Supported when every component compiles relative to the composite's expression.
+        let defs = definitions();
+        let Some(expression) = sp.expression.as_deref() else { return false };
+        return !sp.component.is_empty()
+            && sp.component.iter().all(|c| {
+                let url = c.get("definition").and_then(Value::as_str);
+                let relative = c.get("expression").and_then(Value::as_str);
+                let csp = defs.search_params(resource_type).into_iter().find(|s| Some(s.url.as_str()) == url);
+                match (csp, relative) {
+                    (Some(csp), Some(relative)) => {
+                        is_supported(csp, resource_type) && paths::compile_component(expression, relative, resource_type, &csp.param_type).is_some()
+                    }
+                    _ => false,
+                }
+            });
     }
     matches!(sp.param_type.as_str(), "string" | "token" | "reference" | "date" | "number" | "quantity" | "uri")
         && sp.expression.as_deref().and_then(|e| paths::compile(e, resource_type)).is_some()

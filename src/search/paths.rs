@@ -33,6 +33,41 @@ pub fn compile_typed(expression: &str, resource_type: &str) -> Option<Vec<(Strin
     if out.is_empty() { None } else { Some(out) }
 }
 
+/// For a component of a composite parameter (`root` the composite's expression, `component`
+/// its component's expression relative to it): the jsonpaths of the roots and the component's
+/// paths relative to a root (`$.\"code\"[*]`), refined for the component's parameter type.
+pub fn compile_component(root: &str, component: &str, resource_type: &str, param_type: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let mut roots = Vec::new();
+    let mut relative: Vec<(String, String)> = Vec::new();
+    for part in split_top(root, '|') {
+        let part = part.trim().trim_start_matches('(').trim_end_matches(')').trim();
+        let Some(root_paths) = compile_typed(part, resource_type) else { continue };
+        for comp in split_top(component, '|') {
+            let full = format!("{part}.{}", comp.trim());
+            let Some(full_paths) = compile_typed(&full, resource_type) else { continue };
+            for (root_json, _) in &root_paths {
+                for (json, ty) in &full_paths {
+                    if let Some(rest) = json.strip_prefix(root_json.as_str()) {
+                        let rel = (format!("${rest}"), ty.clone());
+                        if !relative.contains(&rel) {
+                            relative.push(rel);
+                        }
+                    }
+                }
+            }
+        }
+        for (json, _) in root_paths {
+            if !roots.contains(&json) {
+                roots.push(json);
+            }
+        }
+    }
+    if roots.is_empty() || relative.is_empty() {
+        return None;
+    }
+    Some((roots, refine(relative, param_type)))
+}
+
 /// [`compile_typed`] refined for a parameter type: string search on a HumanName looks at its
 /// name parts, token search on a CodeableConcept at its codings, date search on a Timing at its
 /// events.

@@ -135,3 +135,44 @@ async fn sort_orders_by_any_parameter_with_several_keys_and_missing_values_last(
     let strict = app.req(Method::GET, "Patient?_sort=nosuchparam").header("prefer", "handling=strict").send().await.unwrap();
     assert_eq!(strict.status(), 400);
 }
+
+#[tokio::test]
+async fn composite_parameters_match_both_parts_on_the_same_element() {
+    let app = TestApp::spawn().await;
+    let bp = |id: &str, systolic: f64, diastolic: f64| {
+        json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+            "subject": {"reference": "Patient/p1"},
+            "component": [
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                 "valueQuantity": {"value": systolic, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                 "valueQuantity": {"value": diastolic, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]})
+    };
+    put(&app, bp("high", 150.0, 95.0)).await;
+    put(&app, bp("normal", 118.0, 76.0)).await;
+    put(&app, json!({"resourceType": "Observation", "id": "hr", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "valueQuantity": {"value": 150, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}}))
+    .await;
+    let q = |s: &str| s.replace('|', "%7C").replace('$', "%24");
+    assert_eq!(ids(&app, &q("Observation?component-code-value-quantity=http://loinc.org|8480-6$gt140")).await, ["Observation/high"]);
+    // The diastolic 95 is > 90 but it is not the systolic component: both parts must hold on
+    // the same component.
+    assert!(ids(&app, &q("Observation?component-code-value-quantity=http://loinc.org|8480-6$lt100")).await.is_empty());
+    assert_eq!(ids(&app, &q("Observation?component-code-value-quantity=8462-4$lt80")).await, ["Observation/normal"]);
+    // OR over composite values.
+    assert_eq!(
+        ids(&app, &q("Observation?component-code-value-quantity=8480-6$gt140,8462-4$lt80")).await,
+        ["Observation/high", "Observation/normal"]
+    );
+    // On the resource itself (code + value), not on components.
+    assert_eq!(ids(&app, &q("Observation?code-value-quantity=http://loinc.org|8867-4$ge150")).await, ["Observation/hr"]);
+    assert!(ids(&app, &q("Observation?code-value-quantity=8480-6$gt140")).await.is_empty());
+    // combo: either the resource or a component.
+    assert_eq!(ids(&app, &q("Observation?combo-code-value-quantity=8480-6$gt140")).await, ["Observation/high"]);
+    assert_eq!(app.get(&q("Observation?code-value-quantity=8867-4")).await.status(), 400, "both parts are needed");
+    let cs: Value = app.get("metadata").await.json().await.unwrap();
+    let observation = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Observation").unwrap();
+    assert!(observation["searchParam"].as_array().unwrap().iter().any(|p| p["name"] == "code-value-quantity" && p["type"] == "composite"));
+}

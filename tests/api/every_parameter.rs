@@ -18,6 +18,21 @@ fn sample(param_type: &str) -> &'static str {
     }
 }
 
+/// `a$b` from the samples of the composite's component types.
+fn composite_sample(rt: &str, url: &str) -> String {
+    let defs = ironfhir::fhir::definitions::definitions();
+    let sp = defs.search_params(rt).into_iter().find(|s| s.url == url).unwrap();
+    sp.component
+        .iter()
+        .map(|c| {
+            let component_url = c["definition"].as_str().unwrap();
+            let csp = defs.search_params(rt).into_iter().find(|s| s.url == component_url).unwrap();
+            sample(&csp.param_type)
+        })
+        .collect::<Vec<_>>()
+        .join("$")
+}
+
 #[tokio::test]
 async fn every_advertised_search_parameter_answers_200() {
     let app = TestApp::spawn().await;
@@ -39,8 +54,12 @@ async fn every_advertised_search_parameter_answers_200() {
         // one with `:missing`.
         for p in params {
             let name = p["name"].as_str().unwrap();
-            let value = if name == "_lastUpdated" { "gt2020" } else { sample(p["type"].as_str().unwrap()) };
-            for (key, value) in [(name.to_owned(), value), (format!("{name}:missing"), "false")] {
+            let value = match p["type"].as_str().unwrap() {
+                _ if name == "_lastUpdated" => "gt2020".to_owned(),
+                "composite" => composite_sample(rt, p["definition"].as_str().unwrap()),
+                other => sample(other).to_owned(),
+            };
+            for (key, value) in [(name.to_owned(), value.as_str()), (format!("{name}:missing"), "false")] {
                 if name == "_id" || (name == "_lastUpdated" && key.ends_with(":missing")) {
                     continue;
                 }
