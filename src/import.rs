@@ -54,7 +54,10 @@ pub async fn run(args: ImportArgs) -> Result<(), String> {
     });
     let db = server::open_database(&args.config, args.parallel + 2, Duration::from_secs(600)).await?;
     let _ = definitions.await;
-    let result = import_all(&db.store, &args, inputs).await;
+    let mut result = import_all(&db.store, &args, inputs).await;
+    if let Err(e) = crate::store::import::flush(db.store.pool()).await {
+        result = Err(format!("cannot make the import durable: {e}"));
+    }
     db.store.pool().close().await;
     if let Some(pg) = db.embedded {
         pg.stop().await.map_err(|e| e.to_string())?;
@@ -267,7 +270,7 @@ fn prepare(mut resource: Value, time: &DateTime<Utc>) -> FhirResult<ImportRow> {
     check_body(&rt, &resource, None)?;
     stamp(&mut resource, id.as_str(), 1, time);
     let content = serde_json::to_string(&resource).map_err(|e| FhirError::Internal(e.to_string()))?;
-    Ok(ImportRow { resource_type: rt.to_string(), id: id.to_string(), content })
+    Ok(ImportRow { resource_type: rt.to_string(), id: id.to_string(), content, method: "PUT" })
 }
 
 /// The diagnostics of an error, without resource content.
@@ -381,6 +384,11 @@ async fn import_json(ctx: &Context, input: &Input, report: &mut FileReport) -> R
     let whole = Progress { bytes_done: input.size as i64, lines_done: 0, completed: true };
     let is_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle");
     let kind = value.get("type").and_then(Value::as_str).map(str::to_owned);
+    if is_bundle && kind.as_deref() == Some("transaction") {
+        if let Some(entries) = plain_transaction(&value, &ctx.base) {
+            return import_plain_transaction(ctx, input, entries, report).await;
+        }
+    }
     match kind.as_deref() {
         Some(kind @ ("transaction" | "batch")) if is_bundle => {
             let entries = value.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
@@ -445,6 +453,127 @@ async fn import_json(ctx: &Context, input: &Input, report: &mut FileReport) -> R
         _ if is_bundle => Err("only Bundles of type transaction, batch or collection are imported".into()),
         _ => write_unit(ctx, input, std::iter::once((String::new(), Some(value))), Progress { lines_done: 1, ..whole }, report).await,
     }
+}
+
+/// One entry of a transaction Bundle that only creates (POST) and updates by id (PUT).
+struct PlainEntry {
+    full_url: Option<String>,
+    post: bool,
+    /// The id of a PUT; a POST gets a new one.
+    id: Option<String>,
+    resource: Value,
+}
+
+/// The entries of a transaction Bundle that needs none of the transaction machinery: every
+/// entry is a POST without `ifNoneExist` or a PUT of `Type/id` without preconditions, no
+/// resource is written twice, and no reference is conditional (`Type?query`). Such a Bundle is
+/// written like NDJSON — ids assigned and `urn:` / fullUrl references rewritten in memory,
+/// then one multi-row statement — with exactly the outcome `POST [base]` would have. `None`
+/// sends the Bundle through the full transaction processing instead.
+fn plain_transaction(bundle: &Value, base: &str) -> Option<Vec<PlainEntry>> {
+    let mut out = vec![];
+    let mut seen = HashSet::new();
+    for entry in bundle.get("entry")?.as_array()? {
+        let request = entry.get("request")?.as_object()?;
+        if request.keys().any(|k| !matches!(k.as_str(), "method" | "url")) {
+            return None; // ifNoneExist, ifMatch, ifNoneMatch, ifModifiedSince
+        }
+        let url = request.get("url")?.as_str()?;
+        let url = url.strip_prefix(base).map(|u| u.trim_start_matches('/')).unwrap_or(url);
+        let resource = entry.get("resource")?;
+        let rt = resource.get("resourceType")?.as_str()?;
+        let (post, id) = match request.get("method")?.as_str()? {
+            "POST" if url == rt => (true, None),
+            "PUT" => {
+                let (t, id) = url.split_once('/')?;
+                let body_id = resource.get("id").and_then(Value::as_str);
+                if t != rt || !Id::is_valid(id) || body_id.is_some_and(|b| b != id) || !seen.insert((t.to_owned(), id.to_owned())) {
+                    return None; // the full processing reports what is wrong
+                }
+                (false, Some(id.to_owned()))
+            }
+            _ => return None,
+        };
+        if has_conditional_reference(resource) {
+            return None;
+        }
+        let full_url = entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
+        out.push(PlainEntry { full_url, post, id, resource: resource.clone() });
+    }
+    Some(out)
+}
+
+fn has_conditional_reference(value: &Value) -> bool {
+    match value {
+        Value::Object(o) => o.iter().any(|(k, v)| match v {
+            Value::String(s) if k == "reference" => s.contains('?'),
+            other => has_conditional_reference(other),
+        }),
+        Value::Array(items) => items.iter().any(has_conditional_reference),
+        _ => false,
+    }
+}
+
+/// Replaces every `reference` that names an entry's fullUrl with that entry's `Type/id`.
+fn rewrite_references(value: &mut Value, links: &std::collections::HashMap<String, String>) {
+    match value {
+        Value::Object(o) => {
+            for (k, v) in o.iter_mut() {
+                match v {
+                    Value::String(s) if k == "reference" => {
+                        if let Some(target) = links.get(s.as_str()) {
+                            *s = target.clone();
+                        }
+                    }
+                    other => rewrite_references(other, links),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_references(v, links)),
+        _ => {}
+    }
+}
+
+/// Writes a plain transaction Bundle (see [`plain_transaction`]) and its progress in one
+/// database transaction; an invalid entry fails the whole Bundle, as a transaction does.
+async fn import_plain_transaction(ctx: &Context, input: &Input, mut entries: Vec<PlainEntry>, report: &mut FileReport) -> Result<(), String> {
+    let mut links = std::collections::HashMap::new();
+    for e in entries.iter_mut() {
+        let rt = e.resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let id = e.id.get_or_insert_with(|| Id::generate().to_string()).clone();
+        if let Some(url) = &e.full_url {
+            links.insert(url.clone(), format!("{rt}/{id}"));
+        }
+    }
+    let mut batch = Batch::new();
+    for (index, e) in entries.into_iter().enumerate() {
+        let mut resource = e.resource;
+        rewrite_references(&mut resource, &links);
+        if let (Some(obj), Some(id)) = (resource.as_object_mut(), &e.id) {
+            // A POST's id is the server's; a PUT's body must carry the URL's id anyway.
+            obj.insert("id".into(), Value::String(id.clone()));
+        }
+        match prepare(resource, &batch.last_updated) {
+            Ok(mut row) => {
+                if e.post {
+                    row.method = "POST";
+                }
+                batch.push(row);
+            }
+            Err(err) => {
+                report.errors += 1;
+                ctx.report(report, &format!(": Bundle.entry[{index}]"), &format!("transaction Bundle not imported: {}", describe(&err)));
+                ctx.advance(0, input.size);
+                return Ok(());
+            }
+        }
+    }
+    let count = batch.rows.len() as i64;
+    let done = Progress { bytes_done: input.size as i64, lines_done: count, completed: true };
+    let written = commit(ctx, &input.key, &[&batch], done).await.map_err(|e| format!("database write failed: {}", describe(&e)))?;
+    report.resources += written;
+    ctx.advance(written, input.size);
+    Ok(())
 }
 
 /// Writes resources as one unit: all batches and the completed progress in one transaction.

@@ -18,6 +18,27 @@ fn encode(pairs: &[(String, String)]) -> String {
     form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }
 
+/// A new Bundle of `kind` with a fresh id (FHIR JSON has no empty arrays, so no `entry` key
+/// when there are no entries).
+fn new_bundle(kind: &str, total: Option<i64>, links: Option<Vec<Value>>, entries: Vec<Value>) -> Value {
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": instant_now()},
+        "type": kind,
+    });
+    if let Some(total) = total {
+        bundle["total"] = json!(total);
+    }
+    if let Some(links) = links {
+        bundle["link"] = json!(links);
+    }
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
+    }
+    bundle
+}
+
 fn link(relation: &str, url: String) -> Value {
     json!({"relation": relation, "url": url})
 }
@@ -43,18 +64,7 @@ pub fn history_bundle(ctx: &Ctx, path: &str, page: &HistoryPage, params: &Histor
         links.push(link("next", format!("{}/{path}?{}", ctx.base, encode(&q))));
     }
     let entries: Vec<Value> = page.entries.iter().map(|e| history_entry(ctx, e)).collect();
-    let mut bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": instant_now()},
-        "type": "history",
-        "total": page.total,
-        "link": links,
-    });
-    if !entries.is_empty() {
-        bundle["entry"] = json!(entries);
-    }
-    bundle
+    new_bundle("history", Some(page.total), Some(links), entries)
 }
 
 fn history_entry(ctx: &Ctx, e: &StoredResource) -> Value {
@@ -129,20 +139,7 @@ pub fn search_bundle(ctx: &Ctx, outcome: &SearchOutcome) -> Value {
             }))
         })
         .collect();
-    let mut bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": instant_now()},
-        "type": "searchset",
-        "link": links,
-    });
-    if !entries.is_empty() {
-        bundle["entry"] = json!(entries);
-    }
-    if let Some(total) = total {
-        bundle["total"] = json!(total);
-    }
-    bundle
+    new_bundle("searchset", total, Some(links), entries)
 }
 
 /// The searchset of Patient `$everything` (patient-operation-everything.html): compartment
@@ -184,18 +181,7 @@ pub fn everything_bundle(ctx: &Ctx, path: &str, page: &EverythingPage, params: &
             }))
         })
         .collect();
-    let mut bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": instant_now()},
-        "type": "searchset",
-        "total": page.total,
-        "link": links,
-    });
-    if !entries.is_empty() {
-        bundle["entry"] = json!(entries);
-    }
-    bundle
+    new_bundle("searchset", Some(page.total), Some(links), entries)
 }
 
 /// The `batch-response` / `transaction-response` of a processed Bundle: one entry per request
@@ -211,16 +197,7 @@ pub fn bundle_response(ctx: &Ctx, result: &BundleResult) -> Value {
             Err(e) => json!({"response": {"status": status_line(e.status()), "outcome": e.outcome()}}),
         })
         .collect();
-    let mut bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": instant_now()},
-        "type": result.kind.response_type(),
-    });
-    if !entries.is_empty() {
-        bundle["entry"] = json!(entries);
-    }
-    bundle
+    new_bundle(result.kind.response_type(), None, None, entries)
 }
 
 /// `201 Created`, `412 Precondition Failed` …

@@ -998,19 +998,7 @@ pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) 
     sql.push("r.id ASC LIMIT ").push_bind(request.count as i64);
     sql.push(" OFFSET ").push_bind(request.offset as i64);
     let rows = sql.build().fetch_all(&mut *conn).await?;
-    let found = rows
-        .iter()
-        .map(|r| StoredResource {
-            resource_type: r.get(0),
-            id: r.get(1),
-            version_id: r.get(2),
-            last_updated: r.get(3),
-            deleted: false,
-            content: r.get::<Option<Value>, _>(4),
-            method: None,
-        })
-        .collect();
-    Ok((found, total))
+    Ok((rows.iter().map(stored_from_row).collect(), total))
 }
 
 /// One page of the union of several criteria (each one's clauses ANDed, the criteria ORed) over
@@ -1041,19 +1029,7 @@ pub async fn execute_union(
     sql.push(" ORDER BY r.resource_type COLLATE \"C\" ASC, r.id COLLATE \"C\" ASC LIMIT ").push_bind(count as i64);
     sql.push(" OFFSET ").push_bind(offset as i64);
     let rows = sql.build().fetch_all(&mut *conn).await?;
-    let found = rows
-        .iter()
-        .map(|r| StoredResource {
-            resource_type: r.get(0),
-            id: r.get(1),
-            version_id: r.get(2),
-            last_updated: r.get(3),
-            deleted: false,
-            content: r.get::<Option<Value>, _>(4),
-            method: None,
-        })
-        .collect();
-    Ok((found, total))
+    Ok((rows.iter().map(stored_from_row).collect(), total))
 }
 
 /// `SELECT resource_type, id … UNION SELECT …` for each criteria (UNION de-duplicates).

@@ -24,6 +24,15 @@ pub async fn progress<'e, E: sqlx::PgExecutor<'e>>(executor: E, file_key: &str) 
     Ok(row.map(|r| Progress { bytes_done: r.get(0), lines_done: r.get(1), completed: r.get(2) }).unwrap_or_default())
 }
 
+/// Makes every earlier (asynchronously committed) import transaction durable: a synchronous
+/// commit waits for the WAL up to its own position, which lies after all of them.
+pub async fn flush(pool: &sqlx::PgPool) -> FhirResult<()> {
+    sqlx::query("UPDATE import_progress SET updated_at = now() WHERE file_key = (SELECT file_key FROM import_progress ORDER BY updated_at DESC LIMIT 1)")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Records the progress of a file inside the transaction that wrote the corresponding resources.
 pub async fn record_progress(tx: &mut Tx, file_key: &str, progress: Progress) -> FhirResult<()> {
     sqlx::query(
@@ -47,6 +56,9 @@ pub struct ImportRow {
     pub resource_type: String,
     pub id: String,
     pub content: String,
+    /// The history row's `method`: `PUT` (client id, update-as-create) or `POST` (a
+    /// transaction Bundle's create with a server-assigned id).
+    pub method: &'static str,
 }
 
 /// Writes many resources in one statement with the semantics of update-as-create
@@ -60,20 +72,27 @@ pub async fn write_batch(tx: &mut Tx, rows: &[ImportRow], last_updated: DateTime
     let types: Vec<&str> = rows.iter().map(|r| r.resource_type.as_str()).collect();
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let contents: Vec<&str> = rows.iter().map(|r| r.content.as_str()).collect();
+    let methods: Vec<&str> = rows.iter().map(|r| r.method).collect();
+    // Durability per batch is not needed: the progress row commits with the batch, so a crash
+    // loses both together and a re-run writes them again; `import` ends with a synchronous
+    // commit that flushes everything before it.
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut **tx).await?;
     let done = sqlx::query(
-        "WITH input AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(resource_type, id, content)), \
+        "WITH input AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $5::text[]) AS t(resource_type, id, content, method)), \
          current AS (INSERT INTO resource AS r (resource_type, id, version_id, last_updated, deleted, content) \
            SELECT resource_type, id, 1, $4, false, content::jsonb FROM input \
            ON CONFLICT (resource_type, id) DO UPDATE SET version_id = r.version_id + 1, last_updated = EXCLUDED.last_updated, \
              deleted = false, content = jsonb_set(EXCLUDED.content, '{meta,versionId}', to_jsonb((r.version_id + 1)::text)) \
            RETURNING r.resource_type, r.id, r.version_id, r.content) \
          INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
-         SELECT resource_type, id, version_id, $4, 'PUT', false, content FROM current",
+         SELECT c.resource_type, c.id, c.version_id, $4, i.method, false, c.content FROM current c \
+         JOIN input i ON i.resource_type = c.resource_type AND i.id = c.id",
     )
     .bind(&types)
     .bind(&ids)
     .bind(&contents)
     .bind(last_updated)
+    .bind(&methods)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())

@@ -209,3 +209,57 @@ async fn an_import_killed_midway_resumes_after_the_last_committed_batch_without_
     let distinct = scalar(&mut db, "SELECT count(DISTINCT id) FROM resource_history").await;
     assert_eq!(distinct, total as i64);
 }
+
+#[tokio::test]
+async fn transaction_bundles_import_all_or_nothing_on_the_fast_path_and_through_full_processing() {
+    let (url, name) = fresh_database().await;
+    let _guard = DatabaseGuard(name);
+    let dir = temp_dir("tx-paths");
+    // Plain (POST/PUT only): written in one statement; POSTs are recorded as POST in history.
+    let mut plain = transaction_bundle();
+    plain["entry"].as_array_mut().unwrap().push(json!({
+        "fullUrl": "Organization/org-plain",
+        "resource": {"resourceType": "Organization", "id": "org-plain", "name": "Synthetic Clinic"},
+        "request": {"method": "PUT", "url": "Organization/org-plain"}}));
+    std::fs::write(dir.join("a-plain.json"), plain.to_string()).unwrap();
+    // Needs the full machinery: a conditional create and a conditional reference to it.
+    let conditional = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0b7e1b5c-1111-4c55-9d1e-0a6f2f8e1b01",
+         "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:example", "value": "cond-1"}]},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:example|cond-1"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "synthetic"},
+                      "subject": {"reference": "urn:uuid:0b7e1b5c-1111-4c55-9d1e-0a6f2f8e1b01"}},
+         "request": {"method": "POST", "url": "Observation"}}]});
+    std::fs::write(dir.join("b-conditional.json"), conditional.to_string()).unwrap();
+    // Plain but with one invalid entry: nothing of it may be written.
+    let mut broken = transaction_bundle();
+    broken["entry"][1]["resource"]["status"] = json!("not-a-status");
+    std::fs::write(dir.join("c-broken.json"), broken.to_string()).unwrap();
+
+    let out = import(&url, &dir, &[&dir], &["--parallel", "1"]);
+    assert!(!out.status.success(), "the broken Bundle makes the exit code non-zero");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("c-broken.json") && stderr.contains("Bundle.entry[1]"), "{stderr}");
+    let mut db = connect(&url).await;
+    // a-plain: Patient + Observation + Organization; b-conditional: Patient + Observation.
+    assert_eq!(counts(&mut db).await, (5, 5, 1));
+    let methods: Vec<(String, String)> = sqlx::query("SELECT resource_type, method FROM resource_history ORDER BY resource_type, method")
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(methods.contains(&("Organization".into(), "PUT".into())) && methods.contains(&("Patient".into(), "POST".into())), "{methods:?}");
+    let obs = sqlx::query("SELECT content FROM resource WHERE resource_type = 'Observation' AND content -> 'code' ->> 'text' = 'synthetic'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+        .get::<Value, _>(0);
+    let patient_id = obs["subject"]["reference"].as_str().unwrap().strip_prefix("Patient/").unwrap().to_owned();
+    assert_eq!(content(&mut db, "Patient", &patient_id).await["identifier"][0]["value"], "cond-1");
+    // Re-running writes nothing again (the broken file is retried and fails again).
+    let again = import(&url, &dir, &[&dir], &["--parallel", "1"]);
+    assert!(!again.status.success());
+    assert_eq!(counts(&mut db).await, (5, 5, 1));
+}
