@@ -21,6 +21,7 @@ pub mod documents;
 pub mod error;
 pub mod export;
 pub mod fhir;
+pub mod fhirpath;
 pub mod import;
 pub mod interactions;
 pub mod rest;
