@@ -16,6 +16,10 @@ pub struct SearchOutcome {
     pub request: SearchRequest,
     pub found: Vec<StoredResource>,
     pub total: Option<i64>,
+    /// Whether matches follow this page.
+    pub more: bool,
+    /// Whether the `next` link pages by `_cursor` (keyset) rather than `_offset`.
+    pub keyset: bool,
     pub included: Vec<StoredResource>,
 }
 
@@ -48,10 +52,11 @@ pub async fn search(
 ) -> FhirResult<SearchOutcome> {
     let request = parse_checked(principal, resource_type, pairs, strict, base)?;
     let mut conn = store.pool().acquire().await?;
-    let (found, total) = search::execute_in(&mut conn, &request).await?;
+    let (found, total, more) = search::execute_in(&mut conn, &request).await?;
     let allowed = |t: &str| principal.allows(t, Interaction::Read);
     let included = search::fetch_includes(&mut conn, &request.includes, &found, base, &allowed).await?;
-    Ok(SearchOutcome { path: resource_type.to_string(), request, found, total, included })
+    let keyset = search::pages_by_cursor(&request);
+    Ok(SearchOutcome { path: resource_type.to_string(), request, found, total, more, keyset, included })
 }
 
 /// Compartment search (`GET [base]/Patient/1/Observation`, compartmentdefinition.html): the
@@ -101,10 +106,11 @@ pub async fn compartment_search(
         request.criteria.clauses.push(search::Clause { name: "_id".into(), kind: search::ClauseKind::Id(vec![]), negate: false });
     }
     let mut conn = store.pool().acquire().await?;
-    let (found, total) = search::execute_in(&mut conn, &request).await?;
+    let (found, total, more) = search::execute_in(&mut conn, &request).await?;
     let allowed = |t: &str| principal.allows(t, Interaction::Read);
     let included = search::fetch_includes(&mut conn, &request.includes, &found, base, &allowed).await?;
-    Ok(SearchOutcome { path: format!("{compartment}/{id}/{resource_type}"), request, found, total, included })
+    let keyset = search::pages_by_cursor(&request);
+    Ok(SearchOutcome { path: format!("{compartment}/{id}/{resource_type}"), request, found, total, more, keyset, included })
 }
 
 /// System-level search (`GET [base]?_type=A,B&…`): the parameters must apply to every listed
@@ -153,7 +159,11 @@ pub async fn system_search(store: &Store, principal: &Principal, pairs: &[(Strin
     let mut conn = store.pool().acquire().await?;
     let allowed = |t: &str| principal.allows(t, Interaction::Read);
     let included = search::fetch_includes(&mut conn, &request.includes, &found, base, &allowed).await?;
-    Ok(SearchOutcome { path: String::new(), request, found, total: Some(total), included })
+    let more = ((request.offset + found.len()) as i64) < total;
+    if request.cursor.is_some() {
+        return Err(crate::error::FhirError::BadRequest("system-level search pages with _offset, not _cursor".into()));
+    }
+    Ok(SearchOutcome { path: String::new(), request, found, total: Some(total), more, keyset: false, included })
 }
 
 /// [`search`] inside a transaction (a GET entry of a transaction Bundle sees the entries
@@ -167,8 +177,9 @@ pub async fn search_in(
     base: &str,
 ) -> FhirResult<SearchOutcome> {
     let request = parse_checked(principal, resource_type, pairs, strict, base)?;
-    let (found, total) = search::execute_in(&mut **tx, &request).await?;
+    let (found, total, more) = search::execute_in(&mut **tx, &request).await?;
     let allowed = |t: &str| principal.allows(t, Interaction::Read);
     let included = search::fetch_includes(&mut **tx, &request.includes, &found, base, &allowed).await?;
-    Ok(SearchOutcome { path: resource_type.to_string(), request, found, total, included })
+    let keyset = search::pages_by_cursor(&request);
+    Ok(SearchOutcome { path: resource_type.to_string(), request, found, total, more, keyset, included })
 }

@@ -95,30 +95,37 @@ fn history_entry(ctx: &Ctx, e: &StoredResource) -> Value {
 /// actually used.
 pub fn search_bundle(ctx: &Ctx, outcome: &SearchOutcome) -> Value {
     let (request, found, total) = (&outcome.request, &outcome.found, outcome.total);
-    let url = |offset: usize| {
+    // `_offset=n` or `_cursor=key` for the page to link to.
+    let url = |page: Option<(&str, String)>| {
         let mut q = request.used.clone();
         q.retain(|(k, _)| k != "_count");
         q.push(("_count".into(), request.count.to_string()));
-        if offset > 0 {
-            q.push(("_offset".into(), offset.to_string()));
+        if let Some((key, value)) = page {
+            q.push((key.into(), value));
         }
         match outcome.path.as_str() {
             "" => format!("{}?{}", ctx.base, encode(&q)),
             path => format!("{}/{path}?{}", ctx.base, encode(&q)),
         }
     };
-    let mut links = vec![link("self", url(request.offset))];
+    let this_page = match (&request.cursor, request.offset) {
+        (Some(cursor), _) => Some(("_cursor", cursor.clone())),
+        (None, 0) => None,
+        (None, offset) => Some(("_offset", offset.to_string())),
+    };
+    let mut links = vec![link("self", url(this_page))];
     if request.count > 0 {
-        links.push(link("first", url(0)));
-        if request.offset > 0 {
-            links.push(link("previous", url(request.offset.saturating_sub(request.count))));
+        links.push(link("first", url(None)));
+        if !outcome.keyset && request.offset > 0 {
+            let previous = request.offset.saturating_sub(request.count);
+            links.push(link("previous", url((previous > 0).then(|| ("_offset", previous.to_string())))));
         }
-        let more = match total {
-            Some(t) => (request.offset + found.len()) < t as usize,
-            None => found.len() == request.count,
-        };
-        if more {
-            links.push(link("next", url(request.offset + request.count)));
+        if outcome.more {
+            let next = match (outcome.keyset, found.last()) {
+                (true, Some(last)) => Some(("_cursor", crate::search::cursor_after(request, last))),
+                _ => Some(("_offset", (request.offset + request.count).to_string())),
+            };
+            links.push(link("next", url(next)));
         }
     }
     let matches = found.iter().map(|r| (r, "match"));

@@ -963,15 +963,15 @@ fn stored_from_row(r: &sqlx::postgres::PgRow) -> StoredResource {
     }
 }
 
-/// Runs a search: one page of matches plus the total when asked for.
-pub async fn execute(pool: &sqlx::PgPool, request: &SearchRequest) -> FhirResult<(Vec<StoredResource>, Option<i64>)> {
+/// Runs a search: one page of matches, the total when asked for, and whether more follow.
+pub async fn execute(pool: &sqlx::PgPool, request: &SearchRequest) -> FhirResult<(Vec<StoredResource>, Option<i64>, bool)> {
     let mut conn = pool.acquire().await?;
     execute_in(&mut conn, request).await
 }
 
 /// [`execute`] on one connection — inside a transaction it sees the transaction's own writes
 /// (a GET entry of a transaction Bundle).
-pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) -> FhirResult<(Vec<StoredResource>, Option<i64>)> {
+pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) -> FhirResult<(Vec<StoredResource>, Option<i64>, bool)> {
     let criteria = &request.criteria;
     let mut total = None;
     if request.want_total {
@@ -982,7 +982,7 @@ pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) 
         total = Some(sql.build().fetch_one(&mut *conn).await?.get::<i64, _>(0));
     }
     if request.count == 0 {
-        return Ok((vec![], total));
+        return Ok((vec![], total, false));
     }
     let mut sql = QueryBuilder::<Postgres>::new(
         "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r WHERE r.resource_type = ",
@@ -990,15 +990,79 @@ pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) 
     sql.push_bind(criteria.resource_type.as_str().to_owned());
     sql.push(" AND NOT r.deleted");
     push_where(&mut sql, criteria);
+    if let Some(cursor) = &request.cursor {
+        push_after_cursor(&mut sql, request, cursor)?;
+    }
     sql.push(" ORDER BY ");
     for (_, descending, key) in &request.sort {
         push_sort_key(&mut sql, key, *descending);
         sql.push(if *descending { " DESC NULLS LAST, " } else { " ASC NULLS LAST, " });
     }
-    sql.push("r.id ASC LIMIT ").push_bind(request.count as i64);
-    sql.push(" OFFSET ").push_bind(request.offset as i64);
+    // One row more than the page tells whether there is a next page.
+    sql.push("r.id ASC LIMIT ").push_bind(request.count as i64 + 1);
+    if request.cursor.is_none() {
+        sql.push(" OFFSET ").push_bind(request.offset as i64);
+    }
     let rows = sql.build().fetch_all(&mut *conn).await?;
-    Ok((rows.iter().map(stored_from_row).collect(), total))
+    let more = rows.len() > request.count;
+    Ok((rows.iter().take(request.count).map(stored_from_row).collect(), total, more))
+}
+
+/// Whether a search pages by keyset (`_cursor`): when it is ordered only by `_lastUpdated`
+/// and `_id` (the default order is by id), the next page starts after the last match's key,
+/// so pages neither repeat nor skip matches while resources are created or deleted between
+/// requests. Other orders page by offset.
+pub fn pages_by_cursor(request: &SearchRequest) -> bool {
+    request.sort.iter().all(|(_, _, key)| matches!(key, SortKey::LastUpdated | SortKey::Id))
+}
+
+/// The `_cursor` after `last`: its sort key values, `~`-separated (ids cannot contain `~`).
+pub fn cursor_after(request: &SearchRequest, last: &StoredResource) -> String {
+    let mut parts: Vec<String> = request
+        .sort
+        .iter()
+        .map(|(_, _, key)| match key {
+            SortKey::LastUpdated => last.last_updated.timestamp_micros().to_string(),
+            _ => last.id.clone(),
+        })
+        .collect();
+    parts.push(last.id.clone());
+    parts.join("~")
+}
+
+/// `AND (rows after the cursor in the search's order)`: a lexicographic comparison over the
+/// sort keys and the final `id`.
+fn push_after_cursor(sql: &mut QueryBuilder<Postgres>, request: &SearchRequest, cursor: &str) -> FhirResult<()> {
+    let bad = || FhirError::BadRequest("_cursor is not valid for this search (use the links of the previous page)".into());
+    if !pages_by_cursor(request) {
+        return Err(bad());
+    }
+    let values: Vec<&str> = cursor.split('~').collect();
+    let mut keys: Vec<(bool, bool)> = request.sort.iter().map(|(_, desc, key)| (matches!(key, SortKey::LastUpdated), *desc)).collect();
+    keys.push((false, false));
+    if values.len() != keys.len() {
+        return Err(bad());
+    }
+    sql.push(" AND (");
+    for i in 0..keys.len() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(true");
+        for (j, ((is_time, desc), value)) in keys.iter().zip(&values).enumerate().take(i + 1) {
+            let op = if j < i { " = " } else if *desc { " < " } else { " > " };
+            if *is_time {
+                let micros: i64 = value.parse().map_err(|_| bad())?;
+                let time = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros).ok_or_else(bad)?;
+                sql.push(" AND r.last_updated").push(op).push_bind(time);
+            } else {
+                sql.push(" AND r.id").push(op).push_bind(value.to_string());
+            }
+        }
+        sql.push(")");
+    }
+    sql.push(")");
+    Ok(())
 }
 
 /// One page of the union of several criteria (each one's clauses ANDed, the criteria ORed) over

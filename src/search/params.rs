@@ -26,6 +26,9 @@ pub struct SearchRequest {
     pub used: Vec<(String, String)>,
     /// `_include` / `_revinclude` (with `:iterate`), in request order.
     pub includes: Vec<Include>,
+    /// `_cursor` of a `next` link: the sort key of the previous page's last match (keyset
+    /// paging, see `search::cursor_after`).
+    pub cursor: Option<String>,
 }
 
 /// One `_include` or `_revinclude` (search.html#include).
@@ -171,6 +174,7 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
         elements: None,
         used: vec![],
         includes: vec![],
+        cursor: None,
     };
     let bad = |name: &str, why: &str| FhirError::BadRequest(format!("parameter '{}': {why}", sanitize(name)));
     for (key, value) in pairs {
@@ -180,6 +184,10 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
             }
             "_offset" => {
                 request.offset = value.parse::<usize>().map_err(|_| bad(key, "must be a non-negative integer"))?;
+                continue;
+            }
+            "_cursor" => {
+                request.cursor = Some(value.clone());
                 continue;
             }
             "_sort" => {

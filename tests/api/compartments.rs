@@ -176,3 +176,50 @@ async fn composite_parameters_match_both_parts_on_the_same_element() {
     let observation = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Observation").unwrap();
     assert!(observation["searchParam"].as_array().unwrap().iter().any(|p| p["name"] == "code-value-quantity" && p["type"] == "composite"));
 }
+
+/// Follows `next` links from `first` and returns every id seen, in order.
+async fn walk(app: &TestApp, first: &str, between_pages: impl AsyncFn(usize)) -> Vec<String> {
+    let mut seen = vec![];
+    let mut url = format!("{}/{first}", app.base);
+    for page in 0.. {
+        let body: Value = app.client.get(&url).bearer_auth(&app.token).send().await.unwrap().json().await.unwrap();
+        seen.extend(body["entry"].as_array().into_iter().flatten().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()));
+        let next = body["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_owned());
+        match next {
+            Some(next) => url = next,
+            None => break,
+        }
+        between_pages(page).await;
+        assert!(page < 100, "paging does not end");
+    }
+    seen
+}
+
+#[tokio::test]
+async fn paging_neither_repeats_nor_skips_matches_while_resources_are_created_and_deleted() {
+    let app = TestApp::spawn().await;
+    for i in 0..30 {
+        put(&app, json!({"resourceType": "Patient", "id": format!("m{i:02}"), "gender": "female"})).await;
+    }
+    // Between pages, resources sorting before and after the position are created and one
+    // already seen is deleted: the remaining original matches are each seen exactly once.
+    let churn = async |page: usize| {
+        put(&app, json!({"resourceType": "Patient", "id": format!("a-new-{page}"), "gender": "female"})).await;
+        put(&app, json!({"resourceType": "Patient", "id": format!("z-new-{page}"), "gender": "female"})).await;
+        if page == 0 {
+            assert!(app.req(Method::DELETE, "Patient/m00").send().await.unwrap().status().is_success());
+        }
+    };
+    for query in ["Patient?gender=female&_count=7", "Patient?gender=female&_count=7&_sort=-_lastUpdated"] {
+        let seen = walk(&app, query, churn).await;
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "{query}: no match twice: {seen:?}");
+        for i in 1..30 {
+            assert!(seen.contains(&format!("m{i:02}")), "{query}: m{i:02} was skipped: {seen:?}");
+        }
+    }
+    // A cursor from another search order is refused rather than misread.
+    assert_eq!(app.get("Patient?_sort=family&_cursor=abc").await.status(), 400);
+}
