@@ -130,7 +130,7 @@ pub fn search_bundle(ctx: &Ctx, outcome: &SearchOutcome) -> Value {
     }
     let matches = found.iter().map(|r| (r, "match"));
     let included = outcome.included.iter().map(|r| (r, "include"));
-    let entries: Vec<Value> = matches
+    let mut entries: Vec<Value> = matches
         .chain(included)
         .filter_map(|(r, mode)| {
             let content = r.content.as_ref()?;
@@ -146,6 +146,20 @@ pub fn search_bundle(ctx: &Ctx, outcome: &SearchOutcome) -> Value {
             }))
         })
         .collect();
+    if !request.ignored.is_empty() {
+        // search.html#errors: say what was not used, as an OperationOutcome with mode outcome.
+        let issues: Vec<Issue> = request
+            .ignored
+            .iter()
+            .map(|name| Issue {
+                severity: Severity::Warning,
+                code: "not-supported",
+                diagnostics: format!("search parameter '{}' is unknown or not supported here and was ignored", crate::fhir::types::sanitize(name)),
+                expression: vec![],
+            })
+            .collect();
+        entries.push(json!({"resource": operation_outcome(&issues), "search": {"mode": "outcome"}}));
+    }
     new_bundle("searchset", total, Some(links), entries)
 }
 

@@ -26,6 +26,9 @@ pub struct SearchRequest {
     pub used: Vec<(String, String)>,
     /// `_include` / `_revinclude` (with `:iterate`), in request order.
     pub includes: Vec<Include>,
+    /// Parameters left out because they are unknown or unsupported (lenient handling), for
+    /// the `search.mode = outcome` entry.
+    pub ignored: Vec<String>,
     /// `_cursor` of a `next` link: the sort key of the previous page's last match (keyset
     /// paging, see `search::cursor_after`).
     pub cursor: Option<String>,
@@ -174,6 +177,7 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
         elements: None,
         used: vec![],
         includes: vec![],
+        ignored: vec![],
         cursor: None,
     };
     let bad = |name: &str, why: &str| FhirError::BadRequest(format!("parameter '{}': {why}", sanitize(name)));
@@ -199,7 +203,7 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
                     match super::sort_key(resource_type, name) {
                         Some(key) => request.sort.push((name.to_owned(), desc, key)),
                         None if strict => return Err(bad(key, &format!("cannot sort on '{}'", sanitize(name)))),
-                        None => {}
+                        None => request.ignored.push(format!("_sort={name}")),
                     }
                 }
             }
@@ -228,7 +232,10 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
                     Ok(include) if !(reverse && include.source.is_none()) => request.includes.push(include),
                     Ok(_) if strict => return Err(bad(key, "_revinclude needs Type:parameter")),
                     Err(e) if strict => return Err(bad(key, &e)),
-                    _ => continue,
+                    _ => {
+                        request.ignored.push(key.clone());
+                        continue;
+                    }
                 }
             }
             _ if key.starts_with("_has:") || is_chain(key) => {
@@ -240,7 +247,10 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
                 match parsed {
                     Some(clause) => request.criteria.clauses.push(clause),
                     None if strict => return Err(bad(key, &format!("unknown search parameter for {resource_type}"))),
-                    None => continue,
+                    None => {
+                        request.ignored.push(key.clone());
+                        continue;
+                    }
                 }
             }
             _ => {
@@ -252,12 +262,16 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
                     if strict {
                         return Err(bad(key, &format!("unknown search parameter for {resource_type}")));
                     }
+                    request.ignored.push(key.clone());
                     continue;
                 };
                 match build_clause(sp, resource_type, name, modifier, value, base) {
                     Ok(clause) => request.criteria.clauses.push(clause),
                     Err(e) if strict => return Err(e),
-                    Err(FhirError::BadRequest(msg)) if msg.contains("not supported") || msg.contains("unsupported modifier") => continue,
+                    Err(FhirError::BadRequest(msg)) if msg.contains("not supported") || msg.contains("unsupported modifier") => {
+                        request.ignored.push(key.clone());
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -52,6 +52,7 @@ async fn search_as(app: &TestApp, token: &str, query: &str) -> (u16, Vec<(String
         .as_array()
         .map(|list| {
             list.iter()
+                .filter(|e| e["search"]["mode"] != "outcome")
                 .map(|e| {
                     let r = &e["resource"];
                     (e["search"]["mode"].as_str().unwrap_or("").to_owned(), format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()))
@@ -103,6 +104,12 @@ async fn chains_on_unknown_or_non_reference_parameters_are_ignored_or_refused_wh
     fixture(&app).await;
     let all = m(&["Observation/o1", "Observation/o2", "Observation/o3", "Observation/o4"]);
     assert_eq!(search(&app, "Observation?subject:Patient.nosuchparam=x").await, all);
+    // The ignored parameter is reported in an OperationOutcome entry with mode outcome.
+    let body: Value = app.get("Observation?subject:Patient.nosuchparam=x").await.json().await.unwrap();
+    let outcome = body["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").expect("an outcome entry");
+    assert_eq!(outcome["resource"]["resourceType"], "OperationOutcome");
+    assert!(outcome["resource"]["issue"][0]["diagnostics"].as_str().unwrap().contains("subject:Patient.nosuchparam"));
+    assert_eq!(body["total"], 4, "the outcome entry is not a match");
     let r = app.req(Method::GET, "Observation?subject:Patient.nosuchparam=x").header("prefer", "handling=strict").send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(app.get("Observation?code.name=x").await.status(), 400, "code is a token, not a reference");
