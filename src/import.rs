@@ -39,6 +39,9 @@ use crate::server;
 use crate::store::import::{ImportRow, Progress, progress, record_progress, write_batch};
 use crate::store::{Store, Tx};
 
+/// The status of a file left for the second pass.
+const DEFERRED: &str = "deferred";
+
 /// Errors reported per file before the rest are only counted.
 const MAX_REPORTED_PER_FILE: u64 = 100;
 
@@ -116,6 +119,10 @@ struct Context {
     bar: ProgressBar,
     resources: AtomicU64,
     started: Instant,
+    /// Set for the second pass: transaction Bundles whose conditional references found nothing
+    /// are deferred in the first pass (their targets may be in a later file, as Synthea's
+    /// `hospitalInformation*.json` sort after the patients) and fail for good in the second.
+    final_pass: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -180,7 +187,9 @@ async fn import_all(store: &Store, args: &ImportArgs, inputs: Vec<Input>) -> Res
         bar,
         resources: AtomicU64::new(0),
         started: Instant::now(),
+        final_pass: std::sync::atomic::AtomicBool::new(false),
     });
+    let retry: Vec<(Input, Progress)> = inputs.iter().cloned().zip(starts.iter().copied()).collect();
     let tasks = inputs.into_iter().zip(starts).map(|(input, start)| {
         let ctx = ctx.clone();
         async move {
@@ -191,7 +200,14 @@ async fn import_all(store: &Store, args: &ImportArgs, inputs: Vec<Input>) -> Res
             }
         }
     });
-    let reports: Vec<FileReport> = futures::stream::iter(tasks).buffered(args.parallel as usize).collect().await;
+    let mut reports: Vec<FileReport> = futures::stream::iter(tasks).buffered(args.parallel as usize).collect().await;
+    // Second pass, one file at a time: the deferred Bundles, now that every other file is in.
+    ctx.final_pass.store(true, Ordering::Relaxed);
+    for (i, (input, start)) in retry.into_iter().enumerate() {
+        if reports[i].status == DEFERRED {
+            reports[i] = import_file(ctx.clone(), input, start).await;
+        }
+    }
     ctx.bar.finish_and_clear();
     print_table(&reports, ctx.started.elapsed());
     let errors: u64 = reports.iter().map(|r| r.errors).sum();
@@ -405,6 +421,10 @@ async fn import_json(ctx: &Context, input: &Input, report: &mut FileReport) -> R
             .await;
             let outcome = match result {
                 Ok(outcome) => outcome,
+                Err(FhirError::PreconditionFailed(m)) if m.contains("conditional reference") && !ctx.final_pass.load(Ordering::Relaxed) => {
+                    report.status = DEFERRED;
+                    return Ok(());
+                }
                 Err(e) => {
                     report.errors += 1;
                     ctx.report(report, "", &format!("{kind} Bundle not imported: {}", describe(&e)));

@@ -263,3 +263,37 @@ async fn transaction_bundles_import_all_or_nothing_on_the_fast_path_and_through_
     assert!(!again.status.success());
     assert_eq!(counts(&mut db).await, (5, 5, 1));
 }
+
+#[tokio::test]
+async fn a_bundle_whose_conditional_reference_targets_a_later_file_is_imported_in_a_second_pass() {
+    // Synthea writes patients' Bundles with `Organization?identifier=…` references and the
+    // organisations in hospitalInformation*.json, which sorts after the patients.
+    let (url, name) = fresh_database().await;
+    let _guard = DatabaseGuard(name);
+    let dir = temp_dir("second-pass");
+    let patient = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:5a1d0c1e-0000-4c55-9d1e-0a6f2f8e1b01",
+         "resource": {"resourceType": "Patient", "name": [{"family": "Secondpass"}],
+                      "managingOrganization": {"reference": "Organization?identifier=urn:example:org|hosp-1"}},
+         "request": {"method": "POST", "url": "Patient"}}]});
+    let hospital = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Organization", "identifier": [{"system": "urn:example:org", "value": "hosp-1"}], "name": "Synthetic Hospital"},
+         "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=urn:example:org|hosp-1"}}]});
+    std::fs::write(dir.join("Aaron_Patient.json"), patient.to_string()).unwrap();
+    std::fs::write(dir.join("hospitalInformation1.json"), hospital.to_string()).unwrap();
+    let out = import(&url, &dir, &[&dir], &["--parallel", "1"]);
+    assert!(out.status.success(), "stdout {} stderr {}", text(&out.stdout), text(&out.stderr));
+    let mut db = connect(&url).await;
+    let p = sqlx::query("SELECT content FROM resource WHERE resource_type = 'Patient'").fetch_one(&mut db).await.unwrap().get::<Value, _>(0);
+    let org = p["managingOrganization"]["reference"].as_str().unwrap().strip_prefix("Organization/").unwrap().to_owned();
+    assert_eq!(content(&mut db, "Organization", &org).await["name"], "Synthetic Hospital");
+
+    // A reference that nothing satisfies still fails, after the second pass.
+    let (url, name) = fresh_database().await;
+    let _guard2 = DatabaseGuard(name);
+    let lonely = temp_dir("second-pass-fail");
+    std::fs::write(lonely.join("p.json"), patient.to_string()).unwrap();
+    let out = import(&url, &lonely, &[&lonely], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("conditional reference"), "{}", text(&out.stderr));
+}
