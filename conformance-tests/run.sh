@@ -28,17 +28,24 @@ if [[ -z "${IRONFHIR_BIN:-}" && "${IRONFHIR_SKIP_BUILD:-0}" != 1 ]]; then
   (cd "$REPO" && cargo build --quiet --bin ironfhir)
 fi
 
-# Recreate the venv when it is missing or its requirements changed.
-STAMP="$VENV/.requirements.sha256"
-WANT="$(sha256sum "$HERE/requirements.txt" | cut -d' ' -f1)"
-if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]]; then
-  echo "run.sh: preparing $VENV" >&2
-  "$PYTHON" -m venv "$VENV" || {
-    echo "run.sh: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 2; }
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$HERE/requirements.txt"
-  echo "$WANT" > "$STAMP"
-fi
+# (Re)create a venv when it is missing or its requirements changed: $1 venv, $2 requirements.
+prepare_venv() {
+  local venv="$1" requirements="$2" stamp="$1/.requirements.sha256" want
+  want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+  if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    echo "run.sh: preparing $venv" >&2
+    rm -rf "$venv"
+    "$PYTHON" -m venv "$venv" || {
+      echo "run.sh: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 2; }
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    echo "$want" > "$stamp"
+  fi
+}
+prepare_venv "$VENV" "$HERE/requirements.txt"
+# The data generators need pydantic 2, the R4 models pydantic 1: they get their own venv.
+prepare_venv "$HERE/.venv-generators" "$HERE/requirements-generators.txt"
+export CAREBUNDLE="$HERE/.venv-generators/bin/carebundle"
 
 cd "$HERE"
 exec "$VENV/bin/python" -m pytest -q "$@"
