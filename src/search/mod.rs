@@ -61,6 +61,9 @@ pub enum ClauseKind {
     /// (`Patient/`, `<base>/Patient/`): membership in some patient's compartment, for export.
     /// Built by the server, never parsed from a request.
     ReferencePrefix { paths: Vec<String>, prefixes: Vec<String> },
+    /// `_text` (the narrative) or `_content` (every string in the resource): some value's words
+    /// all occur in the text, case- and accent-insensitively (search.html#text).
+    FullText { narrative_only: bool, values: Vec<Vec<String>> },
     /// A composite parameter (`code-value-quantity=loinc|8480-6$gt100`): some element at one
     /// of `roots` satisfies every component clause of one of the `alternatives` (OR values);
     /// component clauses' paths are relative to that element.
@@ -162,6 +165,23 @@ pub fn build_clause(
             params::check_date(v).map_err(|e| bad(&e))?;
         }
         return Ok(Clause { name: full_name, kind: ClauseKind::LastUpdated(values), negate: false });
+    }
+    if sp.code == "_text" || sp.code == "_content" {
+        if modifier == Some("missing") {
+            let missing = match raw {
+                "true" => true,
+                "false" => false,
+                _ => return Err(bad(":missing takes true or false")),
+            };
+            // A resource always has content; the narrative may be absent.
+            let path = if sp.code == "_text" { "$.\"text\".\"div\"" } else { "$" };
+            return Ok(Clause { name: full_name, kind: ClauseKind::Missing { paths: vec![path.into()], missing }, negate: false });
+        }
+        if modifier.is_some() {
+            return Err(bad("unsupported modifier"));
+        }
+        let values = plain.iter().map(|v| normalize(v).split_whitespace().map(str::to_owned).collect::<Vec<_>>()).filter(|w| !w.is_empty()).collect();
+        return Ok(Clause { name: full_name, kind: ClauseKind::FullText { narrative_only: sp.code == "_text", values }, negate: false });
     }
     let expression = sp.expression.as_deref().ok_or_else(|| bad("not supported by this server"))?;
     let typed = paths::compile_typed(expression, resource_type.as_str()).ok_or_else(|| bad("not supported by this server"))?;
@@ -472,6 +492,18 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                 });
                 sql.push(")");
             });
+        }
+        ClauseKind::FullText { narrative_only, values } => {
+            let text = if *narrative_only { NARRATIVE_TEXT } else { ALL_STRINGS };
+            sql.push("(");
+            push_any(sql, values.iter(), |sql, words| {
+                sql.push("(true");
+                for word in words {
+                    sql.push(" AND fhir_normalize(").push(text).push(") LIKE ").push_bind(format!("%{}%", like_escape(word)));
+                }
+                sql.push(")");
+            });
+            sql.push(")");
         }
         ClauseKind::TokenText { paths, values } => {
             push_exists(sql, paths, |sql| {
@@ -802,6 +834,12 @@ pub fn normalize(s: &str) -> String {
 /// Keep in sync with migrations/0005_normalize.sql.
 const ACCENTED: &str = "ÀÁÂÃÄÅàáâãäåÇçÈÉÊËèéêëÌÍÎÏìíîïÑñÒÓÔÕÖØòóôõöøÙÚÛÜùúûüÝýÿŠšŽžŁłŚśŹźŻżĆćŃńĘęĄąŐőŰűČčŘřĎďŤťŇňĚěŮů";
 const UNACCENTED: &str = "AAAAAAaaaaaaCcEEEEeeeeIIIIiiiiNnOOOOOOooooooUUUUuuuuYyySsZzLlSsZzZzCcNnEeAaOoUuCcRrDdTtNnEeUu";
+
+/// The narrative's text for `_text`: the XHTML with its tags removed.
+const NARRATIVE_TEXT: &str = "regexp_replace(coalesce(r.content -> 'text' ->> 'div', ''), '<[^>]*>', ' ', 'g')";
+/// Every string of the resource, space-separated, for `_content`.
+const ALL_STRINGS: &str = "coalesce((SELECT string_agg(v #>> '{}', ' ') FROM jsonb_path_query(r.content, 'strict $.**') v \
+                           WHERE jsonb_typeof(v) = 'string'), '')";
 
 /// Escapes `%`, `_` and `\` for LIKE.
 fn like_escape(s: &str) -> String {
@@ -1145,7 +1183,7 @@ pub fn export_query(
 
 /// Whether this engine can evaluate `sp` on `resource_type` (what the CapabilityStatement lists).
 pub fn is_supported(sp: &SearchParameter, resource_type: &str) -> bool {
-    if sp.code == "_id" || sp.code == "_lastUpdated" {
+    if matches!(sp.code.as_str(), "_id" | "_lastUpdated" | "_text" | "_content") {
         return true;
     }
     if sp.param_type == "composite" {

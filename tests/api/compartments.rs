@@ -223,3 +223,18 @@ async fn paging_neither_repeats_nor_skips_matches_while_resources_are_created_an
     // A cursor from another search order is refused rather than misread.
     assert_eq!(app.get("Patient?_sort=family&_cursor=abc").await.status(), 400);
 }
+
+#[tokio::test]
+async fn text_searches_the_narrative_and_content_searches_every_string() {
+    let app = TestApp::spawn().await;
+    put(&app, json!({"resourceType": "Patient", "id": "t1", "name": [{"family": "Narrativeperson"}],
+        "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Allergic to <b>penicillin</b>, prefers mornings</p></div>"}}))
+    .await;
+    put(&app, json!({"resourceType": "Patient", "id": "t2", "name": [{"family": "Penicillinson"}]})).await;
+    assert_eq!(ids(&app, "Patient?_text=PENICILLIN").await, ["Patient/t1"]);
+    assert_eq!(ids(&app, "Patient?_text=allergic%20mornings").await, ["Patient/t1"], "all words, any order");
+    assert!(ids(&app, "Patient?_text=allergic%20evenings").await.is_empty());
+    assert!(ids(&app, "Patient?_text=xhtml").await.is_empty(), "markup is not text");
+    assert_eq!(ids(&app, "Patient?_content=penicillin").await, ["Patient/t1", "Patient/t2"]);
+    assert_eq!(ids(&app, "Patient?_content=narrativeperson,nobody").await, ["Patient/t1"]);
+}
