@@ -7,6 +7,7 @@ WORKDIR /src
 # Dependencies first, for layer caching.
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
+COPY vendor ./vendor
 RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --bin ironfhir || true
 COPY . .
