@@ -23,6 +23,7 @@ pub mod export;
 pub mod fhir;
 pub mod fhirpath;
 pub mod import;
+pub mod index;
 pub mod interactions;
 pub mod rest;
 pub mod search;
