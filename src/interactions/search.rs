@@ -52,11 +52,23 @@ pub async fn search(
 ) -> FhirResult<SearchOutcome> {
     let request = parse_checked(principal, resource_type, pairs, strict, base)?;
     let mut conn = store.pool().acquire().await?;
-    let (found, total, more) = search::execute_in(&mut conn, &request).await?;
+    run_on(&mut conn, principal, request, resource_type.to_string(), base).await
+}
+
+/// Runs a parsed search on one connection: the page, the total, whether more follow, and the
+/// includes the principal may read.
+async fn run_on(
+    conn: &mut sqlx::PgConnection,
+    principal: &Principal,
+    request: SearchRequest,
+    path: String,
+    base: &str,
+) -> FhirResult<SearchOutcome> {
+    let (found, total, more) = search::execute_in(&mut *conn, &request).await?;
     let allowed = |t: &str| principal.allows(t, Interaction::Read);
-    let included = search::fetch_includes(&mut conn, &request.includes, &found, base, &allowed).await?;
+    let included = search::fetch_includes(conn, &request.includes, &found, base, &allowed).await?;
     let keyset = search::pages_by_cursor(&request);
-    Ok(SearchOutcome { path: resource_type.to_string(), request, found, total, more, keyset, included })
+    Ok(SearchOutcome { path, request, found, total, more, keyset, included })
 }
 
 /// Compartment search (`GET [base]/Patient/1/Observation`, compartmentdefinition.html): the
@@ -106,11 +118,7 @@ pub async fn compartment_search(
         request.criteria.clauses.push(search::Clause { name: "_id".into(), kind: search::ClauseKind::Id(vec![]), negate: false });
     }
     let mut conn = store.pool().acquire().await?;
-    let (found, total, more) = search::execute_in(&mut conn, &request).await?;
-    let allowed = |t: &str| principal.allows(t, Interaction::Read);
-    let included = search::fetch_includes(&mut conn, &request.includes, &found, base, &allowed).await?;
-    let keyset = search::pages_by_cursor(&request);
-    Ok(SearchOutcome { path: format!("{compartment}/{id}/{resource_type}"), request, found, total, more, keyset, included })
+    run_on(&mut conn, principal, request, format!("{compartment}/{id}/{resource_type}"), base).await
 }
 
 /// System-level search (`GET [base]?_type=A,B&…`): the parameters must apply to every listed
@@ -177,9 +185,5 @@ pub async fn search_in(
     base: &str,
 ) -> FhirResult<SearchOutcome> {
     let request = parse_checked(principal, resource_type, pairs, strict, base)?;
-    let (found, total, more) = search::execute_in(&mut **tx, &request).await?;
-    let allowed = |t: &str| principal.allows(t, Interaction::Read);
-    let included = search::fetch_includes(&mut **tx, &request.includes, &found, base, &allowed).await?;
-    let keyset = search::pages_by_cursor(&request);
-    Ok(SearchOutcome { path: resource_type.to_string(), request, found, total, more, keyset, included })
+    run_on(&mut **tx, principal, request, resource_type.to_string(), base).await
 }
