@@ -95,9 +95,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         .unwrap_or_default();
     let format_param = query.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.clone());
     let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
-    // Bulk Data status and file URLs answer JSON manifests and NDJSON whatever Accept says
-    // (clients send `application/json` and `application/fhir+ndjson` there).
-    let bulk = parts.uri.path().starts_with("/fhir/$export-");
+    // Bulk Data kick-off, status and file URLs answer OperationOutcomes, JSON manifests and
+    // NDJSON whatever Accept says (clients send `application/json` and
+    // `application/fhir+ndjson` there).
+    let bulk = parts.uri.path().contains("/$export");
     let format = match format::negotiate(format_param.as_deref(), &parts.headers) {
         Ok(f) => f,
         Err(_) if bulk => Format::Json,

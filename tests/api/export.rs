@@ -383,3 +383,26 @@ async fn contents<'e, E: sqlx::PgExecutor<'e>>(db: E) -> BTreeMap<(String, Strin
         .map(|r| ((r.get(0), r.get(1)), r.get(2)))
         .collect()
 }
+
+#[tokio::test]
+async fn bulk_endpoints_answer_whatever_accept_a_bulk_client_sends() {
+    let app = TestApp::spawn().await;
+    fixture(&app).await;
+    // A kick-off asking for NDJSON (a common client habit) is still accepted.
+    let r = app
+        .client
+        .get(format!("{}/$export?_type=Patient", app.base))
+        .bearer_auth(&app.token)
+        .header("accept", "application/fhir+ndjson")
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let status = r.headers()["content-location"].to_str().unwrap().to_owned();
+    let manifest = wait(&app, &status).await;
+    assert_eq!(manifest["output"][0]["type"], "Patient");
+    // Elsewhere an unsatisfiable Accept is still 406.
+    let r = app.req(Method::GET, "Patient").header("accept", "application/fhir+ndjson").send().await.unwrap();
+    assert_eq!(r.status(), 406);
+}
