@@ -499,7 +499,7 @@ fn plain_transaction(bundle: &Value, base: &str) -> Option<Vec<PlainEntry>> {
             return None; // ifNoneExist, ifMatch, ifNoneMatch, ifModifiedSince
         }
         let url = request.get("url")?.as_str()?;
-        let url = url.strip_prefix(base).map(|u| u.trim_start_matches('/')).unwrap_or(url);
+        let url = crate::fhir::types::local_reference(url, base);
         let resource = entry.get("resource")?;
         let rt = resource.get("resourceType")?.as_str()?;
         let (post, id) = match request.get("method")?.as_str()? {

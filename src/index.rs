@@ -195,7 +195,7 @@ fn values(param_type: &str, item: Item, base: &str) -> Vec<IndexValue> {
 
 /// `<base>/Type/id` → `Type/id`; other references unchanged.
 fn local(reference: &str, base: &str) -> String {
-    reference.strip_prefix(base).and_then(|r| r.strip_prefix('/')).unwrap_or(reference).to_owned()
+    crate::fhir::types::local_reference(reference, base).to_owned()
 }
 
 /// The instants a FHIR date, dateTime or instant covers (search.html#date): a year, month or

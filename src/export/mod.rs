@@ -188,13 +188,9 @@ pub async fn parse_kick_off(
         }
     }
     if let Level::Group(id) = &level {
-        let exists = sqlx::query("SELECT NOT deleted FROM resource WHERE resource_type = 'Group' AND id = $1")
-            .bind(id.as_str())
-            .fetch_optional(store.pool())
-            .await?;
-        match exists.map(|r| r.get::<bool, _>(0)) {
-            Some(true) => {}
-            Some(false) => return Err(FhirError::Gone(format!("Group/{id} was deleted"))),
+        match store.read("Group", id.as_str()).await? {
+            Some(group) if !group.deleted => {}
+            Some(_) => return Err(FhirError::Gone(format!("Group/{id} was deleted"))),
             None => return Err(FhirError::NotFound(format!("Group/{id} is not known"))),
         }
         if !principal.allows_system("Group", Interaction::Read) {
@@ -230,19 +226,16 @@ pub fn compartment_types() -> Vec<String> {
 
 /// (type, its compartment parameters) from the official Patient CompartmentDefinition.
 pub fn compartment_params() -> Vec<(String, Vec<String>)> {
-    let Some(compartment) = definitions().compartment("Patient") else { return vec![] };
-    compartment
-        .get("resource")
-        .and_then(Value::as_array)
+    definitions()
+        .compartment_members("Patient")
         .into_iter()
-        .flatten()
-        .filter_map(|entry| {
-            let code = entry.get("code")?.as_str()?;
-            let params: Vec<String> =
-                entry.get("param").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
-            (!params.is_empty() || code == "Patient").then(|| (code.to_owned(), params))
-        })
+        .filter(|(code, params)| !params.is_empty() || code == "Patient")
         .collect()
+}
+
+/// Where a job's files live in the document store (`export/<job>/<Type>-<n>.ndjson`).
+pub fn job_prefix(id: Uuid) -> String {
+    format!("export/{}", id.simple())
 }
 
 /// Stores the job and wakes the worker; returns the job id.
@@ -271,8 +264,9 @@ pub async fn enqueue(store: &Store, service: &ExportService, principal: &Princip
     Ok(id)
 }
 
-/// Finds a job for its owner: 404 when unknown (or cancelled), 403 for anybody else.
-async fn owned_job(store: &Store, principal: &Principal, id: &str) -> FhirResult<sqlx::postgres::PgRow> {
+/// Finds a job for its owner, with its parsed id: 404 when unknown (or cancelled), 403 for
+/// anybody else.
+async fn owned_job(store: &Store, principal: &Principal, id: &str) -> FhirResult<(Uuid, sqlx::postgres::PgRow)> {
     let not_found = || FhirError::NotFound("no such export job (it may have been cancelled or expired)".into());
     let id = Uuid::parse_str(id).map_err(|_| not_found())?;
     let row = sqlx::query("SELECT owner, status, progress, manifest, error, completed_at FROM export_job WHERE id = $1")
@@ -283,12 +277,12 @@ async fn owned_job(store: &Store, principal: &Principal, id: &str) -> FhirResult
     if row.get::<String, _>(0) != principal.owner_key() {
         return Err(FhirError::Forbidden("this export job belongs to another client".into()));
     }
-    Ok(row)
+    Ok((id, row))
 }
 
 /// The state of a job for a status poll.
 pub async fn status(store: &Store, service: &ExportService, principal: &Principal, id: &str) -> FhirResult<JobState> {
-    let row = owned_job(store, principal, id).await?;
+    let (_, row) = owned_job(store, principal, id).await?;
     let status: String = row.get(1);
     Ok(match status.as_str() {
         "completed" => {
@@ -304,13 +298,12 @@ pub async fn status(store: &Store, service: &ExportService, principal: &Principa
 
 /// Cancels a job (running or finished) and deletes its files; its status URL is 404 afterwards.
 pub async fn cancel(store: &Store, service: &ExportService, principal: &Principal, id: &str) -> FhirResult<()> {
-    owned_job(store, principal, id).await?;
-    let uuid = Uuid::parse_str(id).map_err(|_| FhirError::NotFound("no such export job".into()))?;
+    let (uuid, _) = owned_job(store, principal, id).await?;
     sqlx::query("DELETE FROM export_job WHERE id = $1").bind(uuid).execute(store.pool()).await?;
     // A running worker notices the missing row at its next heartbeat and deletes what it wrote.
     service
         .documents
-        .delete_prefix(&format!("export/{}", uuid.simple()))
+        .delete_prefix(&job_prefix(uuid))
         .await
         .map_err(|e| FhirError::Internal(format!("cannot delete export files: {e}")))?;
     Ok(())
@@ -318,7 +311,7 @@ pub async fn cancel(store: &Store, service: &ExportService, principal: &Principa
 
 /// Opens an output file of a completed job for its owner.
 pub async fn open_file(store: &Store, service: &ExportService, principal: &Principal, id: &str, name: &str) -> FhirResult<(tokio::fs::File, u64)> {
-    let row = owned_job(store, principal, id).await?;
+    let (uuid, row) = owned_job(store, principal, id).await?;
     let not_found = || FhirError::NotFound("no such export file".into());
     let manifest: Option<Value> = row.get(3);
     let listed = manifest
@@ -332,10 +325,9 @@ pub async fn open_file(store: &Store, service: &ExportService, principal: &Princ
     if !listed {
         return Err(not_found());
     }
-    let uuid = Uuid::parse_str(id).map_err(|_| not_found())?;
     service
         .documents
-        .open(&format!("export/{}/{name}", uuid.simple()))
+        .open(&format!("{}/{name}", job_prefix(uuid)))
         .await
         .map_err(|e| FhirError::Internal(format!("cannot read export file: {e}")))?
         .ok_or_else(not_found)

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{ExportService, compartment_params, parse_type_filter};
+use super::{ExportService, compartment_params, job_prefix, parse_type_filter};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::types::ResourceType;
 use crate::interactions::instant;
@@ -107,14 +107,14 @@ async fn delete_expired(service: &ExportService, store: &Store) -> FhirResult<()
     .await?;
     for row in rows {
         let id: Uuid = row.get(0);
-        let _ = service.documents.delete_prefix(&format!("export/{}", id.simple())).await;
+        let _ = service.documents.delete_prefix(&job_prefix(id)).await;
     }
     Ok(())
 }
 
 /// Runs a job to its end and records the outcome (or cleans up after a cancellation).
 async fn run(service: &ExportService, store: &Store, job: Job) {
-    let prefix = format!("export/{}", job.id.simple());
+    let prefix = job_prefix(job.id);
     let _ = service.documents.delete_prefix(&prefix).await; // leftovers of an earlier attempt
     let heartbeat = Heartbeat::start(store.clone(), job.id);
     let started = Instant::now();
@@ -248,7 +248,7 @@ async fn export(service: &ExportService, store: &Store, job: &Job, heartbeat: &H
             if file.is_none() {
                 part += 1;
                 let name = format!("{t}-{part}.ndjson");
-                let writer = service.documents.create(&format!("export/{}/{name}", job.id.simple())).await.map_err(io_error)?;
+                let writer = service.documents.create(&format!("{}/{name}", job_prefix(job.id))).await.map_err(io_error)?;
                 file = Some((name, writer, 0));
             }
             if let Some((_, writer, count)) = file.as_mut() {
@@ -304,12 +304,9 @@ fn output_entry(job: &Job, resource_type: &str, name: &str, count: u64) -> Value
 
 /// The ids of the Patients a Group's active members reference (local references only).
 async fn group_members(tx: &mut crate::store::Tx, group: &str, base: &str) -> FhirResult<Vec<String>> {
-    let row = sqlx::query("SELECT content FROM resource WHERE resource_type = 'Group' AND id = $1 AND NOT deleted")
-        .bind(group)
-        .fetch_optional(&mut **tx)
+    let content = crate::store::current_content(tx, "Group", group)
         .await?
         .ok_or_else(|| FhirError::NotFound(format!("Group/{group} no longer exists")))?;
-    let content: Value = row.get(0);
     let mut ids: Vec<String> = content
         .get("member")
         .and_then(Value::as_array)
@@ -318,7 +315,7 @@ async fn group_members(tx: &mut crate::store::Tx, group: &str, base: &str) -> Fh
         .filter(|m| m.get("inactive").and_then(Value::as_bool) != Some(true))
         .filter_map(|m| m.get("entity")?.get("reference")?.as_str())
         .filter_map(|r| {
-            let local = r.strip_prefix(base).map(|s| s.trim_start_matches('/')).unwrap_or(r);
+            let local = crate::fhir::types::local_reference(r, base);
             local.strip_prefix("Patient/").filter(|id| crate::fhir::types::Id::is_valid(id)).map(str::to_owned)
         })
         .collect();
@@ -341,9 +338,7 @@ fn membership(rt: &ResourceType, params: &[String], patients: Option<&[String]>,
         parts.push(Criteria { resource_type: rt.clone(), clauses: vec![Clause { name: "_id".into(), kind: ClauseKind::Id(ids), negate: false }] });
     }
     for param in params {
-        // Borrow the parameter's paths from the search engine, then swap in the patients.
-        let request = search::parse_search(rt, &[(param.clone(), "Patient/x".into())], false, base)?;
-        let Some(Clause { kind: ClauseKind::Reference { paths, .. }, .. }) = request.criteria.clauses.into_iter().next() else {
+        let Some(paths) = search::reference_paths(rt, param, base) else {
             tracing::debug!(resource_type = %rt, param, "compartment parameter not supported by the search engine");
             continue;
         };

@@ -358,6 +358,21 @@ impl Definitions {
             .find(|c| c.get("code").and_then(Value::as_str) == Some(code))
     }
 
+    /// Every resource type a CompartmentDefinition lists, with the search parameters that put a
+    /// resource of that type into the compartment (empty: the type is never a member).
+    pub fn compartment_members(&self, code: &str) -> Vec<(String, Vec<String>)> {
+        let strings = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+        };
+        self.compartment(code)
+            .and_then(|c| c.get("resource"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| Some((entry.get("code")?.as_str()?.to_owned(), strings(entry.get("param")))))
+            .collect()
+    }
+
     /// A ValueSet by canonical URL (a `|version` suffix is ignored).
     pub fn value_set(&self, url: &str) -> Option<&Value> {
         self.value_sets.get(url.split('|').next().unwrap_or(url))

@@ -67,6 +67,12 @@ impl fmt::Display for Id {
     }
 }
 
+/// A reference on this server's base (`<base>/Type/id`) as the local `Type/id`; any other
+/// reference unchanged (references.html: relative references are relative to the base).
+pub fn local_reference<'a>(reference: &'a str, base: &str) -> &'a str {
+    reference.strip_prefix(base).and_then(|r| r.strip_prefix('/')).unwrap_or(reference)
+}
+
 /// Shortens and strips control characters from client text before it is echoed in an error.
 pub fn sanitize(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(64).collect()

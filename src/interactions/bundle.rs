@@ -870,15 +870,7 @@ async fn transaction_in(
         tagged(failed, *first, store::insert_many_new(tx, &rows, last_updated).await)?;
     }
     for (index, rt, id, body) in creates {
-        let stored = StoredResource {
-            resource_type: rt.to_string(),
-            id: id.to_string(),
-            version_id: 1,
-            last_updated,
-            deleted: false,
-            content: Some(body),
-            method: None,
-        };
+        let stored = StoredResource::written(rt.as_str(), id.as_str(), 1, last_updated, body);
         out[index] = Some(EntryOutcome::Write(WriteOutcome { stored, created: true }));
     }
     for e in entries.iter().filter(|e| matches!(e.method, Method::Put | Method::Patch)) {

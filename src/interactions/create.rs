@@ -37,15 +37,7 @@ pub async fn create(
     if criteria.is_none() {
         store::create_one(store, rt, id.as_str(), last_updated, &body).await?;
         return Ok(WriteOutcome {
-            stored: StoredResource {
-                resource_type: rt.to_owned(),
-                id: id.to_string(),
-                version_id: 1,
-                last_updated,
-                deleted: false,
-                content: Some(body),
-                method: None,
-            },
+            stored: StoredResource::written(rt, id.as_str(), 1, last_updated, body),
             created: true,
         });
     }
@@ -86,15 +78,7 @@ pub async fn create_in(
     }
     store::insert_new(tx, rt, id.as_str(), last_updated, body).await?;
     Ok(WriteOutcome {
-        stored: StoredResource {
-            resource_type: rt.to_owned(),
-            id: id.to_string(),
-            version_id: 1,
-            last_updated,
-            deleted: false,
-            content: Some(body.clone()),
-            method: None,
-        },
+        stored: StoredResource::written(rt, id.as_str(), 1, last_updated, body.clone()),
         created: true,
     })
 }

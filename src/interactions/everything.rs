@@ -91,17 +91,18 @@ pub async fn everything(store: &Store, principal: &Principal, id: &Id, params: &
         parts.push(by_id(patient_type.clone(), id.as_str()));
     }
     // The compartment members: one criteria per (type, param); the union ORs them.
-    let compartment = definitions()
-        .compartment("Patient")
-        .ok_or_else(|| FhirError::Internal("the Patient CompartmentDefinition is missing".into()))?;
-    for entry in compartment.get("resource").and_then(Value::as_array).into_iter().flatten() {
-        let Some(code) = entry.get("code").and_then(Value::as_str) else { continue };
+    let compartment = definitions().compartment_members("Patient");
+    if compartment.is_empty() {
+        return Err(FhirError::Internal("the Patient CompartmentDefinition is missing".into()));
+    }
+    for (code, compartment_params) in &compartment {
+        let code = code.as_str();
         if !params.wants(code) || !principal.allows(code, Interaction::Search) {
             continue;
         }
         let Ok(rt) = ResourceType::parse(code) else { continue };
-        for param in entry.get("param").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-            let request = search::parse_search(&rt, &[(param.to_owned(), reference.clone())], false, base)?;
+        for param in compartment_params {
+            let request = search::parse_search(&rt, &[(param.clone(), reference.clone())], false, base)?;
             if request.criteria.clauses.len() == 1 {
                 parts.push(request.criteria);
             } else {
@@ -120,7 +121,7 @@ pub async fn everything(store: &Store, principal: &Principal, id: &Id, params: &
             .chain(content.get("managingOrganization"))
             .filter_map(|r| r.get("reference").and_then(Value::as_str));
         for r in refs {
-            let local = r.strip_prefix(base).map(|s| s.trim_start_matches('/')).unwrap_or(r);
+            let local = crate::fhir::types::local_reference(r, base);
             let Some((t, rid)) = local.split_once('/') else { continue };
             if !params.wants(t) || !principal.allows(t, Interaction::Search) || !Id::is_valid(rid) {
                 continue;

@@ -88,14 +88,10 @@ pub async fn compartment_search(
 ) -> FhirResult<SearchOutcome> {
     let mut request = parse_checked(principal, resource_type, pairs, strict, base)?;
     let params: Vec<String> = crate::fhir::definitions::definitions()
-        .compartment(compartment.as_str())
-        .and_then(|c| c.get("resource"))
-        .and_then(serde_json::Value::as_array)
+        .compartment_members(compartment.as_str())
         .into_iter()
-        .flatten()
-        .filter(|e| e.get("code").and_then(serde_json::Value::as_str) == Some(resource_type.as_str()))
-        .flat_map(|e| e.get("param").and_then(serde_json::Value::as_array).cloned().unwrap_or_default())
-        .filter_map(|p| p.as_str().map(str::to_owned))
+        .filter(|(code, _)| code == resource_type.as_str())
+        .flat_map(|(_, params)| params)
         .collect();
     let mut paths = vec![];
     for p in &params {

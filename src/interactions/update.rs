@@ -106,15 +106,7 @@ async fn upsert_fast(store: &Store, resource_type: &ResourceType, id: &Id, mut b
         stamp(&mut body, id.as_str(), version_id, &last_updated);
     }
     Ok(WriteOutcome {
-        stored: StoredResource {
-            resource_type: resource_type.to_string(),
-            id: id.to_string(),
-            version_id,
-            last_updated,
-            deleted: false,
-            content: Some(body),
-            method: None,
-        },
+        stored: StoredResource::written(resource_type.as_str(), id.as_str(), version_id, last_updated, body),
         created,
     })
 }
@@ -150,15 +142,7 @@ pub async fn put_version(
     stamp(&mut body, id.as_str(), version_id, &last_updated);
     store::write_version(tx, rt, id.as_str(), version_id, last_updated, method, Some(&body)).await?;
     Ok(WriteOutcome {
-        stored: StoredResource {
-            resource_type: rt.to_owned(),
-            id: id.to_string(),
-            version_id,
-            last_updated,
-            deleted: false,
-            content: Some(body),
-            method: None,
-        },
+        stored: StoredResource::written(rt, id.as_str(), version_id, last_updated, body),
         created,
     })
 }

@@ -340,7 +340,8 @@ fn reference_forms(sp: &SearchParameter, type_modifier: Option<&str>, value: &st
     if value.contains(':') {
         // Absolute: a URL, `urn:uuid:`, `urn:oid:` or a canonical.
         let mut forms = vec![value.to_owned()];
-        if let Some(relative) = value.strip_prefix(base).and_then(|r| r.strip_prefix('/')) {
+        let relative = crate::fhir::types::local_reference(value, base);
+        if relative != value {
             forms.push(relative.to_owned());
         }
         return forms;

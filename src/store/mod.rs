@@ -35,6 +35,21 @@ pub struct StoredResource {
     pub method: Option<String>,
 }
 
+impl StoredResource {
+    /// The live version a write just stored: what create, update and Bundle entries answer.
+    pub fn written(resource_type: &str, id: &str, version_id: i64, last_updated: DateTime<Utc>, content: Value) -> Self {
+        StoredResource {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            version_id,
+            last_updated,
+            deleted: false,
+            content: Some(content),
+            method: None,
+        }
+    }
+}
+
 /// The database handle shared by all requests.
 #[derive(Clone)]
 pub struct Store {
