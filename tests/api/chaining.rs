@@ -7,12 +7,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
 
-async fn put(app: &TestApp, resource: Value) {
-    let path = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
-    let r = app.send_json(Method::PUT, &path, &resource).await;
-    assert!(r.status().is_success(), "PUT {path}: {}", r.status());
-}
-
 fn observation(id: &str, subject: &str, code: &str, encounter: Option<&str>) -> Value {
     let mut o = json!({"resourceType": "Observation", "id": id, "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
@@ -25,22 +19,22 @@ fn observation(id: &str, subject: &str, code: &str, encounter: Option<&str>) -> 
 
 /// org1 ← p1 (Chainfamily) ← o1, o3 (absolute reference), e1 ← o4; p2 (Otherfamily) ← o2.
 async fn fixture(app: &TestApp) {
-    put(app, json!({"resourceType": "Organization", "id": "org1", "name": "Acme Synthetic Clinic"})).await;
-    put(app, json!({"resourceType": "Organization", "id": "org2", "name": "Other Synthetic Clinic"})).await;
-    put(app, json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Chainfamily"}],
+    app.put(json!({"resourceType": "Organization", "id": "org1", "name": "Acme Synthetic Clinic"})).await;
+    app.put(json!({"resourceType": "Organization", "id": "org2", "name": "Other Synthetic Clinic"})).await;
+    app.put(json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Chainfamily"}],
                     "managingOrganization": {"reference": "Organization/org1"}}))
     .await;
-    put(app, json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Otherfamily"}],
+    app.put(json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Otherfamily"}],
                     "managingOrganization": {"reference": "Organization/org2"}}))
     .await;
-    put(app, json!({"resourceType": "Encounter", "id": "e1", "status": "finished",
+    app.put(json!({"resourceType": "Encounter", "id": "e1", "status": "finished",
                     "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
                     "subject": {"reference": "Patient/p1"}}))
     .await;
-    put(app, observation("o1", "Patient/p1", "1234-5", None)).await;
-    put(app, observation("o2", "Patient/p2", "1234-5", None)).await;
-    put(app, observation("o3", &format!("{}/Patient/p1", app.base), "9999-9", None)).await;
-    put(app, observation("o4", "Patient/p1", "5555-5", Some("Encounter/e1"))).await;
+    app.put(observation("o1", "Patient/p1", "1234-5", None)).await;
+    app.put(observation("o2", "Patient/p2", "1234-5", None)).await;
+    app.put(observation("o3", &format!("{}/Patient/p1", app.base), "9999-9", None)).await;
+    app.put(observation("o4", "Patient/p1", "5555-5", Some("Encounter/e1"))).await;
 }
 
 /// (mode, Type/id) of every entry, sorted.

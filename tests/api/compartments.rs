@@ -6,28 +6,22 @@ use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
 
-async fn put(app: &TestApp, resource: Value) {
-    let path = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
-    let r = app.send_json(Method::PUT, &path, &resource).await;
-    assert!(r.status().is_success(), "PUT {path}: {}", r.status());
-}
-
 async fn fixture(app: &TestApp) {
-    put(app, json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Müller-Lüdenscheidt", "given": ["Zoë"]}],
+    app.put(json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Müller-Lüdenscheidt", "given": ["Zoë"]}],
         "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
                         "system": "urn:example:mrn", "value": "MRN-1"}]}))
     .await;
-    put(app, json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Mueller"}],
+    app.put(json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Mueller"}],
         "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "SS"}]},
                         "system": "urn:example:ssn", "value": "MRN-1"}]}))
     .await;
     for (id, patient, text) in [("o1", "p1", "Heart rate"), ("o2", "p2", "Body temperature"), ("o3", "p1", "Body weight")] {
-        put(app, json!({"resourceType": "Observation", "id": id, "status": "final",
+        app.put(json!({"resourceType": "Observation", "id": id, "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": "0000-0", "display": format!("{text} display")}], "text": text},
             "subject": {"reference": format!("Patient/{patient}")}}))
         .await;
     }
-    put(app, json!({"resourceType": "Encounter", "id": "e1", "status": "finished",
+    app.put(json!({"resourceType": "Encounter", "id": "e1", "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
         "subject": {"reference": "Patient/p1", "identifier": {"system": "urn:example:mrn", "value": "MRN-1"}}}))
     .await;
@@ -121,7 +115,7 @@ async fn sort_orders_by_any_parameter_with_several_keys_and_missing_values_last(
         if let Some(b) = birth {
             p["birthDate"] = json!(b);
         }
-        put(&app, p).await;
+        app.put(p).await;
     }
     assert_eq!(ordered(&app, "Patient?_sort=family").await, ["b", "a", "d", "c"], "case and accents fold; ties by id");
     assert_eq!(ordered(&app, "Patient?_sort=-family").await, ["c", "a", "d", "b"]);
@@ -149,9 +143,9 @@ async fn composite_parameters_match_both_parts_on_the_same_element() {
                 {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
                  "valueQuantity": {"value": diastolic, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]})
     };
-    put(&app, bp("high", 150.0, 95.0)).await;
-    put(&app, bp("normal", 118.0, 76.0)).await;
-    put(&app, json!({"resourceType": "Observation", "id": "hr", "status": "final",
+    app.put(bp("high", 150.0, 95.0)).await;
+    app.put(bp("normal", 118.0, 76.0)).await;
+    app.put(json!({"resourceType": "Observation", "id": "hr", "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
         "valueQuantity": {"value": 150, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}}))
     .await;
@@ -199,13 +193,13 @@ async fn walk(app: &TestApp, first: &str, between_pages: impl AsyncFn(usize)) ->
 async fn paging_neither_repeats_nor_skips_matches_while_resources_are_created_and_deleted() {
     let app = TestApp::spawn().await;
     for i in 0..30 {
-        put(&app, json!({"resourceType": "Patient", "id": format!("m{i:02}"), "gender": "female"})).await;
+        app.put(json!({"resourceType": "Patient", "id": format!("m{i:02}"), "gender": "female"})).await;
     }
     // Between pages, resources sorting before and after the position are created and one
     // already seen is deleted: the remaining original matches are each seen exactly once.
     let churn = async |page: usize| {
-        put(&app, json!({"resourceType": "Patient", "id": format!("a-new-{page}"), "gender": "female"})).await;
-        put(&app, json!({"resourceType": "Patient", "id": format!("z-new-{page}"), "gender": "female"})).await;
+        app.put(json!({"resourceType": "Patient", "id": format!("a-new-{page}"), "gender": "female"})).await;
+        app.put(json!({"resourceType": "Patient", "id": format!("z-new-{page}"), "gender": "female"})).await;
         if page == 0 {
             assert!(app.req(Method::DELETE, "Patient/m00").send().await.unwrap().status().is_success());
         }
@@ -227,10 +221,10 @@ async fn paging_neither_repeats_nor_skips_matches_while_resources_are_created_an
 #[tokio::test]
 async fn text_searches_the_narrative_and_content_searches_every_string() {
     let app = TestApp::spawn().await;
-    put(&app, json!({"resourceType": "Patient", "id": "t1", "name": [{"family": "Narrativeperson"}],
+    app.put(json!({"resourceType": "Patient", "id": "t1", "name": [{"family": "Narrativeperson"}],
         "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Allergic to <b>penicillin</b>, prefers mornings</p></div>"}}))
     .await;
-    put(&app, json!({"resourceType": "Patient", "id": "t2", "name": [{"family": "Penicillinson"}]})).await;
+    app.put(json!({"resourceType": "Patient", "id": "t2", "name": [{"family": "Penicillinson"}]})).await;
     assert_eq!(ids(&app, "Patient?_text=PENICILLIN").await, ["Patient/t1"]);
     assert_eq!(ids(&app, "Patient?_text=allergic%20mornings").await, ["Patient/t1"], "all words, any order");
     assert!(ids(&app, "Patient?_text=allergic%20evenings").await.is_empty());

@@ -10,17 +10,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, expect_outcome, link};
 
-/// Creates `resource` under its `id` (update-as-create) and returns it as stored.
-async fn put(app: &TestApp, resource: Value) -> Value {
-    let rt = resource["resourceType"].as_str().unwrap().to_owned();
-    let id = resource["id"].as_str().unwrap().to_owned();
-    let r = app.send_json(Method::PUT, &format!("{rt}/{id}"), &resource).await;
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 201, "{rt}/{id}: {body}");
-    body
-}
-
 fn observation(id: &str, patient: &str) -> Value {
     json!({
         "resourceType": "Observation", "id": id, "status": "final",
@@ -32,53 +21,41 @@ fn observation(id: &str, patient: &str) -> Value {
 /// Patient `pat-a` (with a practitioner and an organization), its encounters, observations,
 /// conditions and a medication request; patient `pat-b` with one observation of its own.
 async fn fixture(app: &TestApp) {
-    put(app, json!({"resourceType": "Practitioner", "id": "gp-1", "name": [{"family": "Synthdoc"}]})).await;
-    put(app, json!({"resourceType": "Organization", "id": "org-1", "name": "Synthetic Clinic"})).await;
-    put(app, json!({"resourceType": "Practitioner", "id": "gp-unrelated", "name": [{"family": "Otherdoc"}]})).await;
-    put(
-        app,
-        json!({
+    app.put_new(json!({"resourceType": "Practitioner", "id": "gp-1", "name": [{"family": "Synthdoc"}]})).await;
+    app.put_new(json!({"resourceType": "Organization", "id": "org-1", "name": "Synthetic Clinic"})).await;
+    app.put_new(json!({"resourceType": "Practitioner", "id": "gp-unrelated", "name": [{"family": "Otherdoc"}]})).await;
+    app.put_new(json!({
             "resourceType": "Patient", "id": "pat-a", "name": [{"family": "Testperson"}],
             "generalPractitioner": [{"reference": "Practitioner/gp-1"}],
             "managingOrganization": {"reference": "Organization/org-1"},
-        }),
-    )
+        }))
     .await;
-    put(app, json!({"resourceType": "Patient", "id": "pat-b", "name": [{"family": "Otherperson"}]})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "pat-b", "name": [{"family": "Otherperson"}]})).await;
     for e in ["enc-1", "enc-2"] {
-        put(
-            app,
-            json!({
+        app.put_new(json!({
                 "resourceType": "Encounter", "id": e, "status": "finished",
                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
                 "subject": {"reference": "Patient/pat-a"},
-            }),
-        )
+            }))
         .await;
     }
     for o in ["obs-1", "obs-2", "obs-3"] {
-        put(app, observation(o, "pat-a")).await;
+        app.put_new(observation(o, "pat-a")).await;
     }
-    put(app, observation("obs-other", "pat-b")).await;
+    app.put_new(observation("obs-other", "pat-b")).await;
     for c in ["cond-1", "cond-2"] {
-        put(
-            app,
-            json!({
+        app.put_new(json!({
                 "resourceType": "Condition", "id": c,
                 "code": {"text": "synthetic condition"},
                 "subject": {"reference": "Patient/pat-a"},
-            }),
-        )
+            }))
         .await;
     }
-    put(
-        app,
-        json!({
+    app.put_new(json!({
             "resourceType": "MedicationRequest", "id": "medreq-1", "status": "active", "intent": "order",
             "medicationCodeableConcept": {"text": "synthetic medication"},
             "subject": {"reference": "Patient/pat-a"},
-        }),
-    )
+        }))
     .await;
 }
 
@@ -170,7 +147,7 @@ async fn the_since_parameter_keeps_only_resources_updated_at_or_after_the_instan
     let app = TestApp::spawn().await;
     fixture(&app).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let late = put(&app, observation("obs-late", "pat-a")).await;
+    let late = app.put_new(observation("obs-late", "pat-a")).await;
     let since = late["meta"]["lastUpdated"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let updated = app

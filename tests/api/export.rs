@@ -12,29 +12,21 @@ use sqlx::{Connection, PgConnection, Row};
 
 use crate::helpers::{DatabaseGuard, Options, TestApp, fresh_database};
 
-async fn put(app: &TestApp, resource: Value) {
-    let path = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
-    let r = app.send_json(Method::PUT, &path, &resource).await;
-    assert!(r.status().is_success(), "PUT {path}: {}", r.status());
-}
-
 /// Two patients with observations, an organisation, a practitioner and a group of patient 1.
 async fn fixture(app: &TestApp) {
-    put(app, json!({"resourceType": "Organization", "id": "org-1", "name": "Synthetic Clinic"})).await;
-    put(app, json!({"resourceType": "Practitioner", "id": "pr-1", "name": [{"family": "Doctor"}]})).await;
+    app.put(json!({"resourceType": "Organization", "id": "org-1", "name": "Synthetic Clinic"})).await;
+    app.put(json!({"resourceType": "Practitioner", "id": "pr-1", "name": [{"family": "Doctor"}]})).await;
     for p in ["p1", "p2"] {
-        put(app, json!({"resourceType": "Patient", "id": p, "managingOrganization": {"reference": "Organization/org-1"}})).await;
+        app.put(json!({"resourceType": "Patient", "id": p, "managingOrganization": {"reference": "Organization/org-1"}})).await;
     }
     for (id, patient, code) in [("o1", "p1", "8867-4"), ("o2", "p1", "8310-5"), ("o3", "p2", "8867-4")] {
-        put(
-            app,
-            json!({"resourceType": "Observation", "id": id, "status": "final",
+        app.put(json!({"resourceType": "Observation", "id": id, "status": "final",
                    "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
                    "subject": {"reference": format!("Patient/{patient}")}}),
         )
         .await;
     }
-    put(app, json!({"resourceType": "Group", "id": "g1", "type": "person", "actual": true,
+    app.put(json!({"resourceType": "Group", "id": "g1", "type": "person", "actual": true,
                     "member": [{"entity": {"reference": "Patient/p1"}}]}))
     .await;
 }
@@ -142,7 +134,7 @@ async fn type_since_and_type_filter_narrow_the_export() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    put(&app, json!({"resourceType": "Observation", "id": "o2", "status": "amended",
+    app.put(json!({"resourceType": "Observation", "id": "o2", "status": "amended",
                      "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
                      "subject": {"reference": "Patient/p1"}}))
     .await;
@@ -338,7 +330,7 @@ async fn an_export_reimported_with_ironfhir_import_into_a_fresh_database_has_the
     fixture(&app).await;
     // More than a handful, with varied content.
     for i in 0..300 {
-        put(&app, json!({"resourceType": "Observation", "id": format!("bulk-{i}"), "status": "final",
+        app.put(json!({"resourceType": "Observation", "id": format!("bulk-{i}"), "status": "final",
                          "code": {"text": format!("synthetic measurement {i}")},
                          "subject": {"reference": format!("Patient/p{}", 1 + i % 2)},
                          "valueQuantity": {"value": i as f64 / 10.0, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}))

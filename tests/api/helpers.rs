@@ -174,6 +174,26 @@ impl TestApp {
             .unwrap()
     }
 
+    /// PUTs a resource to its `Type/id` (update or update-as-create), asserting success;
+    /// returns the stored resource.
+    pub async fn put(&self, resource: Value) -> Value {
+        self.put_expecting(resource, |s| s.is_success()).await
+    }
+
+    /// PUTs a resource that must not exist yet (update-as-create, asserting 201).
+    pub async fn put_new(&self, resource: Value) -> Value {
+        self.put_expecting(resource, |s| s == reqwest::StatusCode::CREATED).await
+    }
+
+    async fn put_expecting(&self, resource: Value, ok: impl Fn(reqwest::StatusCode) -> bool) -> Value {
+        let path = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+        let r = self.send_json(Method::PUT, &path, &resource).await;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert!(ok(status), "PUT {path}: {status} {body}");
+        body
+    }
+
     /// POSTs a resource and returns the created resource (asserting 201).
     pub async fn create(&self, body: &Value) -> Value {
         let rt = body["resourceType"].as_str().unwrap();

@@ -11,17 +11,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, entry_ids, expect_outcome, link};
 
-/// Creates `resource` under its `id` (update-as-create).
-async fn put(app: &TestApp, resource: Value) -> Value {
-    let rt = resource["resourceType"].as_str().unwrap().to_owned();
-    let id = resource["id"].as_str().unwrap().to_owned();
-    let r = app.send_json(Method::PUT, &format!("{rt}/{id}"), &resource).await;
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 201, "{rt}/{id}: {body}");
-    body
-}
-
 /// Encodes `a=1&b=x\,y` (written unencoded for readability) as a query string.
 fn encode(query: &str) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
@@ -60,11 +49,11 @@ async fn token_search_matches_system_and_code_as_written() {
         Some(s) => json!([{"system": s, "value": value}]),
         None => json!([{"value": value}]),
     };
-    put(&app, json!({"resourceType": "Patient", "id": "a", "identifier": ident(Some("urn:sys:a"), "123"), "gender": "female", "active": true})).await;
-    put(&app, json!({"resourceType": "Patient", "id": "b", "identifier": ident(Some("urn:sys:b"), "123"), "gender": "male"})).await;
-    put(&app, json!({"resourceType": "Patient", "id": "c", "identifier": ident(None, "123")})).await;
-    put(&app, json!({"resourceType": "Patient", "id": "d", "identifier": ident(Some("urn:sys:a"), "456"), "gender": "female"})).await;
-    put(&app, json!({"resourceType": "Patient", "id": "e"})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "a", "identifier": ident(Some("urn:sys:a"), "123"), "gender": "female", "active": true})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "b", "identifier": ident(Some("urn:sys:b"), "123"), "gender": "male"})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "c", "identifier": ident(None, "123")})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "d", "identifier": ident(Some("urn:sys:a"), "456"), "gender": "female"})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "e"})).await;
     check(&app, "Patient", &[
         ("identifier=urn:sys:a|123", &["a"]),
         ("identifier=|123", &["c"]),
@@ -84,11 +73,11 @@ async fn token_search_matches_system_and_code_as_written() {
 #[tokio::test]
 async fn string_search_is_a_case_insensitive_prefix_match_with_exact_and_contains_modifiers() {
     let app = TestApp::spawn().await;
-    put(&app, json!({"resourceType": "Patient", "id": "s1", "name": [{"family": "Testperson", "given": ["Ann"]}]})).await;
-    put(&app, json!({"resourceType": "Patient", "id": "s2", "name": [{"family": "Othertest", "given": ["Bob"]}]})).await;
-    put(&app, json!({"resourceType": "Patient", "id": "s3", "name": [{"family": "Testperson,Alpha"}]})).await;
-    put(&app, json!({"resourceType": "Patient", "id": "s4", "name": [{"family": "Beta"}]})).await;
-    put(&app, json!({"resourceType": "Patient", "id": "s5", "name": [{"family": "Per%cent_under"}]})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "s1", "name": [{"family": "Testperson", "given": ["Ann"]}]})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "s2", "name": [{"family": "Othertest", "given": ["Bob"]}]})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "s3", "name": [{"family": "Testperson,Alpha"}]})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "s4", "name": [{"family": "Beta"}]})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "s5", "name": [{"family": "Per%cent_under"}]})).await;
     check(&app, "Patient", &[
         ("family=testperson", &["s1", "s3"]),
         ("family=TESTP", &["s1", "s3"]),
@@ -116,10 +105,10 @@ async fn reference_search_accepts_type_and_id_bare_id_type_modifier_and_absolute
     let obs = |id: &str, subject: &str| {
         json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "Testcode"}, "subject": {"reference": subject}})
     };
-    put(&app, obs("r1", "Patient/a")).await;
-    put(&app, obs("r2", "Patient/b")).await;
-    put(&app, obs("r3", "Group/a")).await;
-    put(&app, obs("r4", &format!("{}/Patient/c", app.base))).await;
+    app.put_new(obs("r1", "Patient/a")).await;
+    app.put_new(obs("r2", "Patient/b")).await;
+    app.put_new(obs("r3", "Group/a")).await;
+    app.put_new(obs("r4", &format!("{}/Patient/c", app.base))).await;
     let own_a = format!("subject={}/Patient/a", app.base);
     let own_c = format!("subject={}/Patient/c", app.base);
     check(&app, "Observation", &[
@@ -143,8 +132,8 @@ async fn reference_search_does_not_match_references_to_other_servers() {
     let obs = |id: &str, subject: &str| {
         json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "Testcode"}, "subject": {"reference": subject}})
     };
-    put(&app, obs("local", "Patient/a")).await;
-    put(&app, obs("remote", "http://other.example/fhir/Patient/a")).await;
+    app.put_new(obs("local", "Patient/a")).await;
+    app.put_new(obs("remote", "http://other.example/fhir/Patient/a")).await;
     check(&app, "Observation", &[
         ("subject=Patient/a", &["local"]),
         ("subject=a", &["local"]),
@@ -161,7 +150,7 @@ async fn date_search_compares_partial_dates_as_ranges_with_every_prefix() {
         if let Some(birth) = birth {
             p["birthDate"] = json!(birth);
         }
-        put(&app, p).await;
+        app.put_new(p).await;
     }
     check(&app, "Patient", &[
         ("birthdate=1980", &["a", "b"]),
@@ -195,11 +184,11 @@ async fn observation_date_search_covers_effective_date_time_and_period() {
         }
         o
     };
-    put(&app, obs("o1", json!({"effectiveDateTime": "2021-03-04T10:00:00Z"}))).await;
-    put(&app, obs("o2", json!({"effectivePeriod": {"start": "2021-05-01", "end": "2021-05-31"}}))).await;
-    put(&app, obs("o3", json!({"effectiveDateTime": "2022-01-01"}))).await;
-    put(&app, obs("o4", json!({}))).await;
-    put(&app, obs("o5", json!({"effectivePeriod": {"start": "2023-01-01"}}))).await;
+    app.put_new(obs("o1", json!({"effectiveDateTime": "2021-03-04T10:00:00Z"}))).await;
+    app.put_new(obs("o2", json!({"effectivePeriod": {"start": "2021-05-01", "end": "2021-05-31"}}))).await;
+    app.put_new(obs("o3", json!({"effectiveDateTime": "2022-01-01"}))).await;
+    app.put_new(obs("o4", json!({}))).await;
+    app.put_new(obs("o5", json!({"effectivePeriod": {"start": "2023-01-01"}}))).await;
     check(&app, "Observation", &[
         ("date=2021-03-04", &["o1"]),
         ("date=2021-05", &["o2"]),
@@ -225,10 +214,10 @@ async fn quantity_and_number_search_use_prefixes_precision_and_units() {
         json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "Testcode"},
                "valueQuantity": {"value": value, "unit": code, "system": system, "code": code}})
     };
-    put(&app, obs("q1", 3.0, ucum, "mg")).await;
-    put(&app, obs("q2", 7.0, ucum, "mg")).await;
-    put(&app, obs("q3", 7.0, ucum, "g")).await;
-    put(&app, obs("q4", 10.0, "http://example.org/units", "mg")).await;
+    app.put_new(obs("q1", 3.0, ucum, "mg")).await;
+    app.put_new(obs("q2", 7.0, ucum, "mg")).await;
+    app.put_new(obs("q3", 7.0, ucum, "g")).await;
+    app.put_new(obs("q4", 10.0, "http://example.org/units", "mg")).await;
     check(&app, "Observation", &[
         ("value-quantity=gt5|http://unitsofmeasure.org|mg", &["q2"]),
         ("value-quantity=ge7|http://unitsofmeasure.org|mg", &["q2"]),
@@ -247,8 +236,8 @@ async fn quantity_and_number_search_use_prefixes_precision_and_units() {
         json!({"resourceType": "RiskAssessment", "id": id, "status": "final", "subject": {"reference": "Patient/a"},
                "prediction": [{"probabilityDecimal": p}]})
     };
-    put(&app, risk("r1", 0.8)).await;
-    put(&app, risk("r2", 0.2)).await;
+    app.put_new(risk("r1", 0.8)).await;
+    app.put_new(risk("r2", 0.2)).await;
     check(&app, "RiskAssessment", &[
         ("probability=gt0.5", &["r1"]),
         ("probability=0.2", &["r2"]),
@@ -261,9 +250,9 @@ async fn quantity_and_number_search_use_prefixes_precision_and_units() {
 async fn uri_search_matches_exactly_below_and_above() {
     let app = TestApp::spawn().await;
     let q = |id: &str, url: &str| json!({"resourceType": "Questionnaire", "id": id, "status": "draft", "url": url});
-    put(&app, q("q1", "http://example.org/fhir/Questionnaire/intake")).await;
-    put(&app, q("q2", "http://example.org/fhir/Questionnaire/intake/v2")).await;
-    put(&app, q("q3", "http://other.example/Questionnaire/intake")).await;
+    app.put_new(q("q1", "http://example.org/fhir/Questionnaire/intake")).await;
+    app.put_new(q("q2", "http://example.org/fhir/Questionnaire/intake/v2")).await;
+    app.put_new(q("q3", "http://other.example/Questionnaire/intake")).await;
     check(&app, "Questionnaire", &[
         ("url=http://example.org/fhir/Questionnaire/intake", &["q1"]),
         ("url:below=http://example.org/fhir", &["q1", "q2"]),
@@ -277,7 +266,7 @@ async fn id_and_last_updated_select_by_id_and_time() {
     let app = TestApp::spawn().await;
     let mut stamps = vec![];
     for id in ["a", "b", "c"] {
-        let created = put(&app, json!({"resourceType": "Patient", "id": id})).await;
+        let created = app.put_new(json!({"resourceType": "Patient", "id": id})).await;
         stamps.push(created["meta"]["lastUpdated"].as_str().unwrap().to_owned());
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -345,7 +334,7 @@ async fn total_is_reported_unless_total_none_and_summary_count_returns_only_the_
 async fn sort_orders_by_last_updated_and_id() {
     let app = TestApp::spawn().await;
     for id in ["m", "z", "a"] {
-        put(&app, json!({"resourceType": "Patient", "id": id})).await;
+        app.put_new(json!({"resourceType": "Patient", "id": id})).await;
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let order = |bundle: Value| entry_ids(&bundle);
@@ -359,7 +348,7 @@ async fn sort_orders_by_last_updated_and_id() {
 async fn post_search_with_a_form_body_equals_get() {
     let app = TestApp::spawn().await;
     for (id, family) in [("a", "Testperson"), ("b", "Testperson-Two"), ("c", "Other")] {
-        put(&app, json!({"resourceType": "Patient", "id": id, "name": [{"family": family}], "gender": "female"})).await;
+        app.put_new(json!({"resourceType": "Patient", "id": id, "name": [{"family": family}], "gender": "female"})).await;
     }
     let get = app.get_json("Patient?family=testperson&gender=female&_sort=_id").await;
     let r = app
@@ -389,8 +378,8 @@ async fn post_search_with_a_form_body_equals_get() {
 #[tokio::test]
 async fn unknown_parameters_are_ignored_and_left_out_of_the_self_link() {
     let app = TestApp::spawn().await;
-    put(&app, json!({"resourceType": "Patient", "id": "a", "gender": "female"})).await;
-    put(&app, json!({"resourceType": "Patient", "id": "b", "gender": "male"})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "a", "gender": "female"})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "b", "gender": "male"})).await;
     let bundle = app.get_json("Patient?no-such-parameter=1&gender=female").await;
     assert_eq!(entry_ids(&bundle), ["a"]);
     let self_link = link(&bundle, "self").unwrap();
@@ -416,9 +405,9 @@ async fn strict_handling_refuses_unknown_parameters_and_modifiers_with_400() {
 #[tokio::test]
 async fn search_sees_only_the_current_version_of_live_resources() {
     let app = TestApp::spawn().await;
-    put(&app, json!({"resourceType": "Patient", "id": "kept", "gender": "female"})).await;
-    put(&app, json!({"resourceType": "Patient", "id": "gone", "gender": "female"})).await;
-    put(&app, json!({"resourceType": "Patient", "id": "changed", "gender": "female"})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "kept", "gender": "female"})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "gone", "gender": "female"})).await;
+    app.put_new(json!({"resourceType": "Patient", "id": "changed", "gender": "female"})).await;
     assert!(app.req(Method::DELETE, "Patient/gone").send().await.unwrap().status().is_success());
     let r = app.send_json(Method::PUT, "Patient/changed", &json!({"resourceType": "Patient", "id": "changed", "gender": "male"})).await;
     assert_eq!(r.status(), 200);
