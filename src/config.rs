@@ -26,6 +26,9 @@ pub enum Command {
     /// Load FHIR data fast: transaction/batch/collection Bundles (JSON) and NDJSON files;
     /// resumable after an interruption (progress is kept in the database).
     Import(ImportArgs),
+    /// Rebuild the search index tables from the stored resources, online (the server may keep
+    /// running); resumes an interrupted rebuild.
+    Reindex(ReindexArgs),
     /// Operator tasks.
     Admin {
         #[command(subcommand)]
@@ -73,6 +76,22 @@ pub struct ImportArgs {
     pub batch_size: u32,
     /// FHIR base URL that absolute fullUrls and references in transaction Bundles are resolved
     /// against.
+    #[arg(long, env = "IRONFHIR_BASE_URL", default_value = "http://localhost:8080/fhir")]
+    pub base_url: String,
+}
+
+/// Arguments of `reindex`.
+#[derive(Debug, Args)]
+pub struct ReindexArgs {
+    #[command(flatten)]
+    pub config: Config,
+    /// Resources re-indexed per database transaction.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch_size: i64,
+    /// Start over instead of resuming an interrupted rebuild.
+    #[arg(long)]
+    pub restart: bool,
+    /// FHIR base URL of the server: absolute references to it are indexed as local ones.
     #[arg(long, env = "IRONFHIR_BASE_URL", default_value = "http://localhost:8080/fhir")]
     pub base_url: String,
 }

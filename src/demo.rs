@@ -33,7 +33,7 @@ pub async fn load(store: &Store) -> Result<usize, String> {
         if store.read(rt.as_str(), id.as_str()).await.map_err(|e| e.to_string())?.is_some() {
             continue;
         }
-        update(store, &principal, &rt, &id, resource, None).await.map_err(|e| format!("demo data {rt}/{id}: {e}"))?;
+        update(store, &principal, &rt, &id, resource, None, "").await.map_err(|e| format!("demo data {rt}/{id}: {e}"))?;
         written += 1;
     }
     Ok(written)

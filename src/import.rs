@@ -273,7 +273,7 @@ impl Batch {
 }
 
 /// Checks one resource and stamps it with its id (kept, or generated), version 1 and `time`.
-fn prepare(mut resource: Value, time: &DateTime<Utc>) -> FhirResult<ImportRow> {
+fn prepare(mut resource: Value, time: &DateTime<Utc>, base: &str) -> FhirResult<ImportRow> {
     let rt = match resource.get("resourceType") {
         Some(Value::String(t)) => ResourceType::parse(t).map_err(|e| FhirError::BadRequest(e.to_string()))?,
         _ => return Err(FhirError::BadRequest("not a FHIR resource (no resourceType)".into())),
@@ -286,7 +286,8 @@ fn prepare(mut resource: Value, time: &DateTime<Utc>) -> FhirResult<ImportRow> {
     check_body(&rt, &resource, None)?;
     stamp(&mut resource, id.as_str(), 1, time);
     let content = serde_json::to_string(&resource).map_err(|e| FhirError::Internal(e.to_string()))?;
-    Ok(ImportRow { resource_type: rt.to_string(), id: id.to_string(), content, method: "PUT" })
+    let index = crate::index::rows(rt.as_str(), id.as_str(), &resource, base);
+    Ok(ImportRow { resource_type: rt.to_string(), id: id.to_string(), content, method: "PUT", index })
 }
 
 /// The diagnostics of an error, without resource content.
@@ -347,7 +348,7 @@ async fn import_ndjson(ctx: &Context, input: &Input, start: Progress, report: &m
         if !text.is_empty() {
             let row = serde_json::from_slice::<Value>(text)
                 .map_err(|e| FhirError::BadRequest(format!("not valid JSON: {e}")))
-                .and_then(|resource| prepare(resource, &batch.last_updated));
+                .and_then(|resource| prepare(resource, &batch.last_updated, &ctx.base));
             match row {
                 Ok(row) => {
                     if batch.contains(&row) {
@@ -573,7 +574,7 @@ async fn import_plain_transaction(ctx: &Context, input: &Input, mut entries: Vec
             // A POST's id is the server's; a PUT's body must carry the URL's id anyway.
             obj.insert("id".into(), Value::String(id.clone()));
         }
-        match prepare(resource, &batch.last_updated) {
+        match prepare(resource, &batch.last_updated, &ctx.base) {
             Ok(mut row) => {
                 if e.post {
                     row.method = "POST";
@@ -608,7 +609,7 @@ async fn write_unit(
     for (at, resource) in resources {
         let time = batches.last().map(|b| b.last_updated).unwrap_or_else(now);
         let row = match resource {
-            Some(resource) => prepare(resource, &time),
+            Some(resource) => prepare(resource, &time, &ctx.base),
             None => Err(FhirError::BadRequest("the entry has no resource".into())),
         };
         match row {
@@ -643,16 +644,16 @@ mod tests {
     #[test]
     fn a_resource_without_an_id_gets_one_and_keeps_a_client_id_otherwise() {
         let time = now();
-        let row = prepare(serde_json::json!({"resourceType": "Patient", "id": "p-1"}), &time).unwrap();
+        let row = prepare(serde_json::json!({"resourceType": "Patient", "id": "p-1"}), &time, "http://x/fhir").unwrap();
         assert_eq!((row.resource_type.as_str(), row.id.as_str()), ("Patient", "p-1"));
-        let row = prepare(serde_json::json!({"resourceType": "Patient"}), &time).unwrap();
+        let row = prepare(serde_json::json!({"resourceType": "Patient"}), &time, "http://x/fhir").unwrap();
         assert!(Id::is_valid(&row.id));
         assert!(row.content.contains(&row.id));
     }
 
     #[test]
     fn an_invalid_resource_is_described_without_its_content() {
-        let err = prepare(serde_json::json!({"resourceType": "Patient", "birthDate": "secret-value"}), &now()).unwrap_err();
+        let err = prepare(serde_json::json!({"resourceType": "Patient", "birthDate": "secret-value"}), &now(), "http://x/fhir").unwrap_err();
         let text = describe(&err);
         assert!(!text.is_empty());
         assert!(!text.contains("secret-value"), "{text}");

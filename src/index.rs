@@ -1,21 +1,21 @@
-//! Search index values of a resource: the write half of the planned index tables
-//! (ARCHITECTURE.md, "Next: search index tables"). Each official SearchParameter of the type is
-//! evaluated with FHIRPath ([`crate::fhirpath`]) and its results become typed values the way
-//! search.html compares them: strings folded for prefix search, tokens as system and code,
-//! references as local `Type/id` or the absolute URL, dates and numbers as ranges.
+//! Search index values of a resource: what the index tables (`search_string`, `search_token`,
+//! … in migrations/0006) hold. Each SearchParameter of the type is evaluated with FHIRPath
+//! ([`crate::fhirpath`]) and its results become typed values the way search.html compares
+//! them: strings folded for prefix search, tokens as system and code, references as local
+//! `Type/id` or the absolute URL, dates as the texts PostgreSQL turns into ranges (with the
+//! same function that ranges search values), numbers and quantities with their units.
 //!
-//! Not wired into the writes yet; `extract` is what the index tables will store.
+//! The store writes these rows in the same statement or transaction as the resource
+//! ([`rows_json`] → `search_index_replace`), so the index is never behind the data.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::fhir::definitions::definitions;
 use crate::fhirpath::{Expression, Item};
 use crate::search::normalize;
-use crate::search::params::number_range;
 
 /// One indexed value of one search parameter.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,11 +25,10 @@ pub enum IndexValue {
     Token { system: Option<String>, code: String },
     /// A local reference as `Type/id` (relative to this server), anything else as written.
     Reference(String),
-    /// The instants the value covers, `[low, high)`.
-    Date { low: DateTime<Utc>, high: DateTime<Utc> },
-    /// The interval implied by the value's precision.
-    Number { low: f64, high: f64 },
-    Quantity { low: f64, high: f64, system: Option<String>, code: Option<String> },
+    /// A date, dateTime or instant (`start == end`), or a Period's ends (`None` = open).
+    Date { start: Option<String>, end: Option<String> },
+    Number(f64),
+    Quantity { value: f64, system: Option<String>, code: Option<String>, unit: Option<String> },
     Uri(String),
 }
 
@@ -40,8 +39,12 @@ pub struct IndexEntry {
     pub value: IndexValue,
 }
 
-/// A type's parameters with parsed expressions, built once per type.
-type Plan = Vec<(String, String, Expression)>;
+/// How one parameter's values are found: expressions, each with the resource type its
+/// references must name (`subject.where(resolve() is Patient)` → `subject` and `Patient`).
+type Sources = Vec<(Expression, Option<String>)>;
+
+/// A type's parameters (code, type, sources), built once per type.
+type Plan = Vec<(String, String, Sources)>;
 
 fn plan(resource_type: &str) -> Arc<Plan> {
     static PLANS: OnceLock<Mutex<HashMap<String, Arc<Plan>>>> = OnceLock::new();
@@ -66,11 +69,18 @@ fn plan(resource_type: &str) -> Arc<Plan> {
                 })
                 .filter_map(|p| if sp.param_type == "quantity" { quantity_part(p) } else { Some(p.to_owned()) })
                 .collect();
-            if parts.is_empty() {
-                return None;
+            // `resolve()` needs the target; the reference's own type says what it is, so the
+            // path is evaluated without the filter and the type checked on the reference.
+            let (typed, plain): (Vec<_>, Vec<_>) = parts.into_iter().map(|p| split_resolve(&p)).partition(|(_, t)| t.is_some());
+            let mut sources: Sources = vec![];
+            if !plain.is_empty() {
+                let joined = plain.into_iter().map(|(p, _)| p).collect::<Vec<_>>().join(" | ");
+                sources.push((Expression::parse(&joined).ok()?, None));
             }
-            let parsed = Expression::parse(&parts.join(" | ")).ok()?;
-            Some((sp.code.clone(), sp.param_type.clone(), parsed))
+            for (path, target) in typed {
+                sources.push((Expression::parse(&path).ok()?, target));
+            }
+            (!sources.is_empty()).then(|| (sp.code.clone(), sp.param_type.clone(), sources))
         })
         .collect();
     let built = Arc::new(built);
@@ -78,6 +88,28 @@ fn plan(resource_type: &str) -> Arc<Plan> {
         m.insert(resource_type.to_owned(), built.clone());
     }
     built
+}
+
+/// `X.subject.where(resolve() is Patient)` → (`X.subject`, `Patient`); other parts unchanged.
+fn split_resolve(part: &str) -> (String, Option<String>) {
+    let p = part.trim();
+    let inner = if p.starts_with('(') && p.ends_with(')') { &p[1..p.len() - 1] } else { p };
+    if let Some((path, rest)) = inner.rsplit_once(".where(resolve() is ")
+        && let Some(target) = rest.strip_suffix(')')
+        && target.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return (path.to_owned(), Some(target.to_owned()));
+    }
+    (p.to_owned(), None)
+}
+
+/// The resource type a reference names (`Patient/1`, `<any base>/Patient/1`, `Patient/1/_history/2`).
+fn reference_type(reference: &str) -> Option<&str> {
+    let path = reference.split(['?', '#']).next()?;
+    let segments: Vec<&str> = path.split('/').collect();
+    let n = segments.len();
+    let at = if n >= 4 && segments[n - 2] == "_history" { n - 4 } else { n.checked_sub(2)? };
+    segments.get(at).copied().filter(|t| t.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
 }
 
 /// A quantity parameter's path with the choice cast spelled as the JSON element
@@ -98,18 +130,81 @@ fn quantity_part(part: &str) -> Option<String> {
 /// `Type/id`. Expressions that fail to evaluate contribute nothing.
 pub fn extract(resource_type: &str, resource: &Value, base: &str) -> Vec<IndexEntry> {
     let mut out = Vec::new();
-    for (param, param_type, expression) in plan(resource_type).iter() {
-        let Ok(items) = expression.evaluate(resource) else { continue };
-        for item in items {
-            for value in values(param_type, item, base) {
-                let entry = IndexEntry { param: param.clone(), value };
-                if !out.contains(&entry) {
-                    out.push(entry);
+    for (param, param_type, sources) in plan(resource_type).iter() {
+        for (expression, target) in sources {
+            let Ok(items) = expression.evaluate(resource) else { continue };
+            for item in items {
+                for value in values(param_type, item, base) {
+                    if let (Some(target), IndexValue::Reference(r)) = (target, &value)
+                        && reference_type(r) != Some(target.as_str())
+                    {
+                        continue;
+                    }
+                    let entry = IndexEntry { param: param.clone(), value };
+                    if !out.contains(&entry) {
+                        out.push(entry);
+                    }
                 }
             }
         }
     }
     out
+}
+
+/// Whether `resource_type`'s parameter `code` has rows in the index tables (its expression
+/// parsed); search answers the others from the JSON documents.
+pub fn is_indexed(resource_type: &str, code: &str) -> bool {
+    plan(resource_type).iter().any(|(c, _, _)| c == code)
+}
+
+/// A fingerprint of what the index holds for every type: when it changes (new definitions, a
+/// new extraction rule), the rows of existing resources are stale until `ironfhir reindex`.
+pub fn definitions_hash() -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(EXTRACTION_VERSION.to_le_bytes());
+    for rt in definitions().resource_types() {
+        for (code, param_type, _) in plan(rt).iter() {
+            hasher.update(rt.as_bytes());
+            hasher.update(code.as_bytes());
+            hasher.update(param_type.as_bytes());
+        }
+        for sp in definitions().search_params(rt) {
+            hasher.update(sp.expression.as_deref().unwrap_or("").as_bytes());
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Bumped whenever `values` changes what it extracts, so existing rows get rebuilt.
+const EXTRACTION_VERSION: u32 = 2;
+
+/// The index rows of resources as the JSON `search_index_replace` takes: one object per value,
+/// `k` the table (`s`tring, `t`oken, `r`eference, `d`ate, `n`umber/quantity, `u`ri) and
+/// `a`–`d`/`n` its columns. `resources` are (type, id, content); `base` makes absolute
+/// references to this server local.
+pub fn rows_json<'a>(resources: impl IntoIterator<Item = (&'a str, &'a str, &'a Value)>, base: &str) -> Value {
+    Value::Array(resources.into_iter().flat_map(|(rt, id, content)| rows(rt, id, content, base)).collect())
+}
+
+/// The index rows of one resource (see [`rows_json`]).
+pub fn rows(rt: &str, id: &str, content: &Value, base: &str) -> Vec<Value> {
+    let mut rows = Vec::new();
+    {
+        for entry in extract(rt, content, base) {
+            let (k, a, b, c, n) = match entry.value {
+                IndexValue::String { normalized, exact } => ("s", Some(normalized), Some(exact), None, None),
+                IndexValue::Token { system, code } => ("t", Some(code), system, None, None),
+                IndexValue::Reference(target) => ("r", Some(target), None, None, None),
+                IndexValue::Date { start, end } => ("d", start, end, None, None),
+                IndexValue::Number(n) => ("n", None, None, None, Some(n)),
+                IndexValue::Quantity { value, system, code, unit } => ("n", system, code, unit, Some(value)),
+                IndexValue::Uri(uri) => ("u", Some(uri), None, None, None),
+            };
+            rows.push(json!({"t": rt, "i": id, "p": entry.param, "k": k, "a": a, "b": b, "c": c, "n": n}));
+        }
+    }
+    rows
 }
 
 fn text(v: &Value, key: &str) -> Option<String> {
@@ -137,8 +232,10 @@ fn values(param_type: &str, item: Item, base: &str) -> Vec<IndexValue> {
             }
             out
         }
-        ("token", Item::String(code)) => vec![IndexValue::Token { system: None, code }],
-        ("token", Item::Boolean(b)) => vec![IndexValue::Token { system: None, code: b.to_string() }],
+        // A bare code's system is implied by its binding: recorded as "" (not NULL, which means
+        // "a Coding without system"), so `system|code` matches it and `|code` does not.
+        ("token", Item::String(code)) => vec![IndexValue::Token { system: Some(String::new()), code }],
+        ("token", Item::Boolean(b)) => vec![IndexValue::Token { system: Some(String::new()), code: b.to_string() }],
         ("token", Item::Element(v)) => {
             let coding = |c: &Value| text(c, "code").map(|code| IndexValue::Token { system: text(c, "system"), code });
             if let Some(codings) = v.get("coding").and_then(Value::as_array) {
@@ -158,36 +255,29 @@ fn values(param_type: &str, item: Item, base: &str) -> Vec<IndexValue> {
         ("reference", Item::Element(v)) => text(&v, "reference").map(|r| IndexValue::Reference(local(&r, base))).into_iter().collect(),
         ("reference", Item::String(s)) => vec![IndexValue::Reference(local(&s, base))],
         ("uri", Item::String(s)) => vec![IndexValue::Uri(s)],
-        ("date", Item::Date(s) | Item::DateTime(s) | Item::String(s)) => date_range(&s).map(|(low, high)| IndexValue::Date { low, high }).into_iter().collect(),
+        ("date", Item::Date(s) | Item::DateTime(s) | Item::String(s)) => vec![IndexValue::Date { start: Some(s.clone()), end: Some(s) }],
         ("date", Item::Element(v)) => {
             // Period: open ends reach the ends of time; Timing: its events.
             if v.get("start").is_some() || v.get("end").is_some() {
-                let low = text(&v, "start").and_then(|s| date_range(&s)).map(|r| r.0).unwrap_or(DateTime::<Utc>::MIN_UTC);
-                let high = text(&v, "end").and_then(|s| date_range(&s)).map(|r| r.1).unwrap_or(DateTime::<Utc>::MAX_UTC);
-                vec![IndexValue::Date { low, high }]
+                vec![IndexValue::Date { start: text(&v, "start"), end: text(&v, "end") }]
             } else {
                 v.get("event")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
                     .filter_map(Value::as_str)
-                    .filter_map(date_range)
-                    .map(|(low, high)| IndexValue::Date { low, high })
+                    .map(|s| IndexValue::Date { start: Some(s.to_owned()), end: Some(s.to_owned()) })
                     .collect()
             }
         }
-        ("number", Item::Integer(i)) => number_range(&i.to_string()).map(|(low, high)| IndexValue::Number { low, high }).into_iter().collect(),
-        ("number", Item::Decimal(d)) => number_range(&d).map(|(low, high)| IndexValue::Number { low, high }).into_iter().collect(),
-        ("quantity", Item::Quantity { value, unit }) => number_range(&value)
-            .map(|(low, high)| IndexValue::Quantity { low, high, system: None, code: unit })
-            .into_iter()
-            .collect(),
+        ("number", Item::Integer(i)) => vec![IndexValue::Number(i as f64)],
+        ("number", Item::Decimal(d)) => d.parse().map(IndexValue::Number).into_iter().collect(),
+        ("quantity", Item::Quantity { value, unit }) => {
+            value.parse().map(|value| IndexValue::Quantity { value, system: None, code: unit, unit: None }).into_iter().collect()
+        }
         ("quantity", Item::Element(v)) => {
-            let Some(number) = v.get("value").filter(|n| n.is_number()).map(|n| n.to_string()) else { return vec![] };
-            number_range(&number)
-                .map(|(low, high)| IndexValue::Quantity { low, high, system: text(&v, "system"), code: text(&v, "code").or_else(|| text(&v, "unit")) })
-                .into_iter()
-                .collect()
+            let Some(value) = v.get("value").and_then(Value::as_f64) else { return vec![] };
+            vec![IndexValue::Quantity { value, system: text(&v, "system"), code: text(&v, "code"), unit: text(&v, "unit") }]
         }
         _ => vec![],
     }
@@ -196,39 +286,6 @@ fn values(param_type: &str, item: Item, base: &str) -> Vec<IndexValue> {
 /// `<base>/Type/id` → `Type/id`; other references unchanged.
 fn local(reference: &str, base: &str) -> String {
     crate::fhir::types::local_reference(reference, base).to_owned()
-}
-
-/// The instants a FHIR date, dateTime or instant covers (search.html#date): a year, month or
-/// day is the whole period (in UTC when no zone is given); a time is exact to its precision.
-pub fn date_range(s: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-    let day = |y: i32, m: u32, d: u32| NaiveDate::from_ymd_opt(y, m, d).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| Utc.from_utc_datetime(&t));
-    match s.len() {
-        4 => {
-            let y: i32 = s.parse().ok()?;
-            Some((day(y, 1, 1)?, day(y + 1, 1, 1)?))
-        }
-        7 => {
-            let (y, m) = s.split_once('-')?;
-            let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
-            let next = if m == 12 { day(y + 1, 1, 1)? } else { day(y, m + 1, 1)? };
-            Some((day(y, m, 1)?, next))
-        }
-        10 => {
-            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
-            let low = Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0)?);
-            Some((low, low + chrono::Duration::days(1)))
-        }
-        _ => {
-            let t = DateTime::parse_from_rfc3339(s)
-                .map(|t| t.with_timezone(&Utc))
-                .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").map(|t| Utc.from_utc_datetime(&t)))
-                .ok()?;
-            // Precision: seconds unless fractional digits are given.
-            let fraction = s.split_once('.').map(|(_, f)| f.chars().take_while(char::is_ascii_digit).count() as u32).unwrap_or(0);
-            let step = chrono::Duration::nanoseconds(10i64.pow(9u32.saturating_sub(fraction.min(9))));
-            Some((t, t + step))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -254,12 +311,10 @@ mod tests {
         assert!(params(&entries, "name").contains(&&IndexValue::String { normalized: "zoe".into(), exact: "Zoë".into() }));
         assert_eq!(params(&entries, "identifier"), vec![&IndexValue::Token { system: Some("urn:example:mrn".into()), code: "MRN-1".into() }]);
         assert_eq!(params(&entries, "phone"), vec![&IndexValue::Token { system: None, code: "+00 1234".into() }]);
-        assert_eq!(params(&entries, "gender"), vec![&IndexValue::Token { system: None, code: "female".into() }]);
-        assert_eq!(params(&entries, "active"), vec![&IndexValue::Token { system: None, code: "true".into() }]);
+        assert_eq!(params(&entries, "gender"), vec![&IndexValue::Token { system: Some(String::new()), code: "female".into() }]);
+        assert_eq!(params(&entries, "active"), vec![&IndexValue::Token { system: Some(String::new()), code: "true".into() }]);
         assert_eq!(params(&entries, "organization"), vec![&IndexValue::Reference("Organization/o1".into())]);
-        let (low, high) = date_range("1970-05").unwrap();
-        assert_eq!(params(&entries, "birthdate"), vec![&IndexValue::Date { low, high }]);
-        assert_eq!(high - low, chrono::Duration::days(31));
+        assert_eq!(params(&entries, "birthdate"), vec![&IndexValue::Date { start: Some("1970-05".into()), end: Some("1970-05".into()) }]);
     }
 
     #[test]
@@ -272,31 +327,40 @@ mod tests {
         let entries = extract("Observation", &obs, "http://x/fhir");
         assert_eq!(params(&entries, "code"), vec![&IndexValue::Token { system: Some("http://loinc.org".into()), code: "8867-4".into() }]);
         assert_eq!(params(&entries, "subject"), vec![&IndexValue::Reference("Patient/p1".into())]);
-        match params(&entries, "value-quantity").as_slice() {
-            [IndexValue::Quantity { low, high, system, code }] => {
-                assert!((*low - 72.45).abs() < 1e-9 && (*high - 72.55).abs() < 1e-9);
-                assert_eq!((system.as_deref(), code.as_deref()), (Some("http://unitsofmeasure.org"), Some("/min")));
-            }
-            other => panic!("{other:?}"),
-        }
-        match params(&entries, "date").as_slice() {
-            [IndexValue::Date { high, .. }] => assert_eq!(*high, DateTime::<Utc>::MAX_UTC, "an open period reaches the end of time"),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            params(&entries, "value-quantity"),
+            vec![&IndexValue::Quantity {
+                value: 72.5,
+                system: Some("http://unitsofmeasure.org".into()),
+                code: Some("/min".into()),
+                unit: Some("beats/min".into())
+            }]
+        );
+        assert_eq!(
+            params(&entries, "date"),
+            vec![&IndexValue::Date { start: Some("2024-01-01T10:00:00Z".into()), end: None }],
+            "an open period has no end"
+        );
     }
 
     #[test]
-    fn date_ranges_follow_the_precision_written() {
-        let (l, h) = date_range("2024").unwrap();
-        assert_eq!((l.to_rfc3339(), h.to_rfc3339()), ("2024-01-01T00:00:00+00:00".into(), "2025-01-01T00:00:00+00:00".into()));
-        let (l, h) = date_range("2024-02-29").unwrap();
-        assert_eq!(h - l, chrono::Duration::days(1));
-        let (l, h) = date_range("2024-02-29T10:00:00+02:00").unwrap();
-        assert_eq!((l.to_rfc3339(), (h - l).num_seconds()), ("2024-02-29T08:00:00+00:00".into(), 1));
-        let (l, h) = date_range("2024-02-29T10:00:00.250Z").unwrap();
-        assert_eq!((h - l).num_milliseconds(), 1, "milliseconds are exact to the millisecond");
-        let _ = l;
-        assert!(date_range("not a date").is_none());
+    fn resolve_filters_keep_only_references_to_the_named_type() {
+        let appointment = json!({"resourceType": "Appointment", "status": "booked", "participant": [
+            {"actor": {"reference": "Patient/p1"}, "status": "accepted"},
+            {"actor": {"reference": "http://x/fhir/Practitioner/d1"}, "status": "accepted"},
+            {"actor": {"reference": "https://elsewhere.example/fhir/Practitioner/d2/_history/3"}, "status": "accepted"}]});
+        let entries = extract("Appointment", &appointment, "http://x/fhir");
+        assert_eq!(params(&entries, "patient"), vec![&IndexValue::Reference("Patient/p1".into())]);
+        assert_eq!(
+            params(&entries, "practitioner"),
+            vec![
+                &IndexValue::Reference("Practitioner/d1".into()),
+                &IndexValue::Reference("https://elsewhere.example/fhir/Practitioner/d2/_history/3".into())
+            ]
+        );
+        assert_eq!(params(&entries, "actor").len(), 3);
+        assert_eq!(reference_type("urn:uuid:1234"), None);
+        assert_eq!(reference_type("#contained"), None);
     }
 
     #[test]

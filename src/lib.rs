@@ -25,6 +25,7 @@ pub mod fhirpath;
 pub mod import;
 pub mod index;
 pub mod interactions;
+pub mod reindex;
 pub mod rest;
 pub mod search;
 pub mod server;

@@ -1,4 +1,4 @@
-//! The `ironfhir` binary: `serve`, `migrate`, `import`, `admin token`.
+//! The `ironfhir` binary: `serve`, `migrate`, `import`, `reindex`, `admin token`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => server::serve(args).await,
         Command::Migrate(config) => migrate(config).await,
         Command::Import(args) => ironfhir::import::run(args).await,
+        Command::Reindex(args) => ironfhir::reindex::run(args).await,
         Command::Admin { command: AdminCommand::Token(args) } => server::token_authority(&args.config)
             .and_then(|authority| authority.issue(&args.subject, &args.scope, args.ttl))
             .map(|token| println!("{token}")),

@@ -668,7 +668,7 @@ async fn plan(tx: &mut Tx, e: &Entry, links: &Links<'_>) -> FhirResult<Plan> {
 }
 
 /// Writes a planned POST/PUT/PATCH entry; `body` has its references resolved.
-async fn write(tx: &mut Tx, principal: &Principal, e: &Entry, plan: Plan, body: Option<Value>) -> FhirResult<EntryOutcome> {
+async fn write(tx: &mut Tx, principal: &Principal, e: &Entry, plan: Plan, body: Option<Value>, base: &str) -> FhirResult<EntryOutcome> {
     let missing = || FhirError::Internal("entry without body".into());
     let outcome = match (plan, e.method) {
         (Plan::Existing(stored), _) => WriteOutcome { stored, created: false },
@@ -676,14 +676,14 @@ async fn write(tx: &mut Tx, principal: &Principal, e: &Entry, plan: Plan, body: 
             let mut body = body.ok_or_else(missing)?;
             let last_updated = now();
             stamp(&mut body, id.as_str(), 1, &last_updated);
-            create::create_in(tx, e.rt.as_str(), &id, last_updated, &body, None).await?
+            create::create_in(tx, e.rt.as_str(), &id, last_updated, &body, None, base).await?
         }
         (Plan::Write(id), Method::Patch) => {
             let patch = patch::parse_patch(body.ok_or_else(missing)?)?;
-            patch::patch_in(tx, principal, &e.rt, Some(&id), None, &patch, e.if_match.as_deref()).await?
+            patch::patch_in(tx, principal, &e.rt, Some(&id), None, &patch, e.if_match.as_deref(), base).await?
         }
         (Plan::Write(id), _) => {
-            update::put_version(tx, principal, &e.rt, &id, body.ok_or_else(missing)?, e.if_match.as_deref(), "PUT").await?
+            update::put_version(tx, principal, &e.rt, &id, body.ok_or_else(missing)?, e.if_match.as_deref(), "PUT", base).await?
         }
     };
     Ok(EntryOutcome::Write(outcome))
@@ -861,13 +861,13 @@ async fn transaction_in(
                 stamp(&mut body, id.as_str(), 1, &last_updated);
                 creates.push((e.index, &e.rt, id, body));
             }
-            Some(plan) => out[e.index] = Some(tagged(failed, e.index, write(tx, principal, e, plan, bodies.remove(&e.index)).await)?),
+            Some(plan) => out[e.index] = Some(tagged(failed, e.index, write(tx, principal, e, plan, bodies.remove(&e.index), base).await)?),
             None => return Err(FhirError::Internal("entry without plan".into())),
         }
     }
     if let Some((first, ..)) = creates.first() {
         let rows: Vec<(&str, &str, &Value)> = creates.iter().map(|(_, rt, id, body)| (rt.as_str(), id.as_str(), body)).collect();
-        tagged(failed, *first, store::insert_many_new(tx, &rows, last_updated).await)?;
+        tagged(failed, *first, store::insert_many_new(tx, &rows, last_updated, base).await)?;
     }
     for (index, rt, id, body) in creates {
         let stored = StoredResource::written(rt.as_str(), id.as_str(), 1, last_updated, body);
@@ -875,7 +875,7 @@ async fn transaction_in(
     }
     for e in entries.iter().filter(|e| matches!(e.method, Method::Put | Method::Patch)) {
         let plan = plans.remove(&e.index).ok_or_else(|| FhirError::Internal("entry without plan".into()))?;
-        let outcome = tagged(failed, e.index, write(tx, principal, e, plan, bodies.remove(&e.index)).await)?;
+        let outcome = tagged(failed, e.index, write(tx, principal, e, plan, bodies.remove(&e.index), base).await)?;
         out[e.index] = Some(outcome);
     }
 
@@ -949,7 +949,7 @@ async fn batch_entry(
                     Some(body)
                 }
             };
-            Ok((write(tx, principal, e, plan, body).await?, Some(key)))
+            Ok((write(tx, principal, e, plan, body, links.base).await?, Some(key)))
         }
     }
 }

@@ -35,7 +35,7 @@ pub async fn create(
     stamp(&mut body, id.as_str(), 1, &last_updated);
     let rt = resource_type.as_str();
     if criteria.is_none() {
-        store::create_one(store, rt, id.as_str(), last_updated, &body).await?;
+        store::create_one(store, rt, id.as_str(), last_updated, &body, base).await?;
         return Ok(WriteOutcome {
             stored: StoredResource::written(rt, id.as_str(), 1, last_updated, body),
             created: true,
@@ -45,7 +45,7 @@ pub async fn create(
     store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
-                let result = create_in(&mut tx, rt, id, last_updated, body, criteria.as_ref()).await;
+                let result = create_in(&mut tx, rt, id, last_updated, body, criteria.as_ref(), base).await;
                 (tx, result)
             })
         })
@@ -62,6 +62,7 @@ pub async fn create_in(
     last_updated: chrono::DateTime<chrono::Utc>,
     body: &Value,
     criteria: Option<&search::Criteria>,
+    base: &str,
 ) -> FhirResult<WriteOutcome> {
     if let Some(criteria) = criteria {
         store::lock_criteria(tx, &format!("{rt}?{}", criteria.canonical())).await?;
@@ -76,7 +77,7 @@ pub async fn create_in(
             _ => return Err(FhirError::PreconditionFailed("If-None-Exist matched more than one resource".into())),
         }
     }
-    store::insert_new(tx, rt, id.as_str(), last_updated, body).await?;
+    store::insert_new(tx, rt, id.as_str(), last_updated, body, base).await?;
     Ok(WriteOutcome {
         stored: StoredResource::written(rt, id.as_str(), 1, last_updated, body.clone()),
         created: true,

@@ -59,7 +59,8 @@ async fn conditional_delete_in(tx: &mut Tx, rt: &str, criteria: &search::Criteri
 pub async fn delete_in(tx: &mut Tx, rt: &str, id: &str) -> FhirResult<u32> {
     match store::lock_current(tx, rt, id).await? {
         Some((version, false)) => {
-            store::write_version(tx, rt, id, version + 1, now(), "DELETE", None).await?;
+            // A delete leaves no index rows, so no base is needed to make references local.
+            store::write_version(tx, rt, id, version + 1, now(), "DELETE", None, "").await?;
             Ok(1)
         }
         _ => Ok(0),

@@ -12,9 +12,8 @@ use crate::store::{self, Store, Tx};
 /// Which resource a PATCH applies to.
 pub enum PatchTarget<'a> {
     Id(&'a Id),
-    /// Conditional patch: a search that must match exactly one resource, and the server's FHIR
-    /// base URL against which relative references in it resolve.
-    Criteria { query: &'a str, base: &'a str },
+    /// Conditional patch: a search that must match exactly one resource.
+    Criteria { query: &'a str },
 }
 
 /// Applies a JSON Patch document to the current version and stores the result as a new
@@ -26,11 +25,12 @@ pub async fn patch(
     target: PatchTarget<'_>,
     patch_doc: Value,
     if_match: Option<&str>,
+    base: &str,
 ) -> FhirResult<WriteOutcome> {
     principal.require(resource_type.as_str(), Interaction::Update)?;
     let patch = parse_patch(patch_doc)?;
     let criteria = match target {
-        PatchTarget::Criteria { query, base } => {
+        PatchTarget::Criteria { query } => {
             principal.require(resource_type.as_str(), Interaction::Search)?;
             Some(search::parse_conditional(resource_type, query, base)?)
         }
@@ -44,7 +44,7 @@ pub async fn patch(
     store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
-                let result = patch_in(&mut tx, principal, resource_type, fixed_id.as_ref(), criteria.as_ref(), patch, if_match).await;
+                let result = patch_in(&mut tx, principal, resource_type, fixed_id.as_ref(), criteria.as_ref(), patch, if_match, base).await;
                 (tx, result)
             })
         })
@@ -68,6 +68,7 @@ pub async fn patch_in(
     criteria: Option<&search::Criteria>,
     patch: &json_patch::Patch,
     if_match: Option<&str>,
+    base: &str,
 ) -> FhirResult<WriteOutcome> {
     let rt = resource_type.as_str();
     let id = match (fixed_id, criteria) {
@@ -97,7 +98,7 @@ pub async fn patch_in(
         )])
     })?;
     check_body(resource_type, &doc, Some(&id))?;
-    put_version(tx, principal, resource_type, &id, doc, if_match, "PATCH").await
+    put_version(tx, principal, resource_type, &id, doc, if_match, "PATCH", base).await
 }
 
 fn first_line(s: &str) -> &str {

@@ -24,17 +24,18 @@ pub async fn update(
     id: &Id,
     body: Value,
     if_match: Option<&str>,
+    base: &str,
 ) -> FhirResult<WriteOutcome> {
     principal.require(resource_type.as_str(), Interaction::Update)?;
     check_body(resource_type, &body, Some(id))?;
     if if_match.is_none() && principal.allows(resource_type.as_str(), Interaction::Create) {
-        return upsert_fast(store, resource_type, id, body).await;
+        return upsert_fast(store, resource_type, id, body, base).await;
     }
     let body = &body;
     store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
-                let result = put_version(&mut tx, principal, resource_type, id, body.clone(), if_match, "PUT").await;
+                let result = put_version(&mut tx, principal, resource_type, id, body.clone(), if_match, "PUT", base).await;
                 (tx, result)
             })
         })
@@ -65,7 +66,7 @@ pub async fn conditional_update(
     store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
-                let result = conditional_update_in(&mut tx, principal, resource_type, criteria, body, body_id.as_ref(), if_match).await;
+                let result = conditional_update_in(&mut tx, principal, resource_type, criteria, body, body_id.as_ref(), if_match, base).await;
                 (tx, result)
             })
         })
@@ -80,6 +81,7 @@ async fn conditional_update_in(
     body: &Value,
     body_id: Option<&Id>,
     if_match: Option<&str>,
+    base: &str,
 ) -> FhirResult<WriteOutcome> {
     let rt = resource_type.as_str();
     store::lock_criteria(tx, &format!("{rt}?{}", criteria.canonical())).await?;
@@ -93,15 +95,15 @@ async fn conditional_update_in(
         ([one], _) => Id::parse(one)?,
         _ => return Err(FhirError::PreconditionFailed("the criteria matched more than one resource".into())),
     };
-    put_version(tx, principal, resource_type, &id, body.clone(), if_match, "PUT").await
+    put_version(tx, principal, resource_type, &id, body.clone(), if_match, "PUT", base).await
 }
 
 /// The common update: no If-Match and the right to create, so a single statement can write
 /// whatever version comes next.
-async fn upsert_fast(store: &Store, resource_type: &ResourceType, id: &Id, mut body: Value) -> FhirResult<WriteOutcome> {
+async fn upsert_fast(store: &Store, resource_type: &ResourceType, id: &Id, mut body: Value, base: &str) -> FhirResult<WriteOutcome> {
     let last_updated = now();
     stamp(&mut body, id.as_str(), 1, &last_updated);
-    let (version_id, created) = store::upsert_one(store, resource_type.as_str(), id.as_str(), last_updated, "PUT", &body).await?;
+    let (version_id, created) = store::upsert_one(store, resource_type.as_str(), id.as_str(), last_updated, "PUT", &body, base).await?;
     if version_id != 1 {
         stamp(&mut body, id.as_str(), version_id, &last_updated);
     }
@@ -120,6 +122,7 @@ pub async fn put_version(
     mut body: Value,
     if_match: Option<&str>,
     method: &str,
+    base: &str,
 ) -> FhirResult<WriteOutcome> {
     let rt = resource_type.as_str();
     let current = store::lock_current(tx, rt, id.as_str()).await?;
@@ -140,7 +143,7 @@ pub async fn put_version(
     }
     let last_updated = now();
     stamp(&mut body, id.as_str(), version_id, &last_updated);
-    store::write_version(tx, rt, id.as_str(), version_id, last_updated, method, Some(&body)).await?;
+    store::write_version(tx, rt, id.as_str(), version_id, last_updated, method, Some(&body), base).await?;
     Ok(WriteOutcome {
         stored: StoredResource::written(rt, id.as_str(), version_id, last_updated, body),
         created,

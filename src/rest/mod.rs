@@ -207,7 +207,7 @@ async fn route_type(
             let criteria = conditional_query(ctx)?;
             let doc = parse_patch_body(ctx, &read_body(state, body).await?)?;
             let outcome =
-                interactions::patch::patch(store, principal, rt, PatchTarget::Criteria { query: &criteria, base: &ctx.base }, doc, ctx.header("if-match"))
+                interactions::patch::patch(store, principal, rt, PatchTarget::Criteria { query: &criteria }, doc, ctx.header("if-match"), &ctx.base)
                     .await?;
             write_response(ctx, outcome)
         }
@@ -256,12 +256,12 @@ async fn route_instance(
         }
         (Method::PUT, []) => {
             let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
-            let outcome = interactions::update::update(store, principal, rt, id, resource, ctx.header("if-match")).await?;
+            let outcome = interactions::update::update(store, principal, rt, id, resource, ctx.header("if-match"), &ctx.base).await?;
             write_response(ctx, outcome)
         }
         (Method::PATCH, []) => {
             let doc = parse_patch_body(ctx, &read_body(state, body).await?)?;
-            let outcome = interactions::patch::patch(store, principal, rt, PatchTarget::Id(id), doc, ctx.header("if-match")).await?;
+            let outcome = interactions::patch::patch(store, principal, rt, PatchTarget::Id(id), doc, ctx.header("if-match"), &ctx.base).await?;
             write_response(ctx, outcome)
         }
         (Method::DELETE, []) => {

@@ -1,13 +1,15 @@
-//! Search: query string → typed [`Criteria`] → SQL over the JSONB documents.
+//! Search: query string → typed [`Criteria`] → SQL.
 //!
-//! This first engine evaluates the official SearchParameters' FHIRPath expressions by
-//! translating their simple forms (paths, choice types, `as`, `where(resolve() is X)`,
-//! `where(field='value')`) into PostgreSQL jsonpath, and compares values in SQL. It serves
-//! conditional create/update/delete/patch and type-level search for every resource type;
-//! dedicated index tables replace the JSONB scans for speed on large data sets.
+//! Clauses on indexed parameters (nearly all) become lookups in the index tables that every
+//! write maintains ([`indexed`], [`crate::index`]). The rest — composite parameters, `:text`,
+//! `:of-type`, `:identifier`, `_text`/`_content`, the few parameters whose FHIRPath the engine
+//! cannot parse — are answered from the JSONB documents by translating the SearchParameters'
+//! simple FHIRPath forms (paths, choice types, `as`, `where(resolve() is X)`,
+//! `where(field='value')`) into PostgreSQL jsonpath ([`push_clause`]); both forms mean the same.
 //! Every client value is a bound parameter; only jsonpath built from the definitions is
 //! interpolated into SQL text — and even that is bound.
 
+mod indexed;
 pub mod params;
 mod paths;
 
@@ -361,7 +363,9 @@ fn push_where(sql: &mut QueryBuilder<Postgres>, criteria: &Criteria) {
             sql.push("NOT ");
         }
         sql.push("(");
-        push_clause(sql, &clause.kind);
+        if !indexed::push_indexed(sql, criteria.resource_type.as_str(), clause) {
+            push_clause(sql, &clause.kind);
+        }
         sql.push(")");
     }
 }
@@ -891,15 +895,18 @@ pub async fn fetch_includes(
                 let source_type = ResourceType::parse(source)?;
                 let refs: Vec<String> =
                     frontier.iter().flat_map(|(t, id)| [format!("{t}/{id}"), format!("{base}/{t}/{id}")]).collect();
+                let local: Vec<String> = frontier.iter().map(|(t, id)| format!("{t}/{id}")).collect();
                 for code in include_params(&source_type, include.param.as_deref()) {
                     let Some(paths) = reference_paths(&source_type, &code, base) else { continue };
                     let mut sql = QueryBuilder::<Postgres>::new(
                         "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r WHERE r.resource_type = ",
                     );
                     sql.push_bind(source.clone()).push(" AND NOT r.deleted AND (");
-                    push_exists(&mut sql, &paths, |sql| {
-                        sql.push("(v ->> 'reference') = ANY(").push_bind(refs.clone()).push(")");
-                    });
+                    if !indexed::push_referencing(&mut sql, source, &code, local.clone()) {
+                        push_exists(&mut sql, &paths, |sql| {
+                            sql.push("(v ->> 'reference') = ANY(").push_bind(refs.clone()).push(")");
+                        });
+                    }
                     sql.push(") LIMIT ").push_bind(MAX_COUNT_INCLUDED as i64);
                     for row in sql.build().fetch_all(&mut *conn).await? {
                         let r = stored_from_row(&row);
@@ -1023,28 +1030,42 @@ pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) 
     if request.count == 0 {
         return Ok((vec![], total, false));
     }
-    let mut sql = QueryBuilder::<Postgres>::new(
-        "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r WHERE r.resource_type = ",
-    );
+    let mut sql = QueryBuilder::<Postgres>::new("");
+    push_page_query(&mut sql, request)?;
+    let rows = sql.build().fetch_all(&mut *conn).await?;
+    let more = rows.len() > request.count;
+    Ok((rows.iter().take(request.count).map(stored_from_row).collect(), total, more))
+}
+
+/// The query of one page of matches (one row more than the page tells whether more follow).
+fn push_page_query(sql: &mut QueryBuilder<Postgres>, request: &SearchRequest) -> FhirResult<()> {
+    let criteria = &request.criteria;
+    sql.push("SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r WHERE r.resource_type = ");
     sql.push_bind(criteria.resource_type.as_str().to_owned());
     sql.push(" AND NOT r.deleted");
-    push_where(&mut sql, criteria);
+    push_where(sql, criteria);
     if let Some(cursor) = &request.cursor {
-        push_after_cursor(&mut sql, request, cursor)?;
+        push_after_cursor(sql, request, cursor)?;
     }
     sql.push(" ORDER BY ");
     for (_, descending, key) in &request.sort {
-        push_sort_key(&mut sql, key, *descending);
+        push_sort_key(sql, key, *descending);
         sql.push(if *descending { " DESC NULLS LAST, " } else { " ASC NULLS LAST, " });
     }
-    // One row more than the page tells whether there is a next page.
     sql.push("r.id ASC LIMIT ").push_bind(request.count as i64 + 1);
     if request.cursor.is_none() {
         sql.push(" OFFSET ").push_bind(request.offset as i64);
     }
-    let rows = sql.build().fetch_all(&mut *conn).await?;
-    let more = rows.len() > request.count;
-    Ok((rows.iter().take(request.count).map(stored_from_row).collect(), total, more))
+    Ok(())
+}
+
+/// PostgreSQL's plan (`EXPLAIN (FORMAT JSON)`) for the page query of a search: lets tests and
+/// operators check that a search seeks the index tables instead of scanning.
+pub async fn explain(pool: &sqlx::PgPool, request: &SearchRequest) -> FhirResult<Value> {
+    let mut sql = QueryBuilder::<Postgres>::new("EXPLAIN (FORMAT JSON) ");
+    push_page_query(&mut sql, request)?;
+    let row = sql.build().fetch_one(pool).await?;
+    Ok(row.get::<Value, _>(0))
 }
 
 /// Whether a search pages by keyset (`_cursor`): when it is ordered only by `_lastUpdated`

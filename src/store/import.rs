@@ -59,6 +59,8 @@ pub struct ImportRow {
     /// The history row's `method`: `PUT` (client id, update-as-create) or `POST` (a
     /// transaction Bundle's create with a server-assigned id).
     pub method: &'static str,
+    /// Its search index rows ([`crate::index::rows`]).
+    pub index: Vec<serde_json::Value>,
 }
 
 /// Writes many resources in one statement with the semantics of update-as-create
@@ -73,6 +75,7 @@ pub async fn write_batch(tx: &mut Tx, rows: &[ImportRow], last_updated: DateTime
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let contents: Vec<&str> = rows.iter().map(|r| r.content.as_str()).collect();
     let methods: Vec<&str> = rows.iter().map(|r| r.method).collect();
+    let index: Vec<&serde_json::Value> = rows.iter().flat_map(|r| r.index.iter()).collect();
     // Durability per batch is not needed: the progress row commits with the batch, so a crash
     // loses both together and a re-run writes them again; `import` ends with a synchronous
     // commit that flushes everything before it.
@@ -83,17 +86,20 @@ pub async fn write_batch(tx: &mut Tx, rows: &[ImportRow], last_updated: DateTime
            SELECT resource_type, id, 1, $4, false, content::jsonb FROM input \
            ON CONFLICT (resource_type, id) DO UPDATE SET version_id = r.version_id + 1, last_updated = EXCLUDED.last_updated, \
              deleted = false, content = jsonb_set(EXCLUDED.content, '{meta,versionId}', to_jsonb((r.version_id + 1)::text)) \
-           RETURNING r.resource_type, r.id, r.version_id, r.content) \
-         INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
-         SELECT c.resource_type, c.id, c.version_id, $4, i.method, false, c.content FROM current c \
-         JOIN input i ON i.resource_type = c.resource_type AND i.id = c.id",
+           RETURNING r.resource_type, r.id, r.version_id, r.content), \
+         history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
+           SELECT c.resource_type, c.id, c.version_id, $4, i.method, false, c.content FROM current c \
+           JOIN input i ON i.resource_type = c.resource_type AND i.id = c.id RETURNING 1), \
+         written AS (SELECT count(*) AS n FROM history) \
+         SELECT n, search_index_replace($1, $2, $6, false) FROM written",
     )
     .bind(&types)
     .bind(&ids)
     .bind(&contents)
     .bind(last_updated)
     .bind(&methods)
-    .execute(&mut **tx)
+    .bind(sqlx::types::Json(&index))
+    .fetch_one(&mut **tx)
     .await?;
-    Ok(done.rows_affected())
+    Ok(done.get::<i64, _>(0) as u64)
 }

@@ -17,6 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::error::{FhirError, FhirResult};
+use crate::index;
 
 /// Embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -298,8 +299,10 @@ pub async fn lock_criteria(tx: &mut Tx, key: &str) -> FhirResult<()> {
     Ok(())
 }
 
-/// Writes a new version: upserts the current row and appends the history row.
-/// `content` is `None` for a delete.
+/// Writes a new version: upserts the current row, appends the history row and replaces the
+/// resource's search index rows. `content` is `None` for a delete (which leaves no index rows).
+/// `base` is the server's FHIR base, against which absolute references become local.
+#[allow(clippy::too_many_arguments)]
 pub async fn write_version(
     tx: &mut Tx,
     resource_type: &str,
@@ -308,6 +311,7 @@ pub async fn write_version(
     last_updated: DateTime<Utc>,
     method: &str,
     content: Option<&Value>,
+    base: &str,
 ) -> FhirResult<()> {
     let deleted = content.is_none();
     sqlx::query(
@@ -323,9 +327,11 @@ pub async fn write_version(
     .bind(content)
     .execute(&mut **tx)
     .await?;
+    let index = index::rows_json(content.map(|c| (resource_type, id, c)), base);
     sqlx::query(
-        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "WITH history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)) \
+         SELECT search_index_replace(ARRAY[$1], ARRAY[$2], $8, false)",
     )
     .bind(resource_type)
     .bind(id)
@@ -334,6 +340,7 @@ pub async fn write_version(
     .bind(method)
     .bind(deleted)
     .bind(content)
+    .bind(&index)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -346,27 +353,35 @@ pub async fn insert_new(
     id: &str,
     last_updated: DateTime<Utc>,
     content: &Value,
+    base: &str,
 ) -> FhirResult<()> {
-    write_version(tx, resource_type, id, 1, last_updated, "POST", Some(content)).await
+    write_version(tx, resource_type, id, 1, last_updated, "POST", Some(content), base).await
 }
 
 /// Inserts many new resources (version 1, server-assigned ids) and their history rows in one
 /// statement: a transaction Bundle's POST entries cost one round trip instead of two each.
 /// `rows` are (type, id, content with `meta` stamped); all share `last_updated`.
-pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_updated: DateTime<Utc>) -> FhirResult<()> {
+pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_updated: DateTime<Utc>, base: &str) -> FhirResult<()> {
     if rows.is_empty() {
         return Ok(());
     }
     let types: Vec<&str> = rows.iter().map(|r| r.0).collect();
     let ids: Vec<&str> = rows.iter().map(|r| r.1).collect();
     let contents: Vec<String> = rows.iter().map(|r| r.2.to_string()).collect();
+    let index = index::rows_json(rows.iter().copied(), base);
     sqlx::query(
-        "WITH input AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(resource_type, id, content)),          current AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)            SELECT resource_type, id, 1, $4, false, content::jsonb FROM input RETURNING resource_type, id, content)          INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content)          SELECT resource_type, id, 1, $4, 'POST', false, content FROM current",
+        "WITH input AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(resource_type, id, content)), \
+         current AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) \
+           SELECT resource_type, id, 1, $4, false, content::jsonb FROM input RETURNING resource_type, id, content), \
+         history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
+           SELECT resource_type, id, 1, $4, 'POST', false, content FROM current RETURNING 1) \
+         SELECT search_index_replace($1, $2, $5, true) FROM (SELECT count(*) FROM history) written",
     )
     .bind(&types)
     .bind(&ids)
     .bind(&contents)
     .bind(last_updated)
+    .bind(&index)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -374,17 +389,20 @@ pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_up
 
 /// Creates a resource with a fresh server-assigned id in one statement (one round trip, one
 /// commit): the current row and its history row are written by the same atomic statement.
-pub async fn create_one(store: &Store, resource_type: &str, id: &str, last_updated: DateTime<Utc>, content: &Value) -> FhirResult<()> {
+pub async fn create_one(store: &Store, resource_type: &str, id: &str, last_updated: DateTime<Utc>, content: &Value, base: &str) -> FhirResult<()> {
+    let index = index::rows_json([(resource_type, id, content)], base);
     sqlx::query(
         "WITH current AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) \
-         VALUES ($1, $2, 1, $3, false, $4) RETURNING 1) \
-         INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
-         SELECT $1, $2, 1, $3, 'POST', false, $4 FROM current",
+         VALUES ($1, $2, 1, $3, false, $4) RETURNING 1), \
+         history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
+         SELECT $1, $2, 1, $3, 'POST', false, $4 FROM current RETURNING 1) \
+         SELECT search_index_replace(ARRAY[$1], ARRAY[$2], $5, true) FROM history",
     )
     .bind(resource_type)
     .bind(id)
     .bind(last_updated)
     .bind(content)
+    .bind(&index)
     .execute(&store.pool)
     .await?;
     Ok(())
@@ -402,7 +420,9 @@ pub async fn upsert_one(
     last_updated: DateTime<Utc>,
     method: &str,
     content: &Value,
+    base: &str,
 ) -> FhirResult<(i64, bool)> {
+    let index = index::rows_json([(resource_type, id, content)], base);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -415,13 +435,15 @@ pub async fn upsert_one(
                RETURNING r.version_id, r.content), \
              history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
                SELECT $1, $2, version_id, $3, $5, false, content FROM current) \
-             SELECT version_id, coalesce((SELECT deleted FROM previous), true) AS created FROM current",
+             SELECT version_id, coalesce((SELECT deleted FROM previous), true) AS created, \
+               search_index_replace(ARRAY[$1], ARRAY[$2], $6, false) FROM current",
         )
         .bind(resource_type)
         .bind(id)
         .bind(last_updated)
         .bind(content)
         .bind(method)
+        .bind(&index)
         .fetch_one(&store.pool)
         .await;
         match result.map_err(FhirError::from) {

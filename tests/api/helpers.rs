@@ -75,6 +75,8 @@ pub struct TestApp {
     pub store: Store,
     /// The export service (document store) the app uses.
     pub exports: Arc<ExportService>,
+    /// The test database, for tests that run the binary against it.
+    pub database_url: String,
     db_name: String,
 }
 
@@ -145,6 +147,7 @@ impl TestApp {
             tokens: Arc::new(tokens),
             store,
             exports,
+            database_url: url,
             db_name,
         }
     }

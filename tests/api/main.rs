@@ -19,4 +19,5 @@ mod history;
 mod import;
 mod metadata;
 mod search;
+mod search_index;
 mod validation;

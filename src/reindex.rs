@@ -1,0 +1,150 @@
+//! Rebuilding the search index tables from the stored resources: `ironfhir reindex`, and
+//! `serve` in the background when the index was built from other SearchParameters (or by an
+//! older extraction) than the running binary's ([`crate::index::definitions_hash`]).
+//!
+//! Online: resources are re-indexed in keyset-ordered batches, each in its own short
+//! transaction that holds share locks on the batch's rows, so a concurrent write of one of
+//! them waits for the batch instead of being overwritten by older values. The position is
+//! committed with every batch (`search_index_state`), so an interrupted rebuild resumes.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::Row;
+
+use crate::config::ReindexArgs;
+use crate::error::FhirResult;
+use crate::index;
+use crate::server;
+use crate::store::Store;
+
+/// Runs `ironfhir reindex`: prints the number of resources re-indexed.
+pub async fn run(args: ReindexArgs) -> Result<(), String> {
+    let db = server::open_database(&args.config, 2, Duration::from_secs(600)).await?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} resources re-indexed ({per_sec}, {elapsed})")
+            .map_err(|e| e.to_string())?,
+    );
+    let result = rebuild(&db.store, args.base_url.trim_end_matches('/'), args.batch_size, args.restart, |done| bar.set_position(done)).await;
+    bar.finish_and_clear();
+    db.store.pool().close().await;
+    if let Some(pg) = db.embedded {
+        pg.stop().await.map_err(|e| e.to_string())?;
+    }
+    let done = result.map_err(|e| format!("reindex failed: {e}"))?;
+    println!("{done} resources re-indexed");
+    Ok(())
+}
+
+/// Resources re-indexed per transaction.
+pub const DEFAULT_BATCH: i64 = 500;
+
+/// Whether the index rows were built by the running binary's definitions, and where an
+/// unfinished rebuild stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexState {
+    pub current: bool,
+    pub resume: Option<(String, String)>,
+}
+
+/// Reads the index state.
+pub async fn state(store: &Store) -> FhirResult<IndexState> {
+    let row = sqlx::query("SELECT definitions_hash, resume_type, resume_id FROM search_index_state")
+        .fetch_one(store.pool())
+        .await?;
+    let hash: Option<String> = row.get(0);
+    let resume = match (row.get::<Option<String>, _>(1), row.get::<Option<String>, _>(2)) {
+        (Some(t), Some(i)) => Some((t, i)),
+        _ => None,
+    };
+    Ok(IndexState { current: hash.as_deref() == Some(index::definitions_hash().as_str()) && resume.is_none(), resume })
+}
+
+/// Rebuilds every live resource's index rows; `restart` ignores a recorded position.
+/// `report` is called after each batch with the resources done so far. Returns that count.
+pub async fn rebuild(store: &Store, base: &str, batch: i64, restart: bool, mut report: impl FnMut(u64)) -> FhirResult<u64> {
+    let hash = index::definitions_hash();
+    let mut after = if restart { None } else { state(store).await?.resume };
+    if after.is_none() {
+        // A fresh start: mark the index as being rebuilt before the first batch commits.
+        sqlx::query("UPDATE search_index_state SET resume_type = '', resume_id = '', updated_at = now()")
+            .execute(store.pool())
+            .await?;
+        after = Some((String::new(), String::new()));
+    }
+    let mut done = 0u64;
+    while let Some((last_type, last_id)) = after.take() {
+        let mut tx = store.pool().begin().await?;
+        let rows = sqlx::query(
+            "SELECT resource_type, id, content FROM resource \
+             WHERE (resource_type, id) > ($1, $2) AND NOT deleted \
+             ORDER BY resource_type, id LIMIT $3 FOR SHARE",
+        )
+        .bind(&last_type)
+        .bind(&last_id)
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        let resources: Vec<(String, String, Value)> =
+            rows.iter().map(|r| (r.get(0), r.get(1), r.get::<Option<Value>, _>(2).unwrap_or(Value::Null))).collect();
+        let types: Vec<&str> = resources.iter().map(|r| r.0.as_str()).collect();
+        let ids: Vec<&str> = resources.iter().map(|r| r.1.as_str()).collect();
+        let entries = index::rows_json(resources.iter().map(|(t, i, c)| (t.as_str(), i.as_str(), c)), base);
+        sqlx::query("SELECT search_index_replace($1, $2, $3, false)")
+            .bind(&types)
+            .bind(&ids)
+            .bind(&entries)
+            .execute(&mut *tx)
+            .await?;
+        done += resources.len() as u64;
+        match resources.last() {
+            Some((t, i, _)) if resources.len() as i64 == batch => {
+                sqlx::query("UPDATE search_index_state SET resume_type = $1, resume_id = $2, updated_at = now()")
+                    .bind(t)
+                    .bind(i)
+                    .execute(&mut *tx)
+                    .await?;
+                after = Some((t.clone(), i.clone()));
+            }
+            _ => {
+                sqlx::query(
+                    "UPDATE search_index_state SET definitions_hash = $1, resume_type = NULL, resume_id = NULL, updated_at = now()",
+                )
+                .bind(&hash)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        report(done);
+    }
+    Ok(done)
+}
+
+/// At `serve` start: when the index is not current, rebuild it in the background (searches
+/// keep working, but miss resources not yet re-indexed until it finishes).
+pub fn spawn_if_stale(store: Store, base: String) {
+    tokio::spawn(async move {
+        match state(&store).await {
+            Ok(s) if s.current => {}
+            Ok(s) => {
+                tracing::warn!(resuming = s.resume.is_some(), "search index is out of date: rebuilding it in the background");
+                let started = Instant::now();
+                let mut last_log = Instant::now();
+                let result = rebuild(&store, &base, DEFAULT_BATCH, false, |done| {
+                    if last_log.elapsed() > Duration::from_secs(10) {
+                        tracing::info!(done, "search index rebuild in progress");
+                        last_log = Instant::now();
+                    }
+                })
+                .await;
+                match result {
+                    Ok(done) => tracing::info!(done, seconds = started.elapsed().as_secs(), "search index rebuilt"),
+                    Err(e) => tracing::error!(error = %e, "search index rebuild failed; run `ironfhir reindex`"),
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the search index state"),
+        }
+    });
+}

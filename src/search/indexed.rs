@@ -1,0 +1,344 @@
+//! Search clauses answered from the index tables (migrations/0006, written by
+//! [`crate::index`]): `r.id IN (SELECT id FROM search_<kind> WHERE resource_type = … AND
+//! param = … AND <value test>)`, so PostgreSQL seeks the `(resource_type, param, value)` indexes
+//! instead of evaluating jsonpath over every resource of the type. Chains and `_has` become
+//! joins over `search_reference`.
+//!
+//! The value tests mean exactly what the jsonpath forms in `push_clause` mean; clauses whose
+//! parameter has no index rows (its expression did not parse), composite parameters and the
+//! rarer modifiers (`:text`, `:of-type`, `:identifier`) stay on the JSON documents.
+
+use sqlx::{Postgres, QueryBuilder};
+
+use super::{Clause, ClauseKind, Criteria, Prefix, StringMode, UriMode, like_escape, push_any, push_where};
+use crate::fhir::definitions::definitions;
+use crate::index;
+
+/// The table holding a parameter type's values.
+fn table(param_type: &str) -> Option<&'static str> {
+    Some(match param_type {
+        "string" => "search_string",
+        "token" => "search_token",
+        "reference" => "search_reference",
+        "date" => "search_date",
+        "number" | "quantity" => "search_number",
+        "uri" => "search_uri",
+        _ => return None,
+    })
+}
+
+/// The SearchParameter code a clause's name starts with (`name:exact` → `name`,
+/// `subject:Patient.name` → `subject`, `_has:Observation:patient:code` → `_has`).
+fn code_of(name: &str) -> &str {
+    name.split([':', '.']).next().unwrap_or(name)
+}
+
+/// The type of `code` on `resource_type` when its values are in the index tables.
+fn indexed_type(resource_type: &str, code: &str) -> Option<String> {
+    if !index::is_indexed(resource_type, code) {
+        return None;
+    }
+    definitions().search_params(resource_type).into_iter().find(|sp| sp.code == code).map(|sp| sp.param_type.clone())
+}
+
+/// Pushes the clause as a test on the index tables and returns true, or pushes nothing and
+/// returns false when the clause must be answered from the documents. `resource_type` is the
+/// type the clause's criteria search (the `r` of the surrounding query).
+pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str, clause: &Clause) -> bool {
+    if let ClauseKind::Has { source, .. } = &clause.kind {
+        return push_has(sql, resource_type, &clause.name, source);
+    }
+    let code = code_of(&clause.name);
+    let Some(param_type) = indexed_type(resource_type, code) else { return false };
+    let Some(table) = table(&param_type) else { return false };
+    match &clause.kind {
+        ClauseKind::Missing { missing, .. } => {
+            sql.push(if *missing { "NOT EXISTS (SELECT 1 FROM " } else { "EXISTS (SELECT 1 FROM " });
+            sql.push(table).push(" s WHERE s.resource_type = r.resource_type AND s.id = r.id AND s.param = ");
+            sql.push_bind(code.to_owned()).push(")");
+            true
+        }
+        ClauseKind::String { values, mode, .. } => {
+            open(sql, table, resource_type, code);
+            push_any(sql, values.iter(), |sql, value| match mode {
+                StringMode::Exact => {
+                    sql.push("s.exact = ").push_bind(value.clone());
+                }
+                StringMode::StartsWith => push_prefix(sql, "s.normalized", &super::normalize(value)),
+                StringMode::Contains => {
+                    sql.push("s.normalized LIKE ").push_bind(format!("%{}%", like_escape(&super::normalize(value))));
+                }
+            });
+            sql.push("))");
+            true
+        }
+        ClauseKind::Token { values, .. } => {
+            open(sql, table, resource_type, code);
+            push_any(sql, values.iter(), |sql, (system, code)| {
+                sql.push("(true");
+                if let Some(code) = code {
+                    sql.push(" AND s.code = ").push_bind(code.clone());
+                }
+                // Bare codes are stored with system "" (see `index::values`): a system in the
+                // query cannot be checked against them, so only their code must match.
+                match (system, code) {
+                    (Some(s), _) if s.is_empty() => {
+                        sql.push(" AND s.system IS NULL");
+                    }
+                    (Some(s), Some(_)) => {
+                        sql.push(" AND (s.system = ").push_bind(s.clone()).push(" OR s.system = '')");
+                    }
+                    (Some(s), None) => {
+                        sql.push(" AND s.system = ").push_bind(s.clone());
+                    }
+                    (None, _) => {}
+                }
+                sql.push(")");
+            });
+            sql.push("))");
+            true
+        }
+        ClauseKind::Reference { values, .. } => {
+            open(sql, table, resource_type, code);
+            sql.push("s.target = ANY(").push_bind(values.clone()).push(")))");
+            true
+        }
+        ClauseKind::Chain { targets, .. } if param_type == "reference" => {
+            open(sql, table, resource_type, code);
+            sql.push("s.target IN (");
+            for (i, target) in targets.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" UNION ALL ");
+                }
+                // The inner `r` shadows the outer one inside the subquery.
+                sql.push("SELECT r.resource_type || '/' || r.id FROM resource r WHERE r.resource_type = ");
+                sql.push_bind(target.resource_type.as_str().to_owned());
+                sql.push(" AND NOT r.deleted");
+                push_where(sql, target);
+            }
+            sql.push(")))");
+            true
+        }
+        ClauseKind::Date { values, .. } => {
+            open(sql, table, resource_type, code);
+            push_any(sql, values.iter(), |sql, (prefix, value)| push_date(sql, *prefix, value));
+            sql.push("))");
+            true
+        }
+        ClauseKind::Number { values, quantity, .. } => {
+            open(sql, table, resource_type, code);
+            push_any(sql, values.iter().zip(quantity), |sql, ((prefix, lo, hi), (system, unit))| {
+                sql.push("(");
+                let mid = (lo + hi) / 2.0;
+                match prefix {
+                    Prefix::Eq | Prefix::Ap => {
+                        let (lo, hi) = if *prefix == Prefix::Ap { (mid - mid.abs() * 0.1, mid + mid.abs() * 0.1) } else { (*lo, *hi) };
+                        sql.push("s.value >= ").push_bind(lo).push(" AND s.value < ").push_bind(hi);
+                    }
+                    Prefix::Ne => {
+                        sql.push("NOT (s.value >= ").push_bind(*lo).push(" AND s.value < ").push_bind(*hi).push(")");
+                    }
+                    Prefix::Gt | Prefix::Sa => {
+                        sql.push("s.value > ").push_bind(mid);
+                    }
+                    Prefix::Lt | Prefix::Eb => {
+                        sql.push("s.value < ").push_bind(mid);
+                    }
+                    Prefix::Ge => {
+                        sql.push("s.value >= ").push_bind(mid);
+                    }
+                    Prefix::Le => {
+                        sql.push("s.value <= ").push_bind(mid);
+                    }
+                }
+                if let Some(system) = system {
+                    sql.push(" AND s.system = ").push_bind(system.clone());
+                }
+                if let Some(unit) = unit {
+                    // `number|system|code` names a code; `number||unit` a code or a unit.
+                    sql.push(" AND (s.code = ").push_bind(unit.clone());
+                    if system.is_none() {
+                        sql.push(" OR s.unit = ").push_bind(unit.clone());
+                    }
+                    sql.push(")");
+                }
+                sql.push(")");
+            });
+            sql.push("))");
+            true
+        }
+        ClauseKind::Uri { values, mode, .. } => {
+            open(sql, table, resource_type, code);
+            push_any(sql, values.iter(), |sql, value| match mode {
+                UriMode::Exact => {
+                    sql.push("s.uri = ").push_bind(value.clone());
+                }
+                UriMode::Below => push_prefix(sql, "s.uri", value),
+                UriMode::Above => {
+                    sql.push(" ").push_bind(value.clone()).push(" LIKE (replace(replace(replace(s.uri, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%')");
+                }
+            });
+            sql.push("))");
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `r.id IN (…)`: the `source_type` resources whose reference parameter `code` names one of
+/// `targets` (local `Type/id`), for `_revinclude`; false (nothing pushed) when `code` is not
+/// an indexed reference parameter of `source_type`.
+pub(super) fn push_referencing(sql: &mut QueryBuilder<Postgres>, source_type: &str, code: &str, targets: Vec<String>) -> bool {
+    if indexed_type(source_type, code).as_deref() != Some("reference") {
+        return false;
+    }
+    open(sql, "search_reference", source_type, code);
+    sql.push("s.target = ANY(").push_bind(targets).push(")))");
+    true
+}
+
+/// `r.id IN (SELECT s.id FROM <table> s WHERE s.resource_type = <rt> AND s.param = <code> AND (`
+/// — the caller closes both parentheses.
+fn open(sql: &mut QueryBuilder<Postgres>, table: &str, resource_type: &str, code: &str) {
+    sql.push("r.id IN (SELECT s.id FROM ").push(table).push(" s WHERE s.resource_type = ");
+    sql.push_bind(resource_type.to_owned()).push(" AND s.param = ").push_bind(code.to_owned()).push(" AND (");
+}
+
+/// `column` starts with `prefix`, as a range of the byte-ordered `text_pattern_ops` index
+/// (`~>=~`/`~<~`), which PostgreSQL can seek whether or not the plan knows the value.
+fn push_prefix(sql: &mut QueryBuilder<Postgres>, column: &str, prefix: &str) {
+    sql.push("(").push(column).push(" ~>=~ ").push_bind(prefix.to_owned());
+    match prefix_successor(prefix) {
+        Some(upper) => {
+            sql.push(" AND ").push(column).push(" ~<~ ").push_bind(upper);
+        }
+        None => {
+            sql.push(" AND starts_with(").push(column).push(", ").push_bind(prefix.to_owned()).push(")");
+        }
+    }
+    sql.push(")");
+}
+
+/// The least string greater than every string starting with `prefix` (its last character
+/// incremented), when there is one.
+fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if (0xD800..=0xDFFF).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// A date comparison (search.html#prefix) between the indexed range `[s.low, s.high)` and the
+/// search value's range `S`, with the meaning of `super::push_range_compare`.
+fn push_date(sql: &mut QueryBuilder<Postgres>, prefix: Prefix, value: &str) {
+    let lower = |sql: &mut QueryBuilder<Postgres>| {
+        sql.push("lower(fhir_text_range(").push_bind(value.to_owned()).push("))");
+    };
+    let upper = |sql: &mut QueryBuilder<Postgres>| {
+        sql.push("upper(fhir_text_range(").push_bind(value.to_owned()).push("))");
+    };
+    let contains = |sql: &mut QueryBuilder<Postgres>| {
+        sql.push("(s.low >= ");
+        lower(sql);
+        sql.push(" AND s.high <= ");
+        upper(sql);
+        sql.push(")");
+    };
+    sql.push("(");
+    match prefix {
+        Prefix::Eq => contains(sql),
+        Prefix::Ne => {
+            sql.push("NOT ");
+            contains(sql);
+        }
+        Prefix::Gt => {
+            sql.push("s.high > ");
+            upper(sql);
+        }
+        Prefix::Lt => {
+            sql.push("s.low < ");
+            lower(sql);
+        }
+        Prefix::Ge => {
+            sql.push("s.high > ");
+            upper(sql);
+            sql.push(" OR ");
+            contains(sql);
+        }
+        Prefix::Le => {
+            sql.push("s.low < ");
+            lower(sql);
+            sql.push(" OR ");
+            contains(sql);
+        }
+        Prefix::Sa => {
+            sql.push("s.low >= ");
+            upper(sql);
+        }
+        Prefix::Eb => {
+            sql.push("s.high <= ");
+            lower(sql);
+        }
+        Prefix::Ap => {
+            sql.push("s.low < ");
+            upper(sql);
+            sql.push(" AND s.high > ");
+            lower(sql);
+        }
+    }
+    sql.push(")");
+}
+
+/// `_has:Source:param:…` (search.html#has) over `search_reference`: the ids of `resource_type`
+/// that a live `source` resource matching the inner criteria references through `param`.
+fn push_has(sql: &mut QueryBuilder<Postgres>, resource_type: &str, name: &str, source: &Criteria) -> bool {
+    // `_has:Observation:patient:code` → the reference parameter `patient` of Observation.
+    let mut parts = name.split(':');
+    let (Some("_has"), Some(_), Some(param)) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let source_type = source.resource_type.as_str();
+    if indexed_type(source_type, param).as_deref() != Some("reference") {
+        return false;
+    }
+    let prefix = format!("{resource_type}/");
+    sql.push("r.id IN (SELECT substr(s.target, ").push_bind(prefix.chars().count() as i32 + 1);
+    sql.push(") FROM search_reference s WHERE s.resource_type = ").push_bind(source_type.to_owned());
+    sql.push(" AND s.param = ").push_bind(param.to_owned());
+    sql.push(" AND starts_with(s.target, ").push_bind(prefix).push(")");
+    sql.push(" AND s.id IN (SELECT r.id FROM resource r WHERE r.resource_type = ").push_bind(source_type.to_owned());
+    sql.push(" AND NOT r.deleted");
+    push_where(sql, source);
+    sql.push("))");
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_successor_bounds_exactly_the_strings_with_that_prefix() {
+        assert_eq!(prefix_successor("smi").as_deref(), Some("smj"));
+        assert_eq!(prefix_successor("zo\u{10FFFF}").as_deref(), Some("zp"));
+        assert_eq!(prefix_successor("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_successor("\u{10FFFF}"), None);
+        for s in ["smith", "smi", "smi\u{10FFFF}x"] {
+            assert!(s >= "smi" && s < "smj");
+        }
+    }
+
+    #[test]
+    fn clause_names_map_to_their_parameter() {
+        assert_eq!(code_of("name:exact"), "name");
+        assert_eq!(code_of("subject:Patient.name"), "subject");
+        assert_eq!(code_of("subject.name"), "subject");
+        assert_eq!(code_of("value-quantity"), "value-quantity");
+    }
+}
