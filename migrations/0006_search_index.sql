@@ -85,7 +85,9 @@ CREATE INDEX search_uri_owner ON search_uri (resource_type, id);
 CREATE TABLE search_index_state (
     singleton         boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     definitions_hash  text,
-    -- Keyset position of a reindex in progress ((resource_type, id) last done), NULL when complete.
+    -- The definitions a rebuild in progress uses, and its keyset position ((resource_type, id)
+    -- last done); NULL when none runs. A rebuild for other definitions starts over.
+    building_hash     text,
     resume_type       text,
     resume_id         text,
     updated_at        timestamptz NOT NULL DEFAULT now()

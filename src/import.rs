@@ -57,6 +57,7 @@ pub async fn run(args: ImportArgs) -> Result<(), String> {
     });
     let db = server::open_database(&args.config, args.parallel + 2, Duration::from_secs(600)).await?;
     let _ = definitions.await;
+    crate::search::custom::refresh(&db.store).await.map_err(|e| format!("cannot load the custom SearchParameters: {e}"))?;
     let mut result = import_all(&db.store, &args, inputs).await;
     if let Err(e) = crate::store::import::flush(db.store.pool()).await {
         result = Err(format!("cannot make the import durable: {e}"));

@@ -47,10 +47,17 @@ type Sources = Vec<(Expression, Option<String>)>;
 type Plan = Vec<(String, String, Sources)>;
 
 fn plan(resource_type: &str) -> Arc<Plan> {
-    static PLANS: OnceLock<Mutex<HashMap<String, Arc<Plan>>>> = OnceLock::new();
+    /// Plans per type, for one generation of the custom SearchParameters.
+    static PLANS: OnceLock<Mutex<(u64, HashMap<String, Arc<Plan>>)>> = OnceLock::new();
     let plans = PLANS.get_or_init(Default::default);
-    if let Some(p) = plans.lock().ok().and_then(|m| m.get(resource_type).cloned()) {
-        return p;
+    let generation = crate::fhir::definitions::search_params_generation();
+    if let Ok(mut m) = plans.lock() {
+        if m.0 != generation {
+            *m = (generation, HashMap::new());
+        }
+        if let Some(p) = m.1.get(resource_type) {
+            return p.clone();
+        }
     }
     let built: Plan = definitions()
         .search_params(resource_type)
@@ -84,8 +91,10 @@ fn plan(resource_type: &str) -> Arc<Plan> {
         })
         .collect();
     let built = Arc::new(built);
-    if let Ok(mut m) = plans.lock() {
-        m.insert(resource_type.to_owned(), built.clone());
+    if let Ok(mut m) = plans.lock()
+        && m.0 == generation
+    {
+        m.1.insert(resource_type.to_owned(), built.clone());
     }
     built
 }

@@ -7,6 +7,7 @@
 //! them waits for the batch instead of being overwritten by older values. The position is
 //! committed with every batch (`search_index_state`), so an interrupted rebuild resumes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -21,6 +22,7 @@ use crate::store::Store;
 /// Runs `ironfhir reindex`: prints the number of resources re-indexed.
 pub async fn run(args: ReindexArgs) -> Result<(), String> {
     let db = server::open_database(&args.config, 2, Duration::from_secs(600)).await?;
+    crate::search::custom::refresh(&db.store).await.map_err(|e| format!("cannot load the custom SearchParameters: {e}"))?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {pos} resources re-indexed ({per_sec}, {elapsed})")
@@ -41,7 +43,7 @@ pub async fn run(args: ReindexArgs) -> Result<(), String> {
 pub const DEFAULT_BATCH: i64 = 500;
 
 /// Whether the index rows were built by the running binary's definitions, and where an
-/// unfinished rebuild stopped.
+/// unfinished rebuild for these same definitions stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexState {
     pub current: bool,
@@ -50,25 +52,30 @@ pub struct IndexState {
 
 /// Reads the index state.
 pub async fn state(store: &Store) -> FhirResult<IndexState> {
-    let row = sqlx::query("SELECT definitions_hash, resume_type, resume_id FROM search_index_state")
+    let row = sqlx::query("SELECT definitions_hash, building_hash, resume_type, resume_id FROM search_index_state")
         .fetch_one(store.pool())
         .await?;
-    let hash: Option<String> = row.get(0);
-    let resume = match (row.get::<Option<String>, _>(1), row.get::<Option<String>, _>(2)) {
-        (Some(t), Some(i)) => Some((t, i)),
+    let hash = index::definitions_hash();
+    let built: Option<String> = row.get(0);
+    let building: Option<String> = row.get(1);
+    let resume = match (row.get::<Option<String>, _>(2), row.get::<Option<String>, _>(3)) {
+        (Some(t), Some(i)) if building.as_deref() == Some(hash.as_str()) => Some((t, i)),
         _ => None,
     };
-    Ok(IndexState { current: hash.as_deref() == Some(index::definitions_hash().as_str()) && resume.is_none(), resume })
+    let in_progress = building.is_some();
+    Ok(IndexState { current: built.as_deref() == Some(hash.as_str()) && !in_progress, resume })
 }
 
-/// Rebuilds every live resource's index rows; `restart` ignores a recorded position.
-/// `report` is called after each batch with the resources done so far. Returns that count.
+/// Rebuilds every live resource's index rows; `restart` ignores a recorded position (one for
+/// other definitions is always ignored). `report` is called after each batch with the
+/// resources done so far. Returns that count.
 pub async fn rebuild(store: &Store, base: &str, batch: i64, restart: bool, mut report: impl FnMut(u64)) -> FhirResult<u64> {
     let hash = index::definitions_hash();
     let mut after = if restart { None } else { state(store).await?.resume };
     if after.is_none() {
         // A fresh start: mark the index as being rebuilt before the first batch commits.
-        sqlx::query("UPDATE search_index_state SET resume_type = '', resume_id = '', updated_at = now()")
+        sqlx::query("UPDATE search_index_state SET building_hash = $1, resume_type = '', resume_id = '', updated_at = now()")
+            .bind(&hash)
             .execute(store.pool())
             .await?;
         after = Some((String::new(), String::new()));
@@ -109,7 +116,8 @@ pub async fn rebuild(store: &Store, base: &str, batch: i64, restart: bool, mut r
             }
             _ => {
                 sqlx::query(
-                    "UPDATE search_index_state SET definitions_hash = $1, resume_type = NULL, resume_id = NULL, updated_at = now()",
+                    "UPDATE search_index_state SET definitions_hash = $1, building_hash = NULL, resume_type = NULL, \
+                     resume_id = NULL, updated_at = now()",
                 )
                 .bind(&hash)
                 .execute(&mut *tx)
@@ -122,29 +130,51 @@ pub async fn rebuild(store: &Store, base: &str, batch: i64, restart: bool, mut r
     Ok(done)
 }
 
-/// At `serve` start: when the index is not current, rebuild it in the background (searches
-/// keep working, but miss resources not yet re-indexed until it finishes).
+static RUNNING: AtomicBool = AtomicBool::new(false);
+static AGAIN: AtomicBool = AtomicBool::new(false);
+
+/// When the index is not current (at `serve` start, or after a SearchParameter changed),
+/// rebuilds it in the background: searches keep working, but miss resources not yet
+/// re-indexed until it finishes. One rebuild at a time; a trigger during one re-checks after it.
 pub fn spawn_if_stale(store: Store, base: String) {
+    if RUNNING.swap(true, Ordering::SeqCst) {
+        AGAIN.store(true, Ordering::SeqCst);
+        return;
+    }
     tokio::spawn(async move {
-        match state(&store).await {
-            Ok(s) if s.current => {}
-            Ok(s) => {
-                tracing::warn!(resuming = s.resume.is_some(), "search index is out of date: rebuilding it in the background");
-                let started = Instant::now();
-                let mut last_log = Instant::now();
-                let result = rebuild(&store, &base, DEFAULT_BATCH, false, |done| {
-                    if last_log.elapsed() > Duration::from_secs(10) {
-                        tracing::info!(done, "search index rebuild in progress");
-                        last_log = Instant::now();
-                    }
-                })
-                .await;
-                match result {
-                    Ok(done) => tracing::info!(done, seconds = started.elapsed().as_secs(), "search index rebuilt"),
-                    Err(e) => tracing::error!(error = %e, "search index rebuild failed; run `ironfhir reindex`"),
-                }
+        loop {
+            AGAIN.store(false, Ordering::SeqCst);
+            rebuild_if_stale(&store, &base).await;
+            if !AGAIN.load(Ordering::SeqCst) {
+                break;
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the search index state"),
+        }
+        RUNNING.store(false, Ordering::SeqCst);
+        if AGAIN.swap(false, Ordering::SeqCst) {
+            spawn_if_stale(store, base);
         }
     });
+}
+
+async fn rebuild_if_stale(store: &Store, base: &str) {
+    match state(store).await {
+        Ok(s) if s.current => {}
+        Ok(s) => {
+            tracing::warn!(resuming = s.resume.is_some(), "search index is out of date: rebuilding it in the background");
+            let started = Instant::now();
+            let mut last_log = Instant::now();
+            let result = rebuild(store, base, DEFAULT_BATCH, false, |done| {
+                if last_log.elapsed() > Duration::from_secs(10) {
+                    tracing::info!(done, "search index rebuild in progress");
+                    last_log = Instant::now();
+                }
+            })
+            .await;
+            match result {
+                Ok(done) => tracing::info!(done, seconds = started.elapsed().as_secs(), "search index rebuilt"),
+                Err(e) => tracing::error!(error = %e, "search index rebuild failed; run `ironfhir reindex`"),
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the search index state"),
+    }
 }

@@ -72,6 +72,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         Duration::from_secs(args.export_retention_hours.saturating_mul(3600)),
     ));
     crate::export::worker::spawn(exports.clone(), db.store.clone());
+    crate::search::custom::refresh(&db.store).await.map_err(|e| format!("cannot load the custom SearchParameters: {e}"))?;
     // Absolute references to this server are indexed as local ones when the base is known.
     crate::reindex::spawn_if_stale(db.store.clone(), args.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned());
     let state = Arc::new(AppState {

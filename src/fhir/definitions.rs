@@ -201,6 +201,33 @@ pub struct Definitions {
 }
 
 /// The process-wide definitions, parsed on first use (about 11 MB of JSON).
+/// SearchParameters the server's users added (active `SearchParameter` resources), on top of
+/// the official ones. Leaked on purpose: callers hold `&'static` references, and a set only
+/// changes when someone edits a SearchParameter.
+static CUSTOM_SEARCH_PARAMS: std::sync::RwLock<Vec<&'static SearchParameter>> = std::sync::RwLock::new(Vec::new());
+static CUSTOM_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Replaces the custom SearchParameters; returns whether the set changed (then caches built
+/// from the parameters, such as the index extraction plans, must be rebuilt).
+pub fn set_custom_search_params(mut params: Vec<SearchParameter>) -> bool {
+    use std::sync::atomic::Ordering;
+    let key = |sp: &SearchParameter| serde_json::to_string(&(&sp.url, &sp.code, &sp.base, &sp.param_type, &sp.expression, &sp.target)).unwrap_or_default();
+    params.sort_by_key(|sp| key(sp));
+    let Ok(mut custom) = CUSTOM_SEARCH_PARAMS.write() else { return false };
+    let same = custom.len() == params.len() && custom.iter().zip(&params).all(|(a, b)| key(a) == key(b));
+    if same {
+        return false;
+    }
+    *custom = params.into_iter().map(|sp| &*Box::leak(Box::new(sp))).collect();
+    CUSTOM_GENERATION.fetch_add(1, Ordering::SeqCst);
+    true
+}
+
+/// Changes whenever the custom SearchParameters change.
+pub fn search_params_generation() -> u64 {
+    CUSTOM_GENERATION.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 pub fn definitions() -> &'static Definitions {
     static DEFS: OnceLock<Definitions> = OnceLock::new();
     DEFS.get_or_init(|| Definitions::load().unwrap_or_else(|e| panic!("embedded FHIR definitions are corrupt: {e}")))
@@ -330,12 +357,20 @@ impl Definitions {
     }
 
     /// Search parameters that apply to `resource_type`, including the common `Resource` and
-    /// `DomainResource` ones.
+    /// `DomainResource` ones, and the server's own (see [`set_custom_search_params`]), which
+    /// replace an official parameter with the same code.
     pub fn search_params(&self, resource_type: &str) -> Vec<&SearchParameter> {
         let mut out: Vec<&SearchParameter> = Vec::new();
-        for base in [resource_type, "DomainResource", "Resource"] {
+        let bases = [resource_type, "DomainResource", "Resource"];
+        for base in bases {
             if let Some(list) = self.search_params.get(base) {
                 out.extend(list.iter());
+            }
+        }
+        if let Ok(custom) = CUSTOM_SEARCH_PARAMS.read() {
+            for sp in custom.iter().filter(|sp| sp.base.iter().any(|b| bases.contains(&b.as_str()))) {
+                out.retain(|o| o.code != sp.code);
+                out.push(*sp);
             }
         }
         out

@@ -114,6 +114,17 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         .collect();
     let method = if parts.method == Method::HEAD { Method::GET } else { parts.method.clone() };
     let result = route(&state, &ctx, &method, &segments, body).await;
+    let writes_search_params = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+        && segments.first().is_none_or(|t| t == "SearchParameter");
+    if writes_search_params && result.as_ref().is_ok_and(|r| r.status().is_success()) {
+        // A SearchParameter (maybe inside a Bundle) changed: search with it from now on, and
+        // index the existing resources for it in the background.
+        match crate::search::custom::refresh(&state.store).await {
+            Ok(true) => crate::reindex::spawn_if_stale(state.store.clone(), ctx.base.clone()),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot load the custom SearchParameters"),
+        }
+    }
     let mut response = match result {
         Ok(r) => r,
         Err(e) => error_response(&e, ctx.format, ctx.pretty),

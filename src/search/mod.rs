@@ -9,6 +9,7 @@
 //! Every client value is a bound parameter; only jsonpath built from the definitions is
 //! interpolated into SQL text — and even that is bound.
 
+pub mod custom;
 mod indexed;
 pub mod params;
 mod paths;

@@ -157,6 +157,61 @@ async fn reindex_rebuilds_wiped_index_tables_from_the_resources() {
     assert!(state.current, "the rebuild recorded the definitions it used and no resume point");
 }
 
+#[tokio::test]
+async fn a_search_parameter_added_as_a_resource_works_without_code_changes_and_indexes_older_data() {
+    let app = TestApp::spawn().await;
+    let nick = |id: &str, nickname: &str| {
+        json!({"resourceType": "Patient", "id": id, "name": [{"family": "Official"}, {"use": "nickname", "given": [nickname]}]})
+    };
+    app.put(nick("before", "Bobby")).await;
+    let strict = |query: &str| app.req(Method::GET, query).header("Prefer", "handling=strict").send();
+    assert_eq!(strict("Patient?nickname=bob").await.unwrap().status(), 400, "unknown before it is defined");
+
+    let mut sp = json!({"resourceType": "SearchParameter", "id": "patient-nickname", "url": "http://example.org/fhir/SearchParameter/patient-nickname",
+        "name": "nickname", "status": "active", "description": "A patient's nickname", "code": "nickname", "base": ["Patient"],
+        "type": "string", "expression": "Patient.name.where(use='nickname').given"});
+    app.put(sp.clone()).await;
+    app.put(nick("after", "Bobbie")).await;
+    app.put(nick("other", "Alex")).await;
+    // The resource written before the definition is indexed by the background rebuild.
+    let mut found = vec![];
+    for _ in 0..100 {
+        found = ids(&app, "Patient?nickname=bob").await;
+        if found.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(found, vec!["after", "before"]);
+    assert_eq!(ids(&app, "Patient?nickname:exact=Alex").await, vec!["other"]);
+    assert_eq!(ids(&app, "Patient?family=official&nickname=ale").await, vec!["other"]);
+
+    // Changing the expression changes what matches; retiring the parameter removes it.
+    sp["expression"] = json!("Patient.name.family");
+    app.put(sp.clone()).await;
+    let mut changed = vec![];
+    for _ in 0..100 {
+        changed = ids(&app, "Patient?nickname=offic").await;
+        if changed.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let rows: Vec<String> = sqlx::query_scalar("SELECT id || ':' || normalized FROM search_string WHERE param = 'nickname' ORDER BY 1")
+        .fetch_all(app.store.pool())
+        .await
+        .unwrap();
+    let state: Vec<String> = sqlx::query_scalar("SELECT concat_ws(',', definitions_hash, building_hash, resume_type, resume_id) FROM search_index_state")
+        .fetch_all(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(changed, vec!["after", "before", "other"], "index rows {rows:?}, state {state:?}");
+    assert!(ids(&app, "Patient?nickname=bob").await.is_empty());
+    sp["status"] = json!("retired");
+    app.put(sp).await;
+    assert_eq!(strict("Patient?nickname=offic").await.unwrap().status(), 400);
+}
+
 /// Fills a database with generated resources and index rows straight in SQL (the shape the
 /// benchmark's data has, at 1/10 of its size), then asserts that each benchmark search's plan
 /// seeks indexes and scans no table.
