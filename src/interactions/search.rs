@@ -106,7 +106,9 @@ pub async fn compartment_search(
     } else {
         let values = vec![format!("{compartment}/{id}"), format!("{base}/{compartment}/{id}")];
         // No parameters: an empty path list matches nothing.
-        search::Clause { name: compartment.to_string(), kind: search::ClauseKind::Reference { paths, values }, negate: false }
+        let params = params.iter().filter(|p| *p != "{def}").cloned().collect();
+        let kind = search::ClauseKind::InCompartment { params, paths, values };
+        search::Clause { name: compartment.to_string(), kind, negate: false }
     };
     if resource_type == compartment || !params.is_empty() {
         request.criteria.clauses.push(member);

@@ -45,8 +45,10 @@ fn indexed_type(resource_type: &str, code: &str) -> Option<String> {
 /// returns false when the clause must be answered from the documents. `resource_type` is the
 /// type the clause's criteria search (the `r` of the surrounding query).
 pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str, clause: &Clause) -> bool {
-    if let ClauseKind::Has { source, .. } = &clause.kind {
-        return push_has(sql, resource_type, &clause.name, source);
+    match &clause.kind {
+        ClauseKind::Has { source, .. } => return push_has(sql, resource_type, &clause.name, source),
+        ClauseKind::InCompartment { params, values, .. } => return push_in_compartment(sql, resource_type, params, values),
+        _ => {}
     }
     let code = code_of(&clause.name);
     let Some(param_type) = indexed_type(resource_type, code) else { return false };
@@ -98,9 +100,16 @@ pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str
             sql.push("))");
             true
         }
-        ClauseKind::Reference { values, .. } => {
+        ClauseKind::Reference { values, .. } if param_type == "reference" => {
             open(sql, table, resource_type, code);
             sql.push("s.target = ANY(").push_bind(values.clone()).push(")))");
+            true
+        }
+        ClauseKind::ReferencePrefix { prefixes, .. } if param_type == "reference" => {
+            // Stored targets are local, so only the relative prefixes (`Patient/`) can match.
+            open(sql, table, resource_type, code);
+            push_any(sql, prefixes.iter().filter(|p| !p.contains(':')), |sql, prefix| push_prefix(sql, "s.target", prefix));
+            sql.push(" OR false))");
             true
         }
         ClauseKind::Chain { targets, .. } if param_type == "reference" => {
@@ -295,6 +304,16 @@ fn push_date(sql: &mut QueryBuilder<Postgres>, prefix: Prefix, value: &str) {
         }
     }
     sql.push(")");
+}
+
+/// Compartment membership over `search_reference`: any of `params` names one of `values`.
+fn push_in_compartment(sql: &mut QueryBuilder<Postgres>, resource_type: &str, params: &[String], values: &[String]) -> bool {
+    if params.is_empty() || params.iter().any(|p| indexed_type(resource_type, p).as_deref() != Some("reference")) {
+        return false;
+    }
+    sql.push("r.id IN (SELECT s.id FROM search_reference s WHERE s.resource_type = ").push_bind(resource_type.to_owned());
+    sql.push(" AND s.param = ANY(").push_bind(params.to_vec()).push(") AND s.target = ANY(").push_bind(values.to_vec()).push("))");
+    true
 }
 
 /// `_has:Source:param:…` (search.html#has) over `search_reference`: the ids of `resource_type`

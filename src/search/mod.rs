@@ -64,6 +64,10 @@ pub enum ClauseKind {
     /// (`Patient/`, `<base>/Patient/`): membership in some patient's compartment, for export.
     /// Built by the server, never parsed from a request.
     ReferencePrefix { paths: Vec<String>, prefixes: Vec<String> },
+    /// Membership in a compartment (`Patient/1/Observation`): a reference at any of the
+    /// compartment's parameters `params` (whose paths are `paths`) names one of `values`.
+    /// Built by the server, never parsed from a request.
+    InCompartment { params: Vec<String>, paths: Vec<String>, values: Vec<String> },
     /// `_text` (the narrative) or `_content` (every string in the resource): some value's words
     /// all occur in the text, case- and accent-insensitively (search.html#text).
     FullText { narrative_only: bool, values: Vec<Vec<String>> },
@@ -465,7 +469,7 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                 sql.push(")");
             });
         }
-        ClauseKind::Reference { paths, values } => {
+        ClauseKind::Reference { paths, values } | ClauseKind::InCompartment { paths, values, .. } => {
             // `Reference.reference`, or the string of a canonical/uri element.
             push_exists(sql, paths, |sql| {
                 sql.push("coalesce(v ->> 'reference', v #>> '{}') = ANY(").push_bind(values.clone()).push(")");
