@@ -1023,23 +1023,30 @@ pub async fn execute(pool: &sqlx::PgPool, request: &SearchRequest) -> FhirResult
 /// [`execute`] on one connection — inside a transaction it sees the transaction's own writes
 /// (a GET entry of a transaction Bundle).
 pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) -> FhirResult<(Vec<StoredResource>, Option<i64>, bool)> {
-    let criteria = &request.criteria;
-    let mut total = None;
-    if request.want_total {
-        let mut sql = QueryBuilder::<Postgres>::new("SELECT count(*) FROM resource r WHERE r.resource_type = ");
-        sql.push_bind(criteria.resource_type.as_str().to_owned());
-        sql.push(" AND NOT r.deleted");
-        push_where(&mut sql, criteria);
-        total = Some(sql.build().fetch_one(&mut *conn).await?.get::<i64, _>(0));
-    }
     if request.count == 0 {
+        let total = if request.want_total { Some(count_matches(conn, &request.criteria).await?) } else { None };
         return Ok((vec![], total, false));
     }
     let mut sql = QueryBuilder::<Postgres>::new("");
     push_page_query(&mut sql, request)?;
     let rows = sql.build().fetch_all(&mut *conn).await?;
     let more = rows.len() > request.count;
+    let total = match (request.want_total, more, &request.cursor) {
+        (false, ..) => None,
+        // A first page that holds every match is the count (no second query).
+        (true, false, None) if request.offset == 0 || !rows.is_empty() => Some((request.offset + rows.len()) as i64),
+        (true, ..) => Some(count_matches(conn, &request.criteria).await?),
+    };
     Ok((rows.iter().take(request.count).map(stored_from_row).collect(), total, more))
+}
+
+/// The number of live resources matching `criteria`.
+async fn count_matches(conn: &mut sqlx::PgConnection, criteria: &Criteria) -> FhirResult<i64> {
+    let mut sql = QueryBuilder::<Postgres>::new("SELECT count(*) FROM resource r WHERE r.resource_type = ");
+    sql.push_bind(criteria.resource_type.as_str().to_owned());
+    sql.push(" AND NOT r.deleted");
+    push_where(&mut sql, criteria);
+    Ok(sql.build().fetch_one(conn).await?.get::<i64, _>(0))
 }
 
 /// The query of one page of matches (one row more than the page tells whether more follow).
