@@ -119,3 +119,57 @@ def test_self_link_reflects_parameters(http, base):
     self_url = link(bundle, "self")
     q = parse_qs(urlsplit(self_url).query)
     assert q.get("family") == [family]
+
+
+def test_chain_and_reverse_chain(http, base):
+    """search.html#chaining and #has: `subject:Patient.family=x` finds observations of patients
+    named x; `_has:Observation:subject:code=…` finds the patients such observations refer to."""
+    family = unique("Chain")
+    p1 = create(http, base, patient(family=family))
+    p2 = create(http, base, patient())
+    o1 = create(http, base, observation(f"Patient/{p1['id']}"))
+    create(http, base, observation(f"Patient/{p2['id']}"))
+    got = entry_ids(search(http, base, "Observation", {"subject:Patient.family": family}))
+    assert got == [o1["id"]]
+    has = entry_ids(search(http, base, "Patient", {
+        "_has:Observation:subject:_id": o1["id"]}))
+    assert has == [p1["id"]]
+
+
+def test_date_prefixes_follow_the_precision_of_the_value(http, base):
+    """search.html#date: `birthdate=1970-05` covers the month; `ge`/`lt` compare ranges, so a
+    day inside the month is `eq1970-05` but neither `lt1970-05` nor `gt1970-05`."""
+    family = unique("Dates")
+    born = create(http, base, {**patient(family=family), "birthDate": "1970-05-17"})
+    q = lambda v: entry_ids(search(http, base, "Patient", {"family": family, "birthdate": v}))
+    assert q("1970-05") == [born["id"]]
+    assert q("eq1970") == [born["id"]]
+    assert q("lt1970-05") == []
+    assert q("gt1970-05") == []
+    assert q("ge1970-05-17") == [born["id"]]
+    assert q("lt1970-05-18") == [born["id"]]
+    assert q("sa1970-04") == [born["id"]]
+
+
+def test_a_search_parameter_defined_by_a_client_becomes_searchable(http, base):
+    """SearchParameter resources (searchparameter.html) extend the server's search: once an
+    active definition is stored, its code works in searches, including on resources written
+    before it (the server re-indexes them)."""
+    import time
+
+    code = unique("nick").lower()
+    p = create(http, base, {**patient(), "name": [{"use": "nickname", "given": ["Zed"]}]})
+    sp = {"resourceType": "SearchParameter", "url": f"http://example.org/fhir/SearchParameter/{code}",
+          "name": code, "status": "active", "description": "nickname", "code": code,
+          "base": ["Patient"], "type": "string",
+          "expression": "Patient.name.where(use='nickname').given"}
+    r = http.post(f"{base}/SearchParameter", json=sp)
+    assert r.status_code == 201, r.text
+    deadline = time.time() + 20
+    got = []
+    while time.time() < deadline:
+        got = entry_ids(search(http, base, "Patient", {code: "ze"}))
+        if got:
+            break
+        time.sleep(0.2)
+    assert got == [p["id"]]
