@@ -41,6 +41,15 @@ impl std::fmt::Display for FhirPathError {
     }
 }
 
+/// A resource (or element) prepared for evaluating expressions on it.
+pub struct Context(rh_fhirpath::EvaluationContext);
+
+impl Context {
+    pub fn new(input: &Value) -> Self {
+        Context(rh_fhirpath::EvaluationContext::new(input.clone()))
+    }
+}
+
 impl Expression {
     /// Parses an expression (syntax errors are `Err`).
     pub fn parse(text: &str) -> Result<Self, FhirPathError> {
@@ -52,9 +61,14 @@ impl Expression {
 
     /// Evaluates against a resource (or any element) and flattens the result collection.
     pub fn evaluate(&self, input: &Value) -> Result<Vec<Item>, FhirPathError> {
-        let context = rh_fhirpath::EvaluationContext::new(input.clone());
+        self.evaluate_in(&Context::new(input))
+    }
+
+    /// Evaluates in a prepared context: many expressions on one resource share one (building
+    /// a context copies the resource).
+    pub fn evaluate_in(&self, context: &Context) -> Result<Vec<Item>, FhirPathError> {
         let value = rh_fhirpath::FhirPathEvaluator::new()
-            .evaluate(&self.parsed, &context)
+            .evaluate(&self.parsed, &context.0)
             .map_err(|e| FhirPathError(format!("FHIRPath evaluation: {e}")))?;
         let mut out = Vec::new();
         flatten(value, &mut out);

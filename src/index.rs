@@ -39,9 +39,19 @@ pub struct IndexEntry {
     pub value: IndexValue,
 }
 
-/// How one parameter's values are found: expressions, each with the resource type its
-/// references must name (`subject.where(resolve() is Patient)` → `subject` and `Patient`).
-type Sources = Vec<(Expression, Option<String>)>;
+/// Where a parameter's values come from.
+enum Source {
+    /// A plain path (`Observation.subject`, `Patient.name.given`, a choice element
+    /// `Observation.effective`), walked directly in the JSON: most expressions are paths, and
+    /// a walk costs a fraction of an engine evaluation.
+    Path(Vec<String>),
+    /// Anything else, through the FHIRPath engine.
+    Engine(Expression),
+}
+
+/// How one parameter's values are found: sources, each with the resource type its references
+/// must name (`subject.where(resolve() is Patient)` → `subject` and `Patient`).
+type Sources = Vec<(Source, Option<String>)>;
 
 /// A type's parameters (code, type, sources), built once per type.
 type Plan = Vec<(String, String, Sources)>;
@@ -78,14 +88,17 @@ fn plan(resource_type: &str) -> Arc<Plan> {
                 .collect();
             // `resolve()` needs the target; the reference's own type says what it is, so the
             // path is evaluated without the filter and the type checked on the reference.
-            let (typed, plain): (Vec<_>, Vec<_>) = parts.into_iter().map(|p| split_resolve(&p)).partition(|(_, t)| t.is_some());
             let mut sources: Sources = vec![];
-            if !plain.is_empty() {
-                let joined = plain.into_iter().map(|(p, _)| p).collect::<Vec<_>>().join(" | ");
-                sources.push((Expression::parse(&joined).ok()?, None));
+            let mut engine_parts = vec![];
+            for (part, target) in parts.into_iter().map(|p| split_resolve(&p)) {
+                match (plain_path(&part), target) {
+                    (Some(path), target) => sources.push((Source::Path(path), target)),
+                    (None, Some(target)) => sources.push((Source::Engine(Expression::parse(&part).ok()?), Some(target))),
+                    (None, None) => engine_parts.push(part),
+                }
             }
-            for (path, target) in typed {
-                sources.push((Expression::parse(&path).ok()?, target));
+            if !engine_parts.is_empty() {
+                sources.push((Source::Engine(Expression::parse(&engine_parts.join(" | ")).ok()?), None));
             }
             (!sources.is_empty()).then(|| (sp.code.clone(), sp.param_type.clone(), sources))
         })
@@ -97,6 +110,70 @@ fn plan(resource_type: &str) -> Arc<Plan> {
         m.1.insert(resource_type.to_owned(), built.clone());
     }
     built
+}
+
+/// The element names of a plain path expression (`Patient.name.given` → `name`, `given`;
+/// `(Observation.effective)` → `effective`), or `None` when it needs the engine.
+fn plain_path(part: &str) -> Option<Vec<String>> {
+    let p = part.trim();
+    let p = if p.starts_with('(') && p.ends_with(')') { p[1..p.len() - 1].trim() } else { p };
+    let mut segments = p.split('.');
+    let head = segments.next()?;
+    if !head.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let rest: Vec<String> = segments.map(str::to_owned).collect();
+    let plain = !rest.is_empty() && rest.iter().all(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()));
+    plain.then_some(rest)
+}
+
+/// Walks `path` from `value`, flattening arrays (FHIRPath's navigation), into `out`. A name
+/// missing from an object may be a choice element (`effective` → `effectiveDateTime`): its one
+/// key spelled name + a FHIR type name is taken.
+fn walk<'v>(value: &'v Value, path: &[String], out: &mut Vec<&'v Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| walk(v, path, out)),
+        Value::Object(map) => {
+            let Some((first, rest)) = path.split_first() else {
+                out.push(value);
+                return;
+            };
+            let next = map.get(first.as_str()).or_else(|| {
+                map.iter()
+                    .find(|(k, _)| k.strip_prefix(first.as_str()).is_some_and(is_type_suffix))
+                    .map(|(_, v)| v)
+            });
+            if let Some(next) = next {
+                walk(next, rest, out);
+            }
+        }
+        _ if path.is_empty() => out.push(value),
+        _ => {}
+    }
+}
+
+/// Whether `suffix` is a FHIR data type spelled as a choice suffix (`Quantity`, `DateTime`).
+fn is_type_suffix(suffix: &str) -> bool {
+    let mut chars = suffix.chars();
+    let Some(first) = chars.next().filter(char::is_ascii_uppercase) else { return false };
+    let defs = definitions();
+    let url = |name: &str| format!("http://hl7.org/fhir/StructureDefinition/{name}");
+    let lower: String = first.to_ascii_lowercase().to_string() + chars.as_str();
+    defs.structure_by_url(&url(suffix)).or_else(|| defs.structure_by_url(&url(&lower))).is_some_and(|sd| sd.kind != "resource")
+}
+
+/// A JSON value as the engine would return it.
+fn item_of(value: &Value) -> Option<Item> {
+    Some(match value {
+        Value::String(s) => Item::String(s.clone()),
+        Value::Bool(b) => Item::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Item::Integer(i),
+            None => Item::Decimal(n.to_string()),
+        },
+        Value::Object(_) => Item::Element(value.clone()),
+        _ => return None,
+    })
 }
 
 /// `X.subject.where(resolve() is Patient)` → (`X.subject`, `Patient`); other parts unchanged.
@@ -139,9 +216,21 @@ fn quantity_part(part: &str) -> Option<String> {
 /// `Type/id`. Expressions that fail to evaluate contribute nothing.
 pub fn extract(resource_type: &str, resource: &Value, base: &str) -> Vec<IndexEntry> {
     let mut out = Vec::new();
+    let mut context = None;
     for (param, param_type, sources) in plan(resource_type).iter() {
-        for (expression, target) in sources {
-            let Ok(items) = expression.evaluate(resource) else { continue };
+        for (source, target) in sources {
+            let items = match source {
+                Source::Path(path) => {
+                    let mut found = vec![];
+                    walk(resource, path, &mut found);
+                    found.into_iter().filter_map(item_of).collect()
+                }
+                Source::Engine(expression) => {
+                    let context = context.get_or_insert_with(|| crate::fhirpath::Context::new(resource));
+                    let Ok(items) = expression.evaluate_in(context) else { continue };
+                    items
+                }
+            };
             for item in items {
                 for value in values(param_type, item, base) {
                     if let (Some(target), IndexValue::Reference(r)) = (target, &value)
@@ -186,7 +275,7 @@ pub fn definitions_hash() -> String {
 }
 
 /// Bumped whenever `values` changes what it extracts, so existing rows get rebuilt.
-const EXTRACTION_VERSION: u32 = 2;
+const EXTRACTION_VERSION: u32 = 3;
 
 /// The index rows of resources as the JSON `search_index_replace` takes: one object per value,
 /// `k` the table (`s`tring, `t`oken, `r`eference, `d`ate, `n`umber/quantity, `u`ri) and
@@ -370,6 +459,43 @@ mod tests {
         assert_eq!(params(&entries, "actor").len(), 3);
         assert_eq!(reference_type("urn:uuid:1234"), None);
         assert_eq!(reference_type("#contained"), None);
+    }
+
+    /// The direct JSON walk of plain paths must find exactly what the engine finds.
+    #[test]
+    fn plain_paths_walk_to_the_same_values_as_the_engine() {
+        use std::io::Read;
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&include_bytes!("../demo/demo.ndjson.gz")[..]).read_to_string(&mut text).unwrap();
+        let mut resources: Vec<Value> = text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+        for f in ["appointment-examplereq.json", "explanationofbenefit-example.json", "patient-container-example.json", "patient-name-extensions.json"] {
+            let path = format!("{}/tests/fixtures/fhir-test-cases/r4/{f}", env!("CARGO_MANIFEST_DIR"));
+            resources.push(serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap());
+        }
+        resources.push(json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "effectivePeriod": {"start": "2024-01-01"}, "valueQuantity": {"value": 1.50, "unit": "mg"},
+            "component": [{"code": {"coding": [{"system": "s", "code": "c"}]}, "valueString": "v"}]}));
+        resources.push(json!({"resourceType": "Patient", "deceasedBoolean": true, "multipleBirthInteger": 2, "birthDate": "1970"}));
+        let (mut compared, mut paths) = (0, 0);
+        for resource in &resources {
+            let rt = resource["resourceType"].as_str().unwrap();
+            for (code, param_type, sources) in plan(rt).iter() {
+                for (source, _) in sources {
+                    let Source::Path(path) = source else { continue };
+                    paths += 1;
+                    let expression = Expression::parse(&format!("{rt}.{}", path.join("."))).unwrap();
+                    let by_engine: Vec<IndexValue> = expression.evaluate(resource).unwrap_or_default().into_iter().flat_map(|i| values(param_type, i, "http://x/fhir")).collect();
+                    let mut found = vec![];
+                    walk(resource, path, &mut found);
+                    let by_walk: Vec<IndexValue> = found.into_iter().filter_map(item_of).flat_map(|i| values(param_type, i, "http://x/fhir")).collect();
+                    // The engine types dates and decimals; compare what would be indexed.
+                    let key = |v: &Vec<IndexValue>| { let mut k: Vec<String> = v.iter().map(|x| format!("{x:?}")).collect(); k.sort(); k };
+                    assert_eq!(key(&by_walk), key(&by_engine), "{rt}.{code} ({})", path.join("."));
+                    compared += usize::from(!by_engine.is_empty());
+                }
+            }
+        }
+        assert!(compared > 200, "only {compared} of {paths} paths had values to compare");
     }
 
     #[test]
