@@ -240,7 +240,7 @@ async fn export(service: &ExportService, store: &Store, job: &Job, heartbeat: &H
         };
         let type_filters: Vec<Criteria> = filters.iter().filter(|(ft, _)| ft == &rt).map(|(_, c)| c.clone()).collect();
         let mut query = search::export_query(&rt, job.since, &any_of, &type_filters);
-        let mut rows = query.build().fetch(&mut *tx);
+        let mut rows = query.build().persistent(false).fetch(&mut *tx);
         let mut file: Option<(String, crate::documents::DocumentWriter, u64)> = None;
         let mut part = 0;
         while let Some(row) = rows.try_next().await? {
