@@ -206,6 +206,18 @@ pub(super) fn push_referencing(sql: &mut QueryBuilder<Postgres>, source_type: &s
     true
 }
 
+/// The query of the distinct targets that `resource_type` resources `ids` reference through
+/// the reference parameter `code` (for `_include`); `None` when `code` is not indexed.
+pub(super) fn referenced_by(resource_type: &str, code: &str, ids: &[String]) -> Option<QueryBuilder<Postgres>> {
+    if indexed_type(resource_type, code).as_deref() != Some("reference") {
+        return None;
+    }
+    let mut sql = QueryBuilder::new("SELECT DISTINCT s.target FROM search_reference s WHERE s.resource_type = ");
+    sql.push_bind(resource_type.to_owned()).push(" AND s.id = ANY(").push_bind(ids.to_vec());
+    sql.push(") AND s.param = ").push_bind(code.to_owned());
+    Some(sql)
+}
+
 /// `r.id IN (SELECT s.id FROM <table> s WHERE s.resource_type = <rt> AND s.param = <code> AND (`
 /// — the caller closes both parentheses.
 fn open(sql: &mut QueryBuilder<Postgres>, table: &str, resource_type: &str, code: &str) {

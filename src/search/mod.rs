@@ -937,12 +937,20 @@ pub async fn fetch_includes(
                     let rt = ResourceType::parse(t)?;
                     for code in include_params(&rt, include.param.as_deref()) {
                         let Some(paths) = reference_paths(&rt, &code, base) else { continue };
-                        for path in paths {
-                            let mut sql = QueryBuilder::<Postgres>::new("SELECT DISTINCT ");
-                            push_local_reference(&mut sql, "v ->> 'reference'", base);
-                            sql.push(" FROM resource r, jsonb_path_query(r.content, ").push_bind(path).push("::jsonpath) v");
-                            sql.push(" WHERE r.resource_type = ").push_bind(t.to_owned());
-                            sql.push(" AND r.id = ANY(").push_bind(ids.clone()).push(")");
+                        let mut queries = vec![];
+                        if let Some(sql) = indexed::referenced_by(t, &code, &ids) {
+                            queries.push(sql);
+                        } else {
+                            for path in paths {
+                                let mut sql = QueryBuilder::<Postgres>::new("SELECT DISTINCT ");
+                                push_local_reference(&mut sql, "v ->> 'reference'", base);
+                                sql.push(" FROM resource r, jsonb_path_query(r.content, ").push_bind(path).push("::jsonpath) v");
+                                sql.push(" WHERE r.resource_type = ").push_bind(t.to_owned());
+                                sql.push(" AND r.id = ANY(").push_bind(ids.clone()).push(")");
+                                queries.push(sql);
+                            }
+                        }
+                        for mut sql in queries {
                             for row in sql.build().persistent(false).fetch_all(&mut *conn).await? {
                                 let Some(reference) = row.get::<Option<String>, _>(0) else { continue };
                                 let Some((rt, id)) = reference.split_once('/') else { continue };
