@@ -260,11 +260,16 @@ fn prefix_successor(prefix: &str) -> Option<String> {
 /// A date comparison (search.html#prefix) between the indexed range `[s.low, s.high)` and the
 /// search value's range `S`, with the meaning of `super::push_range_compare`.
 fn push_date(sql: &mut QueryBuilder<Postgres>, prefix: Prefix, value: &str) {
+    // Values were checked when the clause was built; one that is no date matches nothing.
+    let Some((low, high)) = super::params::date_bounds(value) else {
+        sql.push("false");
+        return;
+    };
     let lower = |sql: &mut QueryBuilder<Postgres>| {
-        sql.push("lower(fhir_text_range(").push_bind(value.to_owned()).push("))");
+        sql.push_bind(low);
     };
     let upper = |sql: &mut QueryBuilder<Postgres>| {
-        sql.push("upper(fhir_text_range(").push_bind(value.to_owned()).push("))");
+        sql.push_bind(high);
     };
     let contains = |sql: &mut QueryBuilder<Postgres>| {
         sql.push("(s.low >= ");

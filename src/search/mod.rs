@@ -27,7 +27,7 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir::definitions::{SearchParameter, definitions};
 use crate::fhir::types::{ResourceType, sanitize};
 use crate::store::StoredResource;
-pub use params::{Include, MAX_INCLUDE_DEPTH, SearchRequest, parse_search, reference_paths};
+pub use params::{Include, MAX_INCLUDE_DEPTH, SearchRequest, TotalMode, parse_search, reference_paths};
 
 /// A parsed set of search conditions on one resource type (ANDed clauses).
 #[derive(Debug, Clone)]
@@ -1038,20 +1038,28 @@ pub async fn execute(pool: &sqlx::PgPool, request: &SearchRequest) -> FhirResult
 /// (a GET entry of a transaction Bundle).
 pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) -> FhirResult<(Vec<StoredResource>, Option<i64>, bool)> {
     if request.count == 0 {
-        let total = if request.want_total { Some(count_matches(conn, &request.criteria).await?) } else { None };
-        return Ok((vec![], total, false));
+        return Ok((vec![], total_of_all(conn, request).await?, false));
     }
     let mut sql = QueryBuilder::<Postgres>::new("");
     push_page_query(&mut sql, request)?;
     let rows = sql.build().persistent(false).fetch_all(&mut *conn).await?;
     let more = rows.len() > request.count;
-    let total = match (request.want_total, more, &request.cursor) {
-        (false, ..) => None,
+    let total = match (request.total, more, &request.cursor) {
+        (TotalMode::None, ..) => None,
         // A first page that holds every match is the count (no second query).
-        (true, false, None) if request.offset == 0 || !rows.is_empty() => Some((request.offset + rows.len()) as i64),
-        (true, ..) => Some(count_matches(conn, &request.criteria).await?),
+        (_, false, None) if request.offset == 0 || !rows.is_empty() => Some((request.offset + rows.len()) as i64),
+        _ => total_of_all(conn, request).await?,
     };
     Ok((rows.iter().take(request.count).map(stored_from_row).collect(), total, more))
+}
+
+/// `Bundle.total` when it needs a query of its own (see [`TotalMode`]).
+async fn total_of_all(conn: &mut sqlx::PgConnection, request: &SearchRequest) -> FhirResult<Option<i64>> {
+    match request.total {
+        TotalMode::Accurate => count_matches(conn, &request.criteria).await.map(Some),
+        TotalMode::Estimate => estimate_matches(conn, &request.criteria).await.map(Some),
+        TotalMode::WhenKnown | TotalMode::None => Ok(None),
+    }
 }
 
 /// The number of live resources matching `criteria`.
@@ -1061,6 +1069,16 @@ async fn count_matches(conn: &mut sqlx::PgConnection, criteria: &Criteria) -> Fh
     sql.push(" AND NOT r.deleted");
     push_where(&mut sql, criteria);
     Ok(sql.build().persistent(false).fetch_one(conn).await?.get::<i64, _>(0))
+}
+
+/// The matches PostgreSQL's planner expects (`_total=estimate`): no rows are read.
+async fn estimate_matches(conn: &mut sqlx::PgConnection, criteria: &Criteria) -> FhirResult<i64> {
+    let mut sql = QueryBuilder::<Postgres>::new("EXPLAIN (FORMAT JSON) SELECT 1 FROM resource r WHERE r.resource_type = ");
+    sql.push_bind(criteria.resource_type.as_str().to_owned());
+    sql.push(" AND NOT r.deleted");
+    push_where(&mut sql, criteria);
+    let plan: Value = sql.build().persistent(false).fetch_one(conn).await?.get(0);
+    Ok(plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0).round() as i64)
 }
 
 /// The query of one page of matches (one row more than the page tells whether more follow).

@@ -9,6 +9,17 @@ use crate::fhir::types::{ResourceType, sanitize};
 pub const DEFAULT_COUNT: usize = 20;
 pub const MAX_COUNT: usize = 1000;
 
+/// `_total` (search.html#total): the default counts only for free — when the first page
+/// holds every match; beyond that a count costs as much as the search, so it is made on
+/// request: `accurate` counts, `estimate` takes PostgreSQL's planner estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TotalMode {
+    WhenKnown,
+    None,
+    Estimate,
+    Accurate,
+}
+
 /// A fully parsed type-level search.
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
@@ -17,7 +28,8 @@ pub struct SearchRequest {
     pub offset: usize,
     /// `_sort` keys in order: `(parameter, descending, how to sort)`.
     pub sort: Vec<(String, bool, super::SortKey)>,
-    pub want_total: bool,
+    /// How `Bundle.total` is found (`_total`, search.html#total).
+    pub total: TotalMode,
     /// `_summary` value, if any.
     pub summary: Option<String>,
     /// `_elements`, if any.
@@ -172,7 +184,7 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
         count: DEFAULT_COUNT,
         offset: 0,
         sort: vec![],
-        want_total: true,
+        total: TotalMode::WhenKnown,
         summary: None,
         elements: None,
         used: vec![],
@@ -208,15 +220,16 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
                 }
             }
             "_total" => match value.as_str() {
-                "none" => request.want_total = false,
-                "estimate" | "accurate" => request.want_total = true,
+                "none" => request.total = TotalMode::None,
+                "estimate" => request.total = TotalMode::Estimate,
+                "accurate" => request.total = TotalMode::Accurate,
                 _ => return Err(bad(key, "must be none, estimate or accurate")),
             },
             "_summary" => match value.as_str() {
                 "true" | "false" | "text" | "data" | "count" => {
                     if value == "count" {
                         request.count = 0;
-                        request.want_total = true;
+                        request.total = TotalMode::Accurate;
                     }
                     request.summary = Some(value.clone());
                 }
@@ -369,6 +382,45 @@ pub fn check_date(v: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err("not a valid date".into()) }
 }
 
+/// The instants a date search value covers, `[low, high)` — exactly what the SQL function
+/// `fhir_text_range` (migrations/0002) makes of the stored texts: a year, month or day in UTC
+/// when no zone is given, a time to its minute, second or millisecond. `None` when it is not a
+/// FHIR date. Computed here so search SQL binds plain instants (no function call to plan).
+pub fn date_bounds(v: &str) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    use chrono::{Duration, Months, NaiveDate, TimeZone, Utc};
+    let day = |y: i32, m: u32, d: u32| NaiveDate::from_ymd_opt(y, m, d).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| Utc.from_utc_datetime(&t));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    match v.len() {
+        4 if digits(v) => {
+            let low = day(v.parse().ok()?, 1, 1)?;
+            Some((low, low.checked_add_months(Months::new(12))?))
+        }
+        7 if digits(&v[..4]) && &v[4..5] == "-" && digits(&v[5..]) => {
+            let low = day(v[..4].parse().ok()?, v[5..].parse().ok()?, 1)?;
+            Some((low, low.checked_add_months(Months::new(1))?))
+        }
+        10 => {
+            let d = NaiveDate::parse_from_str(v, "%Y-%m-%d").ok()?;
+            let low = Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0)?);
+            Some((low, low + Duration::days(1)))
+        }
+        _ => {
+            let (date, time) = v.split_once('T')?;
+            let zone_at = time.find(['Z', '+', '-']).unwrap_or(time.len());
+            let (clock, zone) = time.split_at(zone_at);
+            let zone = if zone.is_empty() { "Z" } else { zone };
+            let (clock, step) = match clock.len() {
+                5 => (format!("{clock}:00"), Duration::minutes(1)),
+                8 => (clock.to_owned(), Duration::seconds(1)),
+                n if n > 9 && clock.as_bytes()[8] == b'.' => (clock.to_owned(), Duration::milliseconds(1)),
+                _ => return None,
+            };
+            let low = chrono::DateTime::parse_from_rfc3339(&format!("{date}T{clock}{zone}")).ok()?.with_timezone(&Utc);
+            Some((low, low + step))
+        }
+    }
+}
+
 /// The implicit range of a decimal search value: `100` means [99.5, 100.5) (search.html#number).
 pub fn number_range(v: &str) -> Option<(f64, f64)> {
     let n: f64 = v.parse().ok()?;
@@ -385,6 +437,21 @@ pub fn number_range(v: &str) -> Option<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_bounds_follow_the_precision_written() {
+        let b = |v: &str| date_bounds(v).map(|(l, h)| (l.to_rfc3339(), h.to_rfc3339()));
+        assert_eq!(b("2024"), Some(("2024-01-01T00:00:00+00:00".into(), "2025-01-01T00:00:00+00:00".into())));
+        assert_eq!(b("2024-02"), Some(("2024-02-01T00:00:00+00:00".into(), "2024-03-01T00:00:00+00:00".into())));
+        assert_eq!(b("2024-12"), Some(("2024-12-01T00:00:00+00:00".into(), "2025-01-01T00:00:00+00:00".into())));
+        assert_eq!(b("2024-02-29"), Some(("2024-02-29T00:00:00+00:00".into(), "2024-03-01T00:00:00+00:00".into())));
+        assert_eq!(b("2024-02-29T10:00"), Some(("2024-02-29T10:00:00+00:00".into(), "2024-02-29T10:01:00+00:00".into())));
+        assert_eq!(b("2024-02-29T10:00:05+02:00"), Some(("2024-02-29T08:00:05+00:00".into(), "2024-02-29T08:00:06+00:00".into())));
+        assert_eq!(b("2024-02-29T10:00:05.25Z").map(|x| x.1), Some("2024-02-29T10:00:05.251+00:00".into()));
+        assert_eq!(b("2024-13"), None);
+        assert_eq!(b("2024-02-30"), None);
+        assert_eq!(b("20x4"), None);
+    }
 
     #[test]
     fn escaped_commas_and_pipes_survive_splitting() {
