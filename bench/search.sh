@@ -12,6 +12,8 @@
 #   BENCH_DURATION [20]         seconds per workload               BENCH_CONNECTIONS [16]
 #   BENCH_THREADS [2]           wrk threads                        SEARCH_SAMPLES [2000] URLs per search
 #   SEARCH_IMPORT_PARALLEL [2]  `ironfhir import --parallel`
+#   SEARCH_DATABASE_URL         an already loaded database: skip the import (and keep it)
+#   BENCH_KEEP_DB               keep the database the run created
 #   BENCH_PG [postgres://postgres@127.0.0.1:5432]   IRONFHIR_BIN, CARGO_TARGET_DIR as run.sh
 set -euo pipefail
 
@@ -51,27 +53,38 @@ if [[ ! -f "$DATA/manifest.json" ]]; then
   python3 "$HERE/generate.py" --resources "$RESOURCES" --seed "$SEED" --out "$DATA" --post 0 >&2
 fi
 
-DB="ironfhir_search_$(date +%s)_$$"
-URL="$PG/$DB"
+if [[ -n "${SEARCH_DATABASE_URL:-}" ]]; then
+  URL="$SEARCH_DATABASE_URL"
+  DB=""
+else
+  DB="ironfhir_search_$(date +%s)_$$"
+  URL="$PG/$DB"
+fi
 SERVER_PID=""
 cleanup() {
   if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
   fi
-  [[ -n "${BENCH_KEEP_DB:-}" ]] || psql -X -q -d "$PG/postgres" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
+  [[ -n "${BENCH_KEEP_DB:-}" || -z "$DB" ]] || psql -X -q -d "$PG/postgres" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-psql -X -q -d "$PG/postgres" -c "CREATE DATABASE \"$DB\"" >/dev/null
-DATABASE_URL="$URL" "$BIN" migrate --data-dir "$OUT/keys" >/dev/null
 
 # ------------------------------------------------------------------ 1. ingest with indexes on
-NDJSON=()
-for t in Organization Practitioner Patient Encounter Observation Condition MedicationRequest Appointment; do
-  [[ -s "$DATA/$t.ndjson" ]] && NDJSON+=("$DATA/$t.ndjson")
-done
-log "import of $RESOURCES resources with all search indexes (--parallel $PARALLEL)"
-DATABASE_URL="$URL" "$BIN" import --data-dir "$OUT/keys" --parallel "$PARALLEL" "${NDJSON[@]}" > "$OUT/import.txt" 2> "$OUT/import.err"
+if [[ -n "$DB" ]]; then
+  psql -X -q -d "$PG/postgres" -c "CREATE DATABASE \"$DB\"" >/dev/null
+  DATABASE_URL="$URL" "$BIN" migrate --data-dir "$OUT/keys" >/dev/null
+  NDJSON=()
+  for t in Organization Practitioner Patient Encounter Observation Condition MedicationRequest Appointment; do
+    [[ -s "$DATA/$t.ndjson" ]] && NDJSON+=("$DATA/$t.ndjson")
+  done
+  log "import of $RESOURCES resources with all search indexes (--parallel $PARALLEL)"
+  DATABASE_URL="$URL" "$BIN" import --data-dir "$OUT/keys" --parallel "$PARALLEL" "${NDJSON[@]}" > "$OUT/import.txt" 2> "$OUT/import.err"
+else
+  log "using the loaded database $URL (no import)"
+  : > "$OUT/import.txt"
+  DATABASE_URL="$URL" "$BIN" migrate --data-dir "$OUT/keys" >/dev/null
+fi
 log "VACUUM ANALYZE"
 psql -X -q -d "$URL" -c 'VACUUM ANALYZE' >/dev/null
 psql -X -At -d "$URL" > "$OUT/sizes.txt" <<'SQL'
@@ -123,7 +136,7 @@ for w in "${WORKLOADS[@]}"; do
   wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency --timeout 30s -s "$HERE/urls.lua" "$BASE" -- "$TOKEN" "$OUT/$w.urls" \
     > "$OUT/$w.wrk" 2> "$OUT/$w.err"
 done
-# How many matches each search has (median over 50 URLs), for the report.
+# How many matches each search has (median over 50 URLs, counted with _total=accurate).
 python3 - "$BASE" "$TOKEN" "$OUT" "${WORKLOADS[@]:1}" > "$OUT/matches.json" <<'PY'
 import json, sys, statistics, urllib.request
 base, token, out, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
@@ -132,7 +145,7 @@ for name in names:
     urls = [l.strip() for l in open(f"{out}/{name}.urls") if l.strip()][:50]
     totals = []
     for u in urls:
-        req = urllib.request.Request(f"{base}/{u}", headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"})
+        req = urllib.request.Request(f"{base}/{u}&_total=accurate&_count=0", headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"})
         b = json.load(urllib.request.urlopen(req))
         totals.append(b.get("total", 0))
     result[name] = statistics.median(totals) if totals else 0
