@@ -66,6 +66,19 @@ pub async fn state(store: &Store) -> FhirResult<IndexState> {
     Ok(IndexState { current: built.as_deref() == Some(hash.as_str()) && !in_progress, resume })
 }
 
+/// A database without resources has nothing to index: records the running definitions, so
+/// that loading it (`import`, the API) does not make a later `serve` rebuild every row.
+pub async fn mark_current_if_empty(store: &Store) -> FhirResult<()> {
+    sqlx::query(
+        "UPDATE search_index_state SET definitions_hash = $1, building_hash = NULL, resume_type = NULL, resume_id = NULL, \
+         updated_at = now() WHERE definitions_hash IS DISTINCT FROM $1 AND NOT EXISTS (SELECT 1 FROM resource)",
+    )
+    .bind(index::definitions_hash())
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
 /// Rebuilds every live resource's index rows; `restart` ignores a recorded position (one for
 /// other definitions is always ignored). `report` is called after each batch with the
 /// resources done so far. Returns that count.

@@ -31,6 +31,7 @@ pub async fn open_database(config: &Config, pool_size: u32, statement_timeout: D
         .await
         .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
     store.migrate().await.map_err(|e| format!("database migration failed: {e}"))?;
+    crate::reindex::mark_current_if_empty(&store).await.map_err(|e| format!("cannot read the search index state: {e}"))?;
     Ok(Database { store, embedded })
 }
 

@@ -104,6 +104,17 @@ async fn import_loads_ndjson_files_and_a_transaction_bundle_whose_urn_uuid_refer
     assert!(stdout.contains("patients.ndjson") && stdout.contains("tx.json"), "per-file table: {stdout}");
     let mut db = connect(&url).await;
     assert_eq!(counts(&mut db).await, (33, 33, 1));
+    // Loaded into an empty database, the index is current: `serve` will not rebuild it.
+    let stale: Option<bool> = sqlx::query_scalar("SELECT definitions_hash IS NULL OR building_hash IS NOT NULL FROM search_index_state")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(stale, Some(false));
+    let indexed: i64 = sqlx::query_scalar("SELECT count(*) FROM search_string WHERE resource_type = 'Patient' AND param = 'given' AND normalized = 'synth7'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(indexed, 1, "imported resources are indexed");
     let p = content(&mut db, "Patient", "imp-7").await;
     assert_eq!(p["meta"]["versionId"], "1");
     assert_eq!(p["name"][0]["given"][0], "Synth7");
