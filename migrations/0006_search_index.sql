@@ -36,10 +36,9 @@ CREATE TABLE search_reference (
     param         text NOT NULL,
     target        text NOT NULL
 );
--- `Observation?subject=Patient/1`, chains (`subject:Patient.name=`).
+-- `Observation?subject=Patient/1`, chains (`subject:Patient.name=`), and who points at a target
+-- for `_has`, `_revinclude` and compartments (they always know the source type and parameter).
 CREATE INDEX search_reference_value ON search_reference (resource_type, param, target);
--- `_has`, `_revinclude` and compartments look up who points at a target.
-CREATE INDEX search_reference_target ON search_reference (target, resource_type, param);
 CREATE INDEX search_reference_owner ON search_reference (resource_type, id);
 
 -- date parameters: the instants the value covers, [low, high); open Period ends are infinite.
