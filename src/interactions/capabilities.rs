@@ -4,7 +4,7 @@
 //! definitions: every resource type with the interactions, search parameters and operations
 //! this server really implements.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Value, json};
 
@@ -17,10 +17,17 @@ static BASE: &str = include_str!("../../capability-statement/base.json");
 pub const TYPE_INTERACTIONS: &[&str] =
     &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
 
-/// The server's CapabilityStatement (built once).
-pub fn capability_statement() -> &'static Value {
-    static CS: OnceLock<Value> = OnceLock::new();
-    CS.get_or_init(build)
+/// The server's CapabilityStatement: built once, and again when the custom SearchParameters
+/// change (they are listed with the official ones).
+pub fn capability_statement() -> Arc<Value> {
+    static CS: OnceLock<Mutex<(u64, Arc<Value>)>> = OnceLock::new();
+    let generation = crate::fhir::definitions::search_params_generation();
+    let cache = CS.get_or_init(|| Mutex::new((generation, Arc::new(build()))));
+    let Ok(mut cached) = cache.lock() else { return Arc::new(build()) };
+    if cached.0 != generation {
+        *cached = (generation, Arc::new(build()));
+    }
+    cached.1.clone()
 }
 
 fn build() -> Value {

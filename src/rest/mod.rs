@@ -140,7 +140,7 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     // The CapabilityStatement is public (http.html#capabilities).
     if s == ["metadata"] {
         return match *method {
-            Method::GET => respond(ctx, StatusCode::OK, capabilities::capability_statement().clone(), HeaderMap::new()),
+            Method::GET => respond(ctx, StatusCode::OK, capabilities::capability_statement().as_ref().clone(), HeaderMap::new()),
             _ => Err(FhirError::MethodNotAllowed("metadata only supports GET".into())),
         };
     }

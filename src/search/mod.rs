@@ -197,7 +197,13 @@ pub fn build_clause(
         return Ok(Clause { name: full_name, kind: ClauseKind::FullText { narrative_only: sp.code == "_text", values }, negate: false });
     }
     let expression = sp.expression.as_deref().ok_or_else(|| bad("not supported by this server"))?;
-    let typed = paths::compile_typed(expression, resource_type.as_str()).ok_or_else(|| bad("not supported by this server"))?;
+    // An expression jsonpath cannot express still works for the clauses the index tables
+    // answer (FHIRPath extracted it on write); the JSON forms then match nothing.
+    let typed = match paths::compile_typed(expression, resource_type.as_str()) {
+        Some(typed) => typed,
+        None if crate::index::is_indexed(resource_type.as_str(), &sp.code) => vec![],
+        None => return Err(bad("not supported by this server")),
+    };
     let compiled: Vec<String> = typed.iter().map(|(p, _)| p.clone()).collect();
     if modifier == Some("missing") {
         let missing = match raw {
@@ -1270,5 +1276,5 @@ pub fn is_supported(sp: &SearchParameter, resource_type: &str) -> bool {
             });
     }
     matches!(sp.param_type.as_str(), "string" | "token" | "reference" | "date" | "number" | "quantity" | "uri")
-        && sp.expression.as_deref().and_then(|e| paths::compile(e, resource_type)).is_some()
+        && (crate::index::is_indexed(resource_type, &sp.code) || sp.expression.as_deref().and_then(|e| paths::compile(e, resource_type)).is_some())
 }

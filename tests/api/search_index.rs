@@ -184,7 +184,23 @@ async fn a_search_parameter_added_as_a_resource_works_without_code_changes_and_i
     }
     assert_eq!(found, vec!["after", "before"]);
     assert_eq!(ids(&app, "Patient?nickname:exact=Alex").await, vec!["other"]);
+    // The CapabilityStatement lists it with the official parameters.
+    let metadata = app.get_json("metadata").await;
+    let patient = metadata["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Patient").unwrap().clone();
+    let listed = patient["searchParam"].as_array().unwrap().iter().any(|p| {
+        p["name"] == "nickname" && p["definition"] == "http://example.org/fhir/SearchParameter/patient-nickname" && p["type"] == "string"
+    });
+    assert!(listed, "{}", patient["searchParam"]);
     assert_eq!(ids(&app, "Patient?family=official&nickname=ale").await, vec!["other"]);
+
+    // FHIRPath that has no jsonpath form (`first()`) works too: the index answers.
+    app.put(json!({"resourceType": "SearchParameter", "id": "patient-first-name", "url": "http://example.org/fhir/SearchParameter/patient-first-name",
+        "name": "first-name", "status": "active", "description": "The first given name", "code": "first-name", "base": ["Patient"],
+        "type": "string", "expression": "Patient.name.given.first()"}))
+        .await;
+    app.put(json!({"resourceType": "Patient", "id": "firsts", "name": [{"given": ["Primo", "Secondo"]}]})).await;
+    assert_eq!(ids(&app, "Patient?first-name=prim").await, vec!["firsts"]);
+    assert!(ids(&app, "Patient?first-name=second").await.is_empty());
 
     // Changing the expression changes what matches; retiring the parameter removes it.
     sp["expression"] = json!("Patient.name.family");
