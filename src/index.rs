@@ -56,9 +56,11 @@ type Sources = Vec<(Source, Option<String>)>;
 /// A type's parameters (code, type, sources), built once per type.
 type Plan = Vec<(String, String, Sources)>;
 
+/// Plans per type, for one generation of the custom SearchParameters.
+type PlanCache = (u64, HashMap<String, Arc<Plan>>);
+
 fn plan(resource_type: &str) -> Arc<Plan> {
-    /// Plans per type, for one generation of the custom SearchParameters.
-    static PLANS: OnceLock<Mutex<(u64, HashMap<String, Arc<Plan>>)>> = OnceLock::new();
+    static PLANS: OnceLock<Mutex<PlanCache>> = OnceLock::new();
     let plans = PLANS.get_or_init(Default::default);
     let generation = crate::fhir::definitions::search_params_generation();
     if let Ok(mut m) = plans.lock() {

@@ -10,7 +10,7 @@
 
 use sqlx::{Postgres, QueryBuilder};
 
-use super::{Clause, ClauseKind, Criteria, Prefix, StringMode, UriMode, like_escape, push_any, push_where};
+use super::{Clause, ClauseKind, Criteria, StringMode, UriMode, like_escape, push_any, push_number_test, push_range_test, push_where};
 use crate::fhir::definitions::definitions;
 use crate::index;
 
@@ -130,48 +130,14 @@ pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str
         }
         ClauseKind::Date { values, .. } => {
             open(sql, table, resource_type, code);
-            push_any(sql, values.iter(), |sql, (prefix, value)| push_date(sql, *prefix, value));
+            push_any(sql, values.iter(), |sql, (prefix, value)| push_range_test(sql, "s.low", "s.high", *prefix, value));
             sql.push("))");
             true
         }
         ClauseKind::Number { values, quantity, .. } => {
             open(sql, table, resource_type, code);
             push_any(sql, values.iter().zip(quantity), |sql, ((prefix, lo, hi), (system, unit))| {
-                sql.push("(");
-                let mid = (lo + hi) / 2.0;
-                match prefix {
-                    Prefix::Eq | Prefix::Ap => {
-                        let (lo, hi) = if *prefix == Prefix::Ap { (mid - mid.abs() * 0.1, mid + mid.abs() * 0.1) } else { (*lo, *hi) };
-                        sql.push("s.value >= ").push_bind(lo).push(" AND s.value < ").push_bind(hi);
-                    }
-                    Prefix::Ne => {
-                        sql.push("NOT (s.value >= ").push_bind(*lo).push(" AND s.value < ").push_bind(*hi).push(")");
-                    }
-                    Prefix::Gt | Prefix::Sa => {
-                        sql.push("s.value > ").push_bind(mid);
-                    }
-                    Prefix::Lt | Prefix::Eb => {
-                        sql.push("s.value < ").push_bind(mid);
-                    }
-                    Prefix::Ge => {
-                        sql.push("s.value >= ").push_bind(mid);
-                    }
-                    Prefix::Le => {
-                        sql.push("s.value <= ").push_bind(mid);
-                    }
-                }
-                if let Some(system) = system {
-                    sql.push(" AND s.system = ").push_bind(system.clone());
-                }
-                if let Some(unit) = unit {
-                    // `number|system|code` names a code; `number||unit` a code or a unit.
-                    sql.push(" AND (s.code = ").push_bind(unit.clone());
-                    if system.is_none() {
-                        sql.push(" OR s.unit = ").push_bind(unit.clone());
-                    }
-                    sql.push(")");
-                }
-                sql.push(")");
+                push_number_test(sql, ("s.value", "s.system", "s.code", "s.unit"), *prefix, *lo, *hi, system, unit);
             });
             sql.push("))");
             true
@@ -257,72 +223,6 @@ fn prefix_successor(prefix: &str) -> Option<String> {
     None
 }
 
-/// A date comparison (search.html#prefix) between the indexed range `[s.low, s.high)` and the
-/// search value's range `S`, with the meaning of `super::push_range_compare`.
-fn push_date(sql: &mut QueryBuilder<Postgres>, prefix: Prefix, value: &str) {
-    // Values were checked when the clause was built; one that is no date matches nothing.
-    let Some((low, high)) = super::params::date_bounds(value) else {
-        sql.push("false");
-        return;
-    };
-    let lower = |sql: &mut QueryBuilder<Postgres>| {
-        sql.push_bind(low);
-    };
-    let upper = |sql: &mut QueryBuilder<Postgres>| {
-        sql.push_bind(high);
-    };
-    let contains = |sql: &mut QueryBuilder<Postgres>| {
-        sql.push("(s.low >= ");
-        lower(sql);
-        sql.push(" AND s.high <= ");
-        upper(sql);
-        sql.push(")");
-    };
-    sql.push("(");
-    match prefix {
-        Prefix::Eq => contains(sql),
-        Prefix::Ne => {
-            sql.push("NOT ");
-            contains(sql);
-        }
-        Prefix::Gt => {
-            sql.push("s.high > ");
-            upper(sql);
-        }
-        Prefix::Lt => {
-            sql.push("s.low < ");
-            lower(sql);
-        }
-        Prefix::Ge => {
-            sql.push("s.high > ");
-            upper(sql);
-            sql.push(" OR ");
-            contains(sql);
-        }
-        Prefix::Le => {
-            sql.push("s.low < ");
-            lower(sql);
-            sql.push(" OR ");
-            contains(sql);
-        }
-        Prefix::Sa => {
-            sql.push("s.low >= ");
-            upper(sql);
-        }
-        Prefix::Eb => {
-            sql.push("s.high <= ");
-            lower(sql);
-        }
-        Prefix::Ap => {
-            sql.push("s.low < ");
-            upper(sql);
-            sql.push(" AND s.high > ");
-            lower(sql);
-        }
-    }
-    sql.push(")");
-}
-
 /// Compartment membership over `search_reference`: any of `params` names one of `values`.
 fn push_in_compartment(sql: &mut QueryBuilder<Postgres>, resource_type: &str, params: &[String], values: &[String]) -> bool {
     if params.is_empty() || params.iter().any(|p| indexed_type(resource_type, p).as_deref() != Some("reference")) {
@@ -366,7 +266,7 @@ mod tests {
         assert_eq!(prefix_successor("\u{D7FF}").as_deref(), Some("\u{E000}"));
         assert_eq!(prefix_successor("\u{10FFFF}"), None);
         for s in ["smith", "smi", "smi\u{10FFFF}x"] {
-            assert!(s >= "smi" && s < "smj");
+            assert!(("smi".."smj").contains(&s));
         }
     }
 

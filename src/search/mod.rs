@@ -415,7 +415,7 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
         }
         ClauseKind::LastUpdated(values) => {
             push_any(sql, values.iter(), |sql, (prefix, v)| {
-                push_range_compare(sql, "tstzrange(r.last_updated, r.last_updated + interval '1 millisecond', '[)')", *prefix, v);
+                push_range_test(sql, "r.last_updated", "(r.last_updated + interval '1 millisecond')", *prefix, v);
             });
         }
         ClauseKind::Missing { paths, missing } => {
@@ -604,7 +604,7 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
             push_exists(sql, paths, |sql| {
                 sql.push("(");
                 push_any(sql, values.iter(), |sql, (prefix, value)| {
-                    push_range_compare(sql, "fhir_value_range(v)", *prefix, value);
+                    push_range_test(sql, "lower(fhir_value_range(v))", "upper(fhir_value_range(v))", *prefix, value);
                 });
                 sql.push(")");
             });
@@ -613,41 +613,9 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
             push_exists(sql, paths, |sql| {
                 sql.push("(");
                 push_any(sql, values.iter().zip(quantity), |sql, ((prefix, lo, hi), (system, code))| {
-                    sql.push("(");
                     let num = "(CASE jsonb_typeof(v) WHEN 'number' THEN (v #>> '{}')::float8 WHEN 'object' THEN (v ->> 'value')::float8 END)";
-                    let mid = (lo + hi) / 2.0;
-                    match prefix {
-                        Prefix::Eq | Prefix::Ap => {
-                            let (lo, hi) = if *prefix == Prefix::Ap { (mid - mid.abs() * 0.1, mid + mid.abs() * 0.1) } else { (*lo, *hi) };
-                            sql.push(num).push(" >= ").push_bind(lo).push(" AND ").push(num).push(" < ").push_bind(hi);
-                        }
-                        Prefix::Ne => {
-                            sql.push("NOT (").push(num).push(" >= ").push_bind(*lo).push(" AND ").push(num).push(" < ").push_bind(*hi).push(")");
-                        }
-                        Prefix::Gt | Prefix::Sa => {
-                            sql.push(num).push(" > ").push_bind(mid);
-                        }
-                        Prefix::Lt | Prefix::Eb => {
-                            sql.push(num).push(" < ").push_bind(mid);
-                        }
-                        Prefix::Ge => {
-                            sql.push(num).push(" >= ").push_bind(mid);
-                        }
-                        Prefix::Le => {
-                            sql.push(num).push(" <= ").push_bind(mid);
-                        }
-                    }
-                    if let Some(system) = system {
-                        sql.push(" AND v ->> 'system' = ").push_bind(system.clone());
-                    }
-                    if let Some(code) = code {
-                        sql.push(" AND (v ->> 'code' = ").push_bind(code.clone());
-                        if system.is_none() {
-                            sql.push(" OR v ->> 'unit' = ").push_bind(code.clone());
-                        }
-                        sql.push(")");
-                    }
-                    sql.push(")");
+                    let columns = (num, "v ->> 'system'", "v ->> 'code'", "v ->> 'unit'");
+                    push_number_test(sql, columns, *prefix, *lo, *hi, system, code);
                 });
                 sql.push(")");
             });
@@ -674,61 +642,97 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
     }
 }
 
-/// Range comparison per search.html#prefix: `target` is a SQL tstzrange expression, the search
-/// value a FHIR date text turned into a range by the same SQL function.
-fn push_range_compare(sql: &mut QueryBuilder<Postgres>, target: &str, prefix: Prefix, value: &str) {
-    sql.push("(");
-    let search = |sql: &mut QueryBuilder<Postgres>| {
-        sql.push("fhir_text_range(").push_bind(value.to_owned()).push(")");
+/// Range comparison per search.html#prefix between a target `[low, high)` (SQL expressions:
+/// index columns, or the range of a JSON value) and the range `S` a FHIR date search value
+/// covers ([`params::date_bounds`], bound as instants). One meaning for every date search.
+fn push_range_test(sql: &mut QueryBuilder<Postgres>, low: &str, high: &str, prefix: Prefix, value: &str) {
+    // Values were checked when the clause was built; one that is no date matches nothing.
+    let Some((s_low, s_high)) = params::date_bounds(value) else {
+        sql.push("false");
+        return;
     };
+    let contains = |sql: &mut QueryBuilder<Postgres>| {
+        sql.push("(").push(low).push(" >= ").push_bind(s_low).push(" AND ").push(high).push(" <= ").push_bind(s_high).push(")");
+    };
+    sql.push("(");
     match prefix {
-        Prefix::Eq => {
-            search(sql);
-            sql.push(" @> ").push(target);
-        }
+        Prefix::Eq => contains(sql),
         Prefix::Ne => {
-            sql.push("NOT (");
-            search(sql);
-            sql.push(" @> ").push(target).push(")");
+            sql.push("NOT ");
+            contains(sql);
         }
         Prefix::Gt => {
-            sql.push("upper(").push(target).push(") > upper(");
-            search(sql);
-            sql.push(")");
+            sql.push(high).push(" > ").push_bind(s_high);
         }
         Prefix::Lt => {
-            sql.push("lower(").push(target).push(") < lower(");
-            search(sql);
-            sql.push(")");
+            sql.push(low).push(" < ").push_bind(s_low);
         }
         Prefix::Ge => {
-            sql.push("upper(").push(target).push(") > upper(");
-            search(sql);
-            sql.push(") OR ");
-            search(sql);
-            sql.push(" @> ").push(target);
+            sql.push(high).push(" > ").push_bind(s_high).push(" OR ");
+            contains(sql);
         }
         Prefix::Le => {
-            sql.push("lower(").push(target).push(") < lower(");
-            search(sql);
-            sql.push(") OR ");
-            search(sql);
-            sql.push(" @> ").push(target);
+            sql.push(low).push(" < ").push_bind(s_low).push(" OR ");
+            contains(sql);
         }
         Prefix::Sa => {
-            sql.push("lower(").push(target).push(") >= upper(");
-            search(sql);
-            sql.push(")");
+            sql.push(low).push(" >= ").push_bind(s_high);
         }
         Prefix::Eb => {
-            sql.push("upper(").push(target).push(") <= lower(");
-            search(sql);
-            sql.push(")");
+            sql.push(high).push(" <= ").push_bind(s_low);
         }
         Prefix::Ap => {
-            search(sql);
-            sql.push(" && ").push(target);
+            sql.push(low).push(" < ").push_bind(s_high).push(" AND ").push(high).push(" > ").push_bind(s_low);
         }
+    }
+    sql.push(")");
+}
+
+/// Number/quantity comparison per search.html#number: `value` (a SQL expression) against the
+/// search value's implicit range `[lo, hi)`, and for quantities `number|system|code` (a code)
+/// or `number||unit` (a code or a unit) against the `system`, `code` and `unit` expressions.
+#[allow(clippy::too_many_arguments)]
+fn push_number_test(
+    sql: &mut QueryBuilder<Postgres>,
+    (value, system_at, code_at, unit_at): (&str, &str, &str, &str),
+    prefix: Prefix,
+    lo: f64,
+    hi: f64,
+    system: &Option<String>,
+    code: &Option<String>,
+) {
+    sql.push("(");
+    let mid = (lo + hi) / 2.0;
+    match prefix {
+        Prefix::Eq | Prefix::Ap => {
+            let (lo, hi) = if prefix == Prefix::Ap { (mid - mid.abs() * 0.1, mid + mid.abs() * 0.1) } else { (lo, hi) };
+            sql.push(value).push(" >= ").push_bind(lo).push(" AND ").push(value).push(" < ").push_bind(hi);
+        }
+        Prefix::Ne => {
+            sql.push("NOT (").push(value).push(" >= ").push_bind(lo).push(" AND ").push(value).push(" < ").push_bind(hi).push(")");
+        }
+        Prefix::Gt | Prefix::Sa => {
+            sql.push(value).push(" > ").push_bind(mid);
+        }
+        Prefix::Lt | Prefix::Eb => {
+            sql.push(value).push(" < ").push_bind(mid);
+        }
+        Prefix::Ge => {
+            sql.push(value).push(" >= ").push_bind(mid);
+        }
+        Prefix::Le => {
+            sql.push(value).push(" <= ").push_bind(mid);
+        }
+    }
+    if let Some(system) = system {
+        sql.push(" AND ").push(system_at).push(" = ").push_bind(system.clone());
+    }
+    if let Some(code) = code {
+        sql.push(" AND (").push(code_at).push(" = ").push_bind(code.clone());
+        if system.is_none() {
+            sql.push(" OR ").push(unit_at).push(" = ").push_bind(code.clone());
+        }
+        sql.push(")");
     }
     sql.push(")");
 }
