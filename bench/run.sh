@@ -132,8 +132,8 @@ TABLES="$(psql -X -At -F $'\t' -d "$DBURL" -c "SELECT count(*), pg_total_relatio
 
 # ------------------------------------------------------------------ 3. read by id
 log "read by id: warm-up 5 s, then ${DURATION}s"
-"${WRK[@]}" -d5s -s "$HERE/read.lua" "$BASE" -- "$TOKEN" "$DATA/ids.tsv" > "$OUT/wrk_read_warmup.txt"
-"${WRK[@]}" -d"${DURATION}s" -s "$HERE/read.lua" "$BASE" -- "$TOKEN" "$DATA/ids.tsv" \
+"${WRK[@]}" -d5s -s "$HERE/urls.lua" "$BASE" -- "$TOKEN" "$DATA/ids.tsv" > "$OUT/wrk_read_warmup.txt"
+"${WRK[@]}" -d"${DURATION}s" -s "$HERE/urls.lua" "$BASE" -- "$TOKEN" "$DATA/ids.tsv" \
   > "$OUT/wrk_read.txt"
 result < "$OUT/wrk_read.txt" > "$OUT/read.json"
 
