@@ -32,18 +32,9 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 log() { echo "bulk: $(date +%H:%M:%S) $*" >&2; }
 
-command -v psql >/dev/null || { log "psql is missing (apt-get install postgresql-client)"; exit 2; }
-psql -X -q -d "$PG/postgres" -c 'select 1' >/dev/null || { log "PostgreSQL at $PG is not reachable"; exit 2; }
-
-if [[ -n "${IRONFHIR_BIN:-}" ]]; then
-  BIN="$IRONFHIR_BIN"
-else
-  log "cargo build --release"
-  (cd "$REPO" && cargo build --release --quiet --bin ironfhir)
-  TD="${CARGO_TARGET_DIR:-$REPO/target}"
-  [[ "$TD" = /* ]] || TD="$REPO/$TD"
-  BIN="$TD/release/ironfhir"
-fi
+source "$HERE/lib.sh"
+require_tools psql
+release_binary
 
 DATA="$HERE/out/data-$RESOURCES-$SEED-b$BSIZE"
 if [[ ! -f "$DATA/manifest.json" ]]; then
@@ -64,44 +55,20 @@ print(n)
 PY
 )"
 
-DBS=()
-SERVER_PID=""
-stop_server() {
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
-  SERVER_PID=""
-}
 cleanup() {
   stop_server
-  for db in "${DBS[@]}"; do
+  # new_db runs in a $(…) subshell, so its databases are found by the run's name suffix.
+  local db
+  for db in $(psql -X -At -d "$PG/postgres" -c "SELECT datname FROM pg_database WHERE datname LIKE 'ironfhir\_bulk\_%\_$$'"); do
     psql -X -q -d "$PG/postgres" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
   done
 }
 trap cleanup EXIT
 new_db() {  # prints the URL of a fresh, migrated database
   local db="ironfhir_bulk_$(date +%s%N)_$$"
-  DBS+=("$db")
   psql -X -q -d "$PG/postgres" -c "CREATE DATABASE \"$db\"" >/dev/null
   DATABASE_URL="$PG/$db" "$BIN" migrate --data-dir "$OUT/keys" >/dev/null
   echo "$PG/$db"
-}
-start_server() {  # url
-  local port
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  BASE="http://127.0.0.1:$port/fhir"
-  DATABASE_URL="$1" RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --data-dir "$OUT/keys" \
-    --document-dir "$OUT/documents" --listen "127.0.0.1:$port" --max-bundle-entries 1000 >>"$OUT/server.log" 2>&1 &
-  SERVER_PID=$!
-  for i in $(seq 300); do
-    python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$BASE/metadata" 2>/dev/null && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { log "server exited"; tail -20 "$OUT/server.log" >&2; exit 1; }
-    [[ $i == 300 ]] && { log "server did not start"; exit 1; }
-    sleep 0.2
-  done
-  TOKEN="$("$BIN" admin token --data-dir "$OUT/keys" --scope 'system/*.*' --ttl 86400 | tail -1)"
 }
 subset() {  # name first count -> directory of symlinks to bundle files [first, first+count)
   local dir="$OUT/$1"; mkdir -p "$dir"
@@ -114,7 +81,7 @@ import_rate() {  # log file -> resources/s from the summary line
 
 # ------------------------------------------------------------------ 1. transaction ingest (HTTP)
 URL1="$(new_db)"
-start_server "$URL1"
+start_server "$URL1" --document-dir "$OUT/documents" --max-bundle-entries 1000
 SHARED="$(subset shared 0 "$NSHARED")"
 log "loading $NSHARED Bundles of organisations and practitioners"
 python3 "$HERE/post_bundles.py" --base "$BASE" --token "$TOKEN" --concurrency 1 "$SHARED" > "$OUT/tx_shared.json"
@@ -144,7 +111,7 @@ psql -X -q -d "$URL3" -c 'VACUUM ANALYZE resource' >/dev/null
 DBSIZE="$(psql -X -At -d "$URL3" -c 'SELECT pg_size_pretty(pg_database_size(current_database()))')"
 
 # ------------------------------------------------------------------ 4. system $export
-start_server "$URL3"
+start_server "$URL3" --document-dir "$OUT/documents" --max-bundle-entries 1000
 log "system \$export of $TOTAL resources"
 EXPORT_JSON="$(python3 - "$BASE" "$TOKEN" <<'PY'
 import json, sys, time, urllib.request

@@ -33,19 +33,9 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 log() { echo "search: $(date +%H:%M:%S) $*" >&2; }
 
-command -v psql >/dev/null || { log "psql is missing (apt-get install postgresql-client)"; exit 2; }
-command -v wrk >/dev/null || { log "wrk is missing (apt-get install wrk)"; exit 2; }
-psql -X -q -d "$PG/postgres" -c 'select 1' >/dev/null || { log "PostgreSQL at $PG is not reachable"; exit 2; }
-
-if [[ -n "${IRONFHIR_BIN:-}" ]]; then
-  BIN="$IRONFHIR_BIN"
-else
-  log "cargo build --release"
-  (cd "$REPO" && cargo build --release --quiet --bin ironfhir)
-  TD="${CARGO_TARGET_DIR:-$REPO/target}"
-  [[ "$TD" = /* ]] || TD="$REPO/$TD"
-  BIN="$TD/release/ironfhir"
-fi
+source "$HERE/lib.sh"
+require_tools psql wrk
+release_binary
 
 DATA="$HERE/out/data-$RESOURCES-$SEED"
 if [[ ! -f "$DATA/manifest.json" ]]; then
@@ -60,12 +50,8 @@ else
   DB="ironfhir_search_$(date +%s)_$$"
   URL="$PG/$DB"
 fi
-SERVER_PID=""
 cleanup() {
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
-  fi
+  stop_server
   [[ -n "${BENCH_KEEP_DB:-}" || -z "$DB" ]] || psql -X -q -d "$PG/postgres" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -116,18 +102,7 @@ q "SELECT 'Encounter?subject:Patient.name=' || (content->'name'->0->>'family')
    FROM resource WHERE resource_type = 'Patient' ORDER BY random() LIMIT $SAMPLES" > "$OUT/encounter_chain.urls"
 
 # ------------------------------------------------------------------ 3. server and workloads
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-BASE="http://127.0.0.1:$PORT/fhir"
-DATABASE_URL="$URL" RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --data-dir "$OUT/keys" --listen "127.0.0.1:$PORT" \
-  --db-pool-size "${BENCH_POOL:-16}" >>"$OUT/server.log" 2>&1 &
-SERVER_PID=$!
-for i in $(seq 300); do
-  python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$BASE/metadata" 2>/dev/null && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { log "server exited"; tail -20 "$OUT/server.log" >&2; exit 1; }
-  [[ $i == 300 ]] && { log "server did not start"; exit 1; }
-  sleep 0.2
-done
-TOKEN="$("$BIN" admin token --data-dir "$OUT/keys" --scope 'system/*.*' --ttl 86400 | tail -1)"
+start_server "$URL" --db-pool-size "${BENCH_POOL:-16}"
 WORKLOADS=(read patient_name patient_identifier observation medication_request appointment encounter_chain)
 for w in "${WORKLOADS[@]}"; do
   log "$w: ${DURATION}s at $CONNS connections"
