@@ -11,9 +11,9 @@
 //!
 //! Search statements are not cached as prepared statements (`persistent(false)`): PostgreSQL
 //! then plans each one for its actual values. A cached generic plan guesses selectivities, and
-//! over the index tables a wrong guess walks a whole type in id order, or calls
-//! `fhir_text_range` per row, instead of seeking a few rows (measured on 1M resources:
-//! `Observation?subject=…&code=…&date=ge…` took 8 s with generic plans).
+//! over the index tables a wrong guess starts from the least selective clause (measured on 1M
+//! resources: the generic plan of `Observation?subject=…&code=…&date=ge…` started from the
+//! 56,562 rows of one code and took 3.5 s; the custom plan 0.6 ms).
 
 pub mod custom;
 mod indexed;
@@ -691,7 +691,6 @@ fn push_range_test(sql: &mut QueryBuilder<Postgres>, low: &str, high: &str, pref
 /// Number/quantity comparison per search.html#number: `value` (a SQL expression) against the
 /// search value's implicit range `[lo, hi)`, and for quantities `number|system|code` (a code)
 /// or `number||unit` (a code or a unit) against the `system`, `code` and `unit` expressions.
-#[allow(clippy::too_many_arguments)]
 fn push_number_test(
     sql: &mut QueryBuilder<Postgres>,
     (value, system_at, code_at, unit_at): (&str, &str, &str, &str),
