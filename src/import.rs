@@ -62,10 +62,7 @@ pub async fn run(args: ImportArgs) -> Result<(), String> {
     if let Err(e) = crate::store::import::flush(db.store.pool()).await {
         result = Err(format!("cannot make the import durable: {e}"));
     }
-    db.store.pool().close().await;
-    if let Some(pg) = db.embedded {
-        pg.stop().await.map_err(|e| e.to_string())?;
-    }
+    db.close().await?;
     result
 }
 

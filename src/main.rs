@@ -41,10 +41,7 @@ async fn main() -> ExitCode {
 
 async fn migrate(config: ironfhir::config::Config) -> Result<(), String> {
     let db = server::open_database(&config, 2, Duration::from_secs(600)).await?;
-    db.store.pool().close().await;
-    if let Some(pg) = db.embedded {
-        pg.stop().await.map_err(|e| e.to_string())?;
-    }
+    db.close().await?;
     println!("migrations applied");
     Ok(())
 }

@@ -30,10 +30,7 @@ pub async fn run(args: ReindexArgs) -> Result<(), String> {
     );
     let result = rebuild(&db.store, args.base_url.trim_end_matches('/'), args.batch_size, args.restart, |done| bar.set_position(done)).await;
     bar.finish_and_clear();
-    db.store.pool().close().await;
-    if let Some(pg) = db.embedded {
-        pg.stop().await.map_err(|e| e.to_string())?;
-    }
+    db.close().await?;
     let done = result.map_err(|e| format!("reindex failed: {e}"))?;
     println!("{done} resources re-indexed");
     Ok(())

@@ -17,6 +17,17 @@ pub struct Database {
     pub embedded: Option<EmbeddedPostgres>,
 }
 
+impl Database {
+    /// Closes the pool and stops the embedded cluster, if any (every command ends with this).
+    pub async fn close(self) -> Result<(), String> {
+        self.store.pool().close().await;
+        if let Some(pg) = self.embedded {
+            pg.stop().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 /// Connects to `DATABASE_URL`, or starts the embedded cluster in the data directory, and applies
 /// migrations.
 pub async fn open_database(config: &Config, pool_size: u32, statement_timeout: Duration) -> Result<Database, String> {
@@ -110,10 +121,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             axum_server::bind(args.listen).handle(handle).serve(app.into_make_service()).await
         }
     };
-    db.store.pool().close().await;
-    if let Some(pg) = db.embedded {
-        pg.stop().await.map_err(|e| e.to_string())?;
-    }
+    db.close().await?;
     result.map_err(|e| format!("server error: {e}"))
 }
 
