@@ -41,6 +41,78 @@ pub enum Command {
 pub enum AdminCommand {
     /// Print a signed access token (for operators, scripts and tests).
     Token(TokenArgs),
+    /// Register OAuth clients (SMART apps and backend services).
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Register user accounts (staff and patients) of the authorization server.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+/// `admin client` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Register (or replace) a client; prints what was registered as JSON.
+    Add(ClientAddArgs),
+}
+
+/// Arguments of `admin client add`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("auth").required(true).args(["public", "secret", "jwks", "jwks_uri"])))]
+pub struct ClientAddArgs {
+    #[command(flatten)]
+    pub config: Config,
+    /// The client's id.
+    #[arg(long)]
+    pub client_id: String,
+    /// A redirect URI the client may use (repeatable; exact match).
+    #[arg(long = "redirect-uri")]
+    pub redirect_uris: Vec<String>,
+    /// The most the client may be granted (space-separated SMART scopes).
+    #[arg(long)]
+    pub scope: String,
+    /// A public client (browser or native app): PKCE only, no secret.
+    #[arg(long)]
+    pub public: bool,
+    /// A confidential client authenticating with this secret (client_secret_basic/post).
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// A file with the client's public JWK Set (private_key_jwt, SMART Backend Services).
+    #[arg(long)]
+    pub jwks: Option<PathBuf>,
+    /// A URL serving the client's public JWK Set (private_key_jwt).
+    #[arg(long)]
+    pub jwks_uri: Option<String>,
+}
+
+/// `admin user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Register (or replace) a user; prints what was registered as JSON.
+    Add(UserAddArgs),
+}
+
+/// Arguments of `admin user add`.
+#[derive(Debug, Args)]
+pub struct UserAddArgs {
+    #[command(flatten)]
+    pub config: Config,
+    /// The name the person signs in with.
+    #[arg(long)]
+    pub username: String,
+    /// Read the password from standard input (first line).
+    #[arg(long, required = true)]
+    pub password_stdin: bool,
+    /// The person's FHIR resource: Practitioner/ID (staff) or Patient/ID.
+    #[arg(long)]
+    pub fhir_user: String,
+    /// Enrol a TOTP second factor (the secret and otpauth URI are printed) and require it.
+    #[arg(long)]
+    pub totp: bool,
 }
 
 /// Arguments of `admin token`.
@@ -139,6 +211,39 @@ pub struct ServeArgs {
     /// Hours a finished `$export` job and its files are kept before they are deleted.
     #[arg(long, env = "IRONFHIR_EXPORT_RETENTION_HOURS", default_value_t = 24)]
     pub export_retention_hours: u64,
+    /// Origins allowed to call the FHIR API and the token endpoint from a browser (CORS),
+    /// comma-separated; `*` allows any origin (bearer tokens, no cookies, are what cross).
+    #[arg(long, env = "IRONFHIR_CORS_ORIGINS", default_value = "*", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Lifetime of access tokens issued by the authorization server, in seconds.
+    #[arg(long, env = "IRONFHIR_ACCESS_TOKEN_TTL", default_value_t = 900)]
+    pub access_token_ttl: u64,
+    /// Lifetime of refresh tokens, in seconds.
+    #[arg(long, env = "IRONFHIR_REFRESH_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl: u64,
+    /// A sign-in session at the authorization server ends after this many idle seconds.
+    #[arg(long, env = "IRONFHIR_SESSION_IDLE_TIMEOUT", default_value_t = 1800)]
+    pub session_idle_timeout: u64,
+    /// Wrong passwords in a row before an account is locked.
+    #[arg(long, env = "IRONFHIR_MAX_LOGIN_FAILURES", default_value_t = 5)]
+    pub max_login_failures: i32,
+    /// Seconds a locked account stays locked.
+    #[arg(long, env = "IRONFHIR_LOCKOUT_SECONDS", default_value_t = 900)]
+    pub lockout_seconds: u64,
+}
+
+impl ServeArgs {
+    /// The authorization server's settings.
+    pub fn oauth_settings(&self) -> crate::oauth::Settings {
+        use std::time::Duration;
+        crate::oauth::Settings {
+            access_token_ttl: Duration::from_secs(self.access_token_ttl.max(1)),
+            refresh_token_ttl: Duration::from_secs(self.refresh_token_ttl.max(1)),
+            session_idle_timeout: Duration::from_secs(self.session_idle_timeout.max(1)),
+            max_login_failures: self.max_login_failures.max(1),
+            lockout: Duration::from_secs(self.lockout_seconds),
+        }
+    }
 }
 
 /// Settings shared by every subcommand: where data lives and which keys sign tokens.

@@ -5,7 +5,7 @@ use std::io::Read;
 
 use serde_json::Value;
 
-use crate::auth::{Principal, parse_scopes};
+use crate::auth::Principal;
 use crate::fhir::types::{Id, ResourceType};
 use crate::interactions::update::update;
 use crate::store::Store;
@@ -17,14 +17,7 @@ static DEMO: &[u8] = include_bytes!("../demo/demo.ndjson.gz");
 pub async fn load(store: &Store) -> Result<usize, String> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(DEMO).read_to_string(&mut text).map_err(|e| e.to_string())?;
-    let principal = Principal {
-        subject: "demo-loader".into(),
-        client_id: None,
-        patient: None,
-        fhir_user: None,
-        role: None,
-        scopes: parse_scopes("system/*.*"),
-    };
+    let principal = Principal::internal("demo-loader", "system/*.*");
     let mut written = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let resource: Value = serde_json::from_str(line).map_err(|e| format!("demo data: {e}"))?;

@@ -29,7 +29,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::auth::{Principal, parse_scopes};
+use crate::auth::Principal;
 use crate::config::ImportArgs;
 use crate::error::{FhirError, FhirResult, Severity};
 use crate::fhir::types::{Id, ResourceType};
@@ -172,14 +172,7 @@ async fn import_all(store: &Store, args: &ImportArgs, inputs: Vec<Input>) -> Res
     bar.enable_steady_tick(Duration::from_millis(200));
     let ctx = Arc::new(Context {
         store: store.clone(),
-        principal: Principal {
-            subject: "import".into(),
-            client_id: None,
-            patient: None,
-            fhir_user: None,
-            role: None,
-            scopes: parse_scopes("system/*.*"),
-        },
+        principal: Principal::internal("import", "system/*.*"),
         base: args.base_url.trim_end_matches('/').to_owned(),
         batch_size: args.batch_size as usize,
         bar,

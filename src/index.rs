@@ -217,9 +217,26 @@ fn quantity_part(part: &str) -> Option<String> {
 /// Every index value of a resource. `base` turns absolute references to this server into local
 /// `Type/id`. Expressions that fail to evaluate contribute nothing.
 pub fn extract(resource_type: &str, resource: &Value, base: &str) -> Vec<IndexEntry> {
+    extract_where(resource_type, resource, base, |_| true)
+}
+
+/// The references a resource makes at the parameters `params` (local ones as `Type/id`):
+/// what compartment membership is decided by.
+pub fn references_at(resource_type: &str, resource: &Value, base: &str, params: &[String]) -> Vec<String> {
+    extract_where(resource_type, resource, base, |p| params.iter().any(|w| w == p))
+        .into_iter()
+        .filter_map(|e| match e.value {
+            IndexValue::Reference(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// [`extract`] for the parameters `wanted` accepts.
+fn extract_where(resource_type: &str, resource: &Value, base: &str, wanted: impl Fn(&str) -> bool) -> Vec<IndexEntry> {
     let mut out = Vec::new();
     let mut context = None;
-    for (param, param_type, sources) in plan(resource_type).iter() {
+    for (param, param_type, sources) in plan(resource_type).iter().filter(|(p, _, _)| wanted(p)) {
         for (source, target) in sources {
             let items = match source {
                 Source::Path(path) => {

@@ -6,6 +6,8 @@
 //! - [`fhir`]: the official R4 definitions, validation, validated newtypes.
 //! - [`store`]: PostgreSQL (embedded or external), migrations, resource + history tables.
 //! - [`auth`]: bearer tokens → `Principal` (who is asking, with which scopes).
+//! - [`access`]: confinement of `patient/` scopes to the patient's compartment.
+//! - [`oauth`]: the SMART on FHIR authorization server (clients, users, login, tokens).
 //! - [`search`]: query parameters → SQL over the stored JSON.
 //! - [`interactions`]: create/read/update/… as plain async functions over the store.
 //! - [`rest`]: the thin axum layer — route, parse, call an interaction, render JSON or XML.
@@ -14,6 +16,7 @@
 //! - [`import`]: the `import` command (bulk loading of Bundles and NDJSON).
 //! - [`server`]: wiring: start the database, build the router, serve HTTP or HTTPS.
 
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod demo;
@@ -25,6 +28,7 @@ pub mod fhirpath;
 pub mod import;
 pub mod index;
 pub mod interactions;
+pub mod oauth;
 pub mod reindex;
 pub mod rest;
 pub mod search;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ironfhir::config::{AdminCommand, Cli, Command};
+use ironfhir::config::{AdminCommand, Cli, ClientCommand, Command, UserCommand};
 use ironfhir::server;
 
 /// mimalloc instead of the system allocator: a JSON-heavy server allocates a lot of small
@@ -21,6 +21,8 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // One TLS back-end for every client (HTTPS fetches of clients' JWK Sets).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
         Command::Serve(args) => server::serve(args).await,
         Command::Migrate(config) => migrate(config).await,
@@ -29,6 +31,8 @@ async fn main() -> ExitCode {
         Command::Admin { command: AdminCommand::Token(args) } => server::token_authority(&args.config)
             .and_then(|authority| authority.issue(&args.subject, &args.scope, args.ttl))
             .map(|token| println!("{token}")),
+        Command::Admin { command: AdminCommand::Client { command: ClientCommand::Add(args) } } => ironfhir::oauth::admin::client_add(args).await,
+        Command::Admin { command: AdminCommand::User { command: UserCommand::Add(args) } } => ironfhir::oauth::admin::user_add(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

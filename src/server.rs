@@ -59,6 +59,29 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .layer(TraceLayer::new_for_http())
 }
 
+/// CORS for browser apps (SMART apps call the FHIR API and the token endpoint cross-origin):
+/// bearer tokens travel in headers, no credentials (cookies) are allowed cross-origin.
+fn cors_layer(origins: &[String]) -> Result<tower_http::cors::CorsLayer, String> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let allow_origin = if origins.iter().any(|o| o.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        let list: Vec<HeaderValue> = origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o.trim().trim_end_matches('/')).map_err(|_| format!("--cors-origins: {o} is not an origin")))
+            .collect::<Result<_, _>>()?;
+        AllowOrigin::list(list)
+    };
+    let expose = ["location", "etag", "content-location", "last-modified", "x-request-id"].map(HeaderName::from_static);
+    Ok(CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers(expose)
+        .max_age(Duration::from_secs(600)))
+}
+
 /// A panic is a bug: answer an OperationOutcome (500) instead of dropping the connection.
 fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     tracing::error!("a request handler panicked");
@@ -95,11 +118,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         tls,
         max_body_bytes: args.max_body_bytes,
         max_bundle_entries: args.max_bundle_entries,
+        oauth: args.oauth_settings(),
     });
+    crate::oauth::spawn_revocation_poller(state.clone());
     // Preload the FHIR definitions so the first request does not pay for parsing them.
     let _ = crate::fhir::definitions::definitions();
     let _ = crate::interactions::capabilities::capability_statement();
-    let app = app(state);
+    let app = app(state).layer(cors_layer(&args.cors_origins)?);
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {

@@ -57,3 +57,32 @@ pub fn public_pem(private_pem: &str) -> Result<String, String> {
     let key = SigningKey::from_pkcs8_pem(private_pem).map_err(|e| format!("signing key is not a PKCS#8 P-256 key: {e}"))?;
     key.verifying_key().to_public_key_pem(LineEnding::LF).map_err(|e| e.to_string())
 }
+
+/// The P-256 signing key of a PKCS#8 PEM private key.
+pub fn signing_key(private_pem: &str) -> Result<SigningKey, String> {
+    SigningKey::from_pkcs8_pem(private_pem).map_err(|e| format!("signing key is not a PKCS#8 P-256 key: {e}"))
+}
+
+/// The public key as a JWK (`kty` EC, `crv` P-256, `alg` ES256, `use` sig, `kid`).
+pub fn public_jwk(key: &SigningKey, kid: &str) -> serde_json::Value {
+    let (x, y) = coordinates(key);
+    serde_json::json!({ "kty": "EC", "crv": "P-256", "x": x, "y": y, "alg": "ES256", "use": "sig", "kid": kid })
+}
+
+/// The RFC 7638 JWK thumbprint (SHA-256, base64url) of the public key: a stable key id.
+pub fn thumbprint(key: &SigningKey) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let (x, y) = coordinates(key);
+    // Members in lexicographic order, no whitespace (RFC 7638 §3.2).
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes()))
+}
+
+/// base64url x and y of the public point.
+fn coordinates(key: &SigningKey) -> (String, String) {
+    use base64::Engine;
+    let point = key.verifying_key().to_encoded_point(false);
+    let b64 = |b: Option<&p256::FieldBytes>| b.map(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)).unwrap_or_default();
+    (b64(point.x()), b64(point.y()))
+}

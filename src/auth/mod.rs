@@ -34,42 +34,86 @@ pub struct Claims {
     /// `Practitioner/123` or `Patient/123` for user logins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fhir_user: Option<String>,
-    /// The PractitionerRole the token is bound to.
+    /// The PractitionerRole the token is bound to (`PractitionerRole/ID`), or `patient`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Encounter in context (EHR launch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encounter: Option<String>,
+    /// The grant (authorization) the token was issued under: revoking the grant, or detecting
+    /// refresh-token reuse in it, ends every token that carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+}
+
+/// How far an allowed interaction reaches (see [`Principal::access`]).
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// Wherever the data is (within the principal's organisation, for `user/` scopes, once
+    /// the staff hierarchy confines them).
+    All,
+    /// Only resources in this patient's compartment (`patient/` scopes).
+    Patient(String),
 }
 
 /// The audience of access tokens for the FHIR API.
 pub const FHIR_AUDIENCE: &str = "ironfhir-fhir-api";
 
 /// The authenticated caller of a request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Principal {
     pub subject: String,
     pub client_id: Option<String>,
     pub patient: Option<String>,
     pub fhir_user: Option<String>,
     pub role: Option<String>,
+    pub encounter: Option<String>,
     pub scopes: Vec<Scope>,
+    /// `jti` of the access token (what `/auth/revoke` revokes).
+    pub token_id: Option<String>,
+    /// The grant the token belongs to (see [`Claims::grant`]).
+    pub grant: Option<String>,
 }
 
 impl Principal {
-    /// Whether some scope allows `interaction` on `resource_type`.
-    pub fn allows(&self, resource_type: &str, interaction: Interaction) -> bool {
-        self.scopes.iter().any(|s| s.allows(resource_type, interaction))
+    /// A principal for the server's own work (demo loader, import) with the given scopes.
+    pub fn internal(subject: &str, scope: &str) -> Self {
+        Principal { subject: subject.to_owned(), scopes: parse_scopes(scope), ..Default::default() }
     }
 
-    /// Fails with 403 unless some scope allows `interaction` on `resource_type`.
-    pub fn require(&self, resource_type: &str, interaction: Interaction) -> Result<(), FhirError> {
-        if self.allows(resource_type, interaction) {
-            Ok(())
-        } else {
-            Err(FhirError::Forbidden(format!(
-                "the access token's scopes do not allow {} on {}",
-                interaction.name(),
-                resource_type
-            )))
+    /// How far the principal may use `interaction` on `resource_type`: everywhere its
+    /// `system/` or `user/` scopes reach, only inside the patient's compartment when just a
+    /// `patient/` scope allows it, or not at all. `patient/` scopes without a patient in
+    /// context, and on types outside the Patient compartment, allow nothing.
+    pub fn access(&self, resource_type: &str, interaction: Interaction) -> Option<Reach> {
+        if self.scopes.iter().any(|s| s.context != ScopeContext::Patient && s.allows(resource_type, interaction)) {
+            return Some(Reach::All);
         }
+        if self.scopes.iter().any(|s| s.context == ScopeContext::Patient && s.allows(resource_type, interaction)) {
+            let patient = self.patient.as_ref()?;
+            return crate::access::in_patient_compartment_type(resource_type).then(|| Reach::Patient(patient.clone()));
+        }
+        None
+    }
+
+    /// Whether the principal may use `interaction` on `resource_type` at all (maybe only in a
+    /// compartment: callers that act on data must use [`Self::require`] and honour the reach).
+    pub fn allows(&self, resource_type: &str, interaction: Interaction) -> bool {
+        self.access(resource_type, interaction).is_some()
+    }
+
+    /// The reach of `interaction` on `resource_type`, or 403.
+    pub fn require(&self, resource_type: &str, interaction: Interaction) -> Result<Reach, FhirError> {
+        self.access(resource_type, interaction).ok_or_else(|| {
+            FhirError::Forbidden(format!("the access token's scopes do not allow {} on {}", interaction.name(), resource_type))
+        })
+    }
+
+    /// The patient whose compartment confines this principal for `interaction` on some type,
+    /// if any scope is patient-confined.
+    pub fn confined_patient(&self) -> Option<&str> {
+        self.scopes.iter().any(|s| s.context == ScopeContext::Patient).then_some(self.patient.as_deref()).flatten()
     }
 
     /// Whether a `system/` scope (SMART Backend Services) allows `interaction` on
@@ -86,7 +130,7 @@ impl Principal {
     /// Whether the principal may use the interaction on at least one resource type (for
     /// system-level history and search).
     pub fn allows_any(&self, interaction: Interaction) -> bool {
-        self.scopes.iter().any(|s| s.allows_any(interaction))
+        self.scopes.iter().any(|s| s.allows_any(interaction) && (s.context != ScopeContext::Patient || self.patient.is_some()))
     }
 }
 
@@ -94,10 +138,25 @@ impl Principal {
 pub struct TokenAuthority {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// The private key itself, for OpenID Connect id_tokens and the public JWK.
+    signing_key: p256::ecdsa::SigningKey,
+    /// Key id (`kid`): the RFC 7638 thumbprint of the public key.
+    kid: String,
     issuer: String,
+    /// Access tokens (`jti`) and grants revoked before expiry; checked on every request, kept
+    /// in step with the database by [`Self::revoke_token`], [`Self::revoke_grant`] and the
+    /// revocation poller (other instances' revocations).
+    revoked: std::sync::RwLock<Revoked>,
     /// Tokens already verified, with their principal and expiry: an ECDSA verification costs
     /// far more than the rest of a read, and clients send the same token many times.
     verified: std::sync::RwLock<std::collections::HashMap<String, (std::sync::Arc<Principal>, u64)>>,
+}
+
+/// Revoked token ids and grant ids.
+#[derive(Default)]
+struct Revoked {
+    tokens: std::collections::HashSet<String>,
+    grants: std::collections::HashSet<String>,
 }
 
 /// How many verified tokens are remembered before the cache is cleared.
@@ -107,12 +166,55 @@ impl TokenAuthority {
     /// Builds the authority from a PKCS#8 PEM P-256 private key.
     pub fn from_pem(private_pem: &str, issuer: &str) -> Result<Self, String> {
         let public_pem = keys::public_pem(private_pem)?;
+        let signing_key = keys::signing_key(private_pem)?;
         Ok(TokenAuthority {
             encoding: EncodingKey::from_ec_pem(private_pem.as_bytes()).map_err(|e| e.to_string())?,
             decoding: DecodingKey::from_ec_pem(public_pem.as_bytes()).map_err(|e| e.to_string())?,
+            kid: keys::thumbprint(&signing_key),
+            signing_key,
             issuer: issuer.to_owned(),
+            revoked: Default::default(),
             verified: Default::default(),
         })
+    }
+
+    /// `iss` of the access tokens.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Key id of the signing key (the `kid` header of every token we sign).
+    pub fn key_id(&self) -> &str {
+        &self.kid
+    }
+
+    /// The signing key (for OpenID Connect id_tokens).
+    pub fn signing_key(&self) -> &p256::ecdsa::SigningKey {
+        &self.signing_key
+    }
+
+    /// The public key as a JWK Set (`/auth/jwks`).
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": [keys::public_jwk(&self.signing_key, &self.kid)] })
+    }
+
+    /// Marks an access token revoked (by `jti`) in this process.
+    pub fn revoke_token(&self, jti: &str) {
+        if let Ok(mut r) = self.revoked.write() {
+            r.tokens.insert(jti.to_owned());
+        }
+    }
+
+    /// Marks a grant revoked in this process: every token issued under it stops working.
+    pub fn revoke_grant(&self, grant: &str) {
+        if let Ok(mut r) = self.revoked.write() {
+            r.grants.insert(grant.to_owned());
+        }
+    }
+
+    fn is_revoked(&self, principal: &Principal) -> bool {
+        let Ok(r) = self.revoked.read() else { return true };
+        principal.token_id.as_ref().is_some_and(|t| r.tokens.contains(t)) || principal.grant.as_ref().is_some_and(|g| r.grants.contains(g))
     }
 
     /// Issues a token for an operator or test (`ironfhir admin token`).
@@ -130,13 +232,17 @@ impl TokenAuthority {
             patient: None,
             fhir_user: None,
             role: None,
+            encounter: None,
+            grant: None,
         };
         self.sign(&claims)
     }
 
     /// Signs arbitrary claims.
     pub fn sign(&self, claims: &Claims) -> Result<String, String> {
-        jsonwebtoken::encode(&Header::new(Algorithm::ES256), claims, &self.encoding).map_err(|e| e.to_string())
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| e.to_string())
     }
 
     /// Verifies a token (see [`Self::verify_uncached`]), remembering valid tokens until they expire.
@@ -145,11 +251,17 @@ impl TokenAuthority {
         if let Ok(cache) = self.verified.read() {
             if let Some((principal, exp)) = cache.get(token) {
                 if *exp > now {
+                    if self.is_revoked(principal) {
+                        return Err(FhirError::Unauthorized("invalid access token: revoked".into()));
+                    }
                     return Ok(principal.clone());
                 }
             }
         }
         let (principal, exp) = self.verify_uncached(token)?;
+        if self.is_revoked(&principal) {
+            return Err(FhirError::Unauthorized("invalid access token: revoked".into()));
+        }
         let principal = std::sync::Arc::new(principal);
         if let Ok(mut cache) = self.verified.write() {
             if cache.len() >= VERIFIED_CACHE_CAPACITY {
@@ -184,10 +296,26 @@ impl TokenAuthority {
                 patient: claims.patient,
                 fhir_user: claims.fhir_user,
                 role: claims.role,
+                encounter: claims.encounter,
                 scopes: scopes::parse_scopes(&claims.scope),
+                token_id: Some(claims.jti),
+                grant: claims.grant,
             },
             exp,
         ))
+    }
+}
+
+impl TokenAuthority {
+    /// The claims of a token this server signed (signature, issuer and audience checked,
+    /// expiry not): what revocation needs, as an expired token may still be revoked.
+    pub fn decode_unexpired_or_not(&self, token: &str) -> Option<Claims> {
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[FHIR_AUDIENCE]);
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["iss", "aud", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).ok().map(|d| d.claims)
     }
 }
 
@@ -203,6 +331,7 @@ fn describe(e: &jsonwebtoken::errors::Error) -> &'static str {
     }
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

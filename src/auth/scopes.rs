@@ -55,25 +55,98 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// Whether this scope allows `interaction` on `resource_type`.
-    ///
-    /// `patient/` scopes allow nothing yet: confining them to the patient compartment is the
-    /// SMART work's job, and until it lands denying is the only safe answer (default deny).
+    /// Whether this scope allows `interaction` on `resource_type`. For `patient/` scopes this
+    /// is only half the answer: the principal confines them to the patient's compartment
+    /// ([`crate::auth::Principal::access`]).
     pub fn allows(&self, resource_type: &str, interaction: Interaction) -> bool {
-        self.context != ScopeContext::Patient
-            && self.resource_type.as_deref().is_none_or(|t| t == resource_type)
-            && self.permissions & interaction.bit() != 0
+        self.resource_type.as_deref().is_none_or(|t| t == resource_type) && self.permissions & interaction.bit() != 0
     }
 
     /// Whether this scope allows `interaction` on any type.
     pub fn allows_any(&self, interaction: Interaction) -> bool {
-        self.context != ScopeContext::Patient && self.permissions & interaction.bit() != 0
+        self.permissions & interaction.bit() != 0
+    }
+
+    /// The scope in SMART v2 form (`patient/Observation.rs`).
+    pub fn to_v2(&self) -> String {
+        let context = match self.context {
+            ScopeContext::System => "system",
+            ScopeContext::User => "user",
+            ScopeContext::Patient => "patient",
+        };
+        let letters: String = [('c', Interaction::Create), ('r', Interaction::Read), ('u', Interaction::Update), ('d', Interaction::Delete), ('s', Interaction::Search)]
+            .iter()
+            .filter(|(_, i)| self.permissions & i.bit() != 0)
+            .map(|(c, _)| *c)
+            .collect();
+        format!("{context}/{}.{letters}", self.resource_type.as_deref().unwrap_or("*"))
     }
 
     /// Whether this scope covers every resource type (`*`), needed for system-wide operations.
     pub fn is_wildcard(&self) -> bool {
         self.resource_type.is_none()
     }
+}
+
+/// Scopes that are not about clinical data, granted only when listed exactly.
+pub const NON_CLINICAL: &[&str] =
+    &["openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter", "offline_access", "online_access"];
+
+/// The part of a requested scope that `allowed` permits: the scope itself when some allowed
+/// scope covers it, a narrower one (fewer permissions, or `patient/` under a `user/` grant)
+/// when only part of it is permitted, `None` when nothing is. A `user/` scope also covers the
+/// same `patient/` scope (a patient's compartment is within the user's reach).
+pub fn narrow(requested: &str, allowed: &[&str]) -> Option<String> {
+    if allowed.contains(&requested) {
+        return Some(requested.to_owned());
+    }
+    let wanted = parse_scope(requested)?;
+    let mut best: Option<Scope> = None;
+    for a in allowed.iter().filter_map(|a| parse_scope(a)) {
+        let context_ok = a.context == wanted.context || (a.context == ScopeContext::User && wanted.context == ScopeContext::Patient);
+        if !context_ok {
+            continue;
+        }
+        let resource_type = match (&a.resource_type, &wanted.resource_type) {
+            (None, t) => t.clone(),
+            (Some(t), None) => Some(t.clone()),
+            (Some(a), Some(w)) if a == w => Some(w.clone()),
+            _ => continue,
+        };
+        let permissions = a.permissions & wanted.permissions;
+        if permissions == 0 {
+            continue;
+        }
+        let candidate = Scope { context: wanted.context, resource_type: resource_type.clone(), permissions };
+        // The exact request wins; otherwise the widest candidate of the requested type.
+        if resource_type == wanted.resource_type && permissions == wanted.permissions {
+            return Some(requested.to_owned());
+        }
+        if best.as_ref().is_none_or(|b| permissions.count_ones() > b.permissions.count_ones()) {
+            best = Some(candidate);
+        }
+    }
+    best.map(|b| b.to_v2())
+}
+
+/// Whether `requested` is fully permitted by `allowed`.
+pub fn covered_by(requested: &str, allowed: &[&str]) -> bool {
+    narrow(requested, allowed).is_some_and(|n| n == requested)
+}
+
+/// The scopes of `requested` (space-separated) that `allowed` permits, narrowed where only
+/// part is permitted; non-clinical scopes pass only when listed in `allowed`.
+pub fn intersect(requested: &str, allowed: &str) -> Vec<String> {
+    let allowed: Vec<&str> = allowed.split_whitespace().collect();
+    let mut out: Vec<String> = vec![];
+    for r in requested.split_whitespace() {
+        if let Some(n) = narrow(r, &allowed)
+            && !out.contains(&n)
+        {
+            out.push(n);
+        }
+    }
+    out
 }
 
 /// Parses a space-separated scope string; scopes that are not clinical-data scopes
@@ -150,8 +223,12 @@ mod tests {
     }
 
     #[test]
-    fn patient_scopes_are_denied_until_compartments_are_enforced() {
-        let s = parse_scopes("patient/*.read");
-        assert!(!s[0].allows("Observation", Interaction::Read));
+    fn narrowing_keeps_only_what_the_grant_allows() {
+        assert_eq!(intersect("user/*.cruds patient/Observation.rs openid", "user/*.rs openid"), vec!["user/*.rs", "patient/Observation.rs", "openid"]);
+        assert_eq!(intersect("user/Patient.read", "user/Patient.rs"), vec!["user/Patient.read"]);
+        assert_eq!(intersect("system/*.rs fhirUser", "user/*.rs"), Vec::<String>::new());
+        assert_eq!(intersect("user/*.rs", "user/Observation.r"), vec!["user/Observation.r"]);
+        assert!(covered_by("patient/*.read", &["user/*.*"]));
+        assert!(!covered_by("user/*.read", &["patient/*.*"]));
     }
 }

@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{WriteOutcome, check_body, create, delete, now, patch, read, stamp, update};
-use crate::auth::{Interaction, Principal};
+use crate::auth::{Interaction, Principal, Reach};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::definitions::definitions;
 use crate::fhir::types::{Id, ResourceType, sanitize};
@@ -285,22 +285,33 @@ fn parse_url(method: Method, url: &str, base: &str) -> FhirResult<(ResourceType,
 }
 
 /// The scopes an entry needs, as the single interaction would check them.
+/// Entries that a `patient/`-confined token may not use in a Bundle (their targets are found
+/// by unconfined criteria or have no content to check) are refused here.
 fn authorize(principal: &Principal, e: &Entry) -> FhirResult<()> {
     let rt = e.rt.as_str();
     let conditional = matches!(e.target, Target::Query(_));
+    let confined_write = |reach: Reach, what: &str| match reach {
+        Reach::All => Ok(()),
+        Reach::Patient(_) => Err(FhirError::Forbidden(format!("{what} entries are not available to patient-scoped tokens"))),
+    };
     match e.method {
-        Method::Get | Method::Head => principal.require(rt, if conditional { Interaction::Search } else { Interaction::Read }),
+        Method::Get | Method::Head => principal.require(rt, if conditional { Interaction::Search } else { Interaction::Read }).map(drop),
         Method::Post => {
-            principal.require(rt, Interaction::Create)?;
+            let reach = principal.require(rt, Interaction::Create)?;
             if e.if_none_exist.is_some() {
-                principal.require(rt, Interaction::Search)?;
+                let _ = principal.require(rt, Interaction::Search)?;
+                confined_write(reach, "conditional create")?;
             }
             Ok(())
         }
         Method::Put | Method::Patch | Method::Delete => {
-            principal.require(rt, if e.method == Method::Delete { Interaction::Delete } else { Interaction::Update })?;
+            let reach = principal.require(rt, if e.method == Method::Delete { Interaction::Delete } else { Interaction::Update })?;
             if conditional {
-                principal.require(rt, Interaction::Search)?;
+                let _ = principal.require(rt, Interaction::Search)?;
+                confined_write(reach.clone(), "conditional")?;
+            }
+            if e.method == Method::Delete {
+                confined_write(reach, "DELETE")?;
             }
             Ok(())
         }
@@ -577,8 +588,9 @@ async fn resolve_conditional(
     query: &str,
 ) -> FhirResult<String> {
     let rt = ResourceType::parse(type_name)?;
-    principal.require(rt.as_str(), Interaction::Search)?;
-    let criteria = search::parse_conditional(&rt, &links.rewrite_query(query), links.base)?;
+    let _ = principal.require(rt.as_str(), Interaction::Search)?;
+    let mut criteria = search::parse_conditional(&rt, &links.rewrite_query(query), links.base)?;
+    crate::access::confine(&mut criteria, principal, links.base);
     let ids = search::matching_ids(tx, &criteria, 2).await?;
     match ids.as_slice() {
         [one] => Ok(format!("{rt}/{one}")),
@@ -674,6 +686,8 @@ async fn write(tx: &mut Tx, principal: &Principal, e: &Entry, plan: Plan, body: 
         (Plan::Existing(stored), _) => WriteOutcome { stored, created: false },
         (Plan::Create(id), _) => {
             let mut body = body.ok_or_else(missing)?;
+            let reach = principal.require(e.rt.as_str(), Interaction::Create)?;
+            crate::access::check_write(&reach, e.rt.as_str(), id.as_str(), &body, base)?;
             let last_updated = now();
             stamp(&mut body, id.as_str(), 1, &last_updated);
             create::create_in(tx, e.rt.as_str(), &id, last_updated, &body, None, base).await?
@@ -714,8 +728,8 @@ async fn delete_entry(tx: &mut Tx, e: &Entry, links: &Links<'_>) -> FhirResult<(
 /// A GET/HEAD entry: read, vread (with `ifNoneMatch` / `ifModifiedSince`) or search.
 async fn get_entry(tx: &mut Tx, principal: &Principal, e: &Entry, links: &Links<'_>) -> FhirResult<EntryOutcome> {
     let stored = match &e.target {
-        Target::Instance(id) => read::read_in(tx, principal, &e.rt, id).await?,
-        Target::Version(id, version) => read::vread_in(tx, principal, &e.rt, id, version).await?,
+        Target::Instance(id) => read::read_in(tx, principal, &e.rt, id, links.base).await?,
+        Target::Version(id, version) => read::vread_in(tx, principal, &e.rt, id, version, links.base).await?,
         Target::Query(query) => {
             let query = links.rewrite_query(query);
             let pairs: Vec<(String, String)> =

@@ -20,17 +20,22 @@ pub async fn create(
     if_none_exist: Option<&str>,
     base: &str,
 ) -> FhirResult<WriteOutcome> {
-    principal.require(resource_type.as_str(), Interaction::Create)?;
+    let reach = principal.require(resource_type.as_str(), Interaction::Create)?;
     check_body(resource_type, &body, None)?;
     if if_none_exist.is_some() {
-        principal.require(resource_type.as_str(), Interaction::Search)?;
+        let _ = principal.require(resource_type.as_str(), Interaction::Search)?;
     }
     let criteria = match if_none_exist {
-        Some(q) => Some(search::parse_conditional(resource_type, q, base)?),
+        Some(q) => {
+            let mut criteria = search::parse_conditional(resource_type, q, base)?;
+            crate::access::confine(&mut criteria, principal, base);
+            Some(criteria)
+        }
         None => None,
     };
     // http.html#create: a client-supplied id is ignored.
     let id = Id::generate();
+    crate::access::check_write(&reach, resource_type.as_str(), id.as_str(), &body, base)?;
     let last_updated = now();
     stamp(&mut body, id.as_str(), 1, &last_updated);
     let rt = resource_type.as_str();

@@ -1,7 +1,7 @@
 //! delete and conditional delete — https://hl7.org/fhir/R4/http.html#delete, #3.1.0.7.1
 
 use super::now;
-use crate::auth::{Interaction, Principal};
+use crate::auth::{Interaction, Principal, Reach};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::types::{Id, ResourceType};
 use crate::search;
@@ -10,16 +10,30 @@ use crate::store::{self, Store, Tx};
 /// Deletes `rt/id`: a new history version marks it deleted and reads answer 410. Deleting a
 /// resource that does not exist or is already deleted succeeds without a new version. Returns
 /// the number of resources deleted (0 or 1).
-pub async fn delete(store: &Store, principal: &Principal, resource_type: &ResourceType, id: &Id) -> FhirResult<u32> {
-    principal.require(resource_type.as_str(), Interaction::Delete)?;
+pub async fn delete(store: &Store, principal: &Principal, resource_type: &ResourceType, id: &Id, base: &str) -> FhirResult<u32> {
+    let reach = principal.require(resource_type.as_str(), Interaction::Delete)?;
+    let reach = &reach;
     store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
-                let result = delete_in(&mut tx, resource_type.as_str(), id.as_str()).await;
+                let result = match check_delete(&mut tx, reach, resource_type.as_str(), id.as_str(), base).await {
+                    Ok(()) => delete_in(&mut tx, resource_type.as_str(), id.as_str()).await,
+                    Err(e) => Err(e),
+                };
                 (tx, result)
             })
         })
         .await
+}
+
+/// A confined principal deletes only what is in its patient's compartment.
+async fn check_delete(tx: &mut Tx, reach: &Reach, rt: &str, id: &str, base: &str) -> FhirResult<()> {
+    if let Reach::Patient(_) = reach
+        && let Some(current) = store::current_content(tx, rt, id).await?
+    {
+        crate::access::check_write(reach, rt, id, &current, base)?;
+    }
+    Ok(())
 }
 
 /// Conditional delete (single-match mode): no match succeeds with nothing deleted, one match is
@@ -31,9 +45,10 @@ pub async fn conditional_delete(
     criteria: &str,
     base: &str,
 ) -> FhirResult<u32> {
-    principal.require(resource_type.as_str(), Interaction::Delete)?;
-    principal.require(resource_type.as_str(), Interaction::Search)?;
-    let criteria = search::parse_conditional(resource_type, criteria, base)?;
+    let _ = principal.require(resource_type.as_str(), Interaction::Delete)?;
+    let _ = principal.require(resource_type.as_str(), Interaction::Search)?;
+    let mut criteria = search::parse_conditional(resource_type, criteria, base)?;
+    crate::access::confine(&mut criteria, principal, base);
     let criteria = &criteria;
     store
         .with_transaction(move |mut tx| {

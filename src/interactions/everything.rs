@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::history::parse_instant;
-use crate::auth::{Interaction, Principal};
+use crate::auth::{Interaction, Principal, Reach};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::definitions::definitions;
 use crate::fhir::types::{Id, ResourceType, sanitize};
@@ -79,8 +79,15 @@ pub struct EverythingPage {
 /// 410 deleted. Types the principal may not search are left out.
 pub async fn everything(store: &Store, principal: &Principal, id: &Id, params: &EverythingParams, base: &str) -> FhirResult<EverythingPage> {
     let patient_type = ResourceType::parse("Patient")?;
-    let patient = super::read::read(store, principal, &patient_type, id).await?;
+    let patient = super::read::read(store, principal, &patient_type, id, base).await?;
     let reference = format!("Patient/{id}");
+    // A type is included when the principal reaches this patient's resources of it: every
+    // resource, or (patient/ scopes) the compartment of this very patient.
+    let reaches = |t: &str| match principal.access(t, Interaction::Search) {
+        Some(Reach::All) => true,
+        Some(Reach::Patient(p)) => p == id.as_str(),
+        None => false,
+    };
     let by_id = |rt: ResourceType, id: &str| Criteria {
         resource_type: rt,
         clauses: vec![Clause { name: "_id".into(), kind: ClauseKind::Id(vec![id.to_owned()]), negate: false }],
@@ -97,7 +104,7 @@ pub async fn everything(store: &Store, principal: &Principal, id: &Id, params: &
     }
     for (code, compartment_params) in &compartment {
         let code = code.as_str();
-        if !params.wants(code) || !principal.allows(code, Interaction::Search) {
+        if !params.wants(code) || !reaches(code) {
             continue;
         }
         let Ok(rt) = ResourceType::parse(code) else { continue };
@@ -123,7 +130,7 @@ pub async fn everything(store: &Store, principal: &Principal, id: &Id, params: &
         for r in refs {
             let local = crate::fhir::types::local_reference(r, base);
             let Some((t, rid)) = local.split_once('/') else { continue };
-            if !params.wants(t) || !principal.allows(t, Interaction::Search) || !Id::is_valid(rid) {
+            if !params.wants(t) || !reaches(t) || !Id::is_valid(rid) {
                 continue;
             }
             let Ok(rt) = ResourceType::parse(t) else { continue };

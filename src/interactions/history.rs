@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::auth::{Interaction, Principal};
+use crate::auth::{Interaction, Principal, Reach};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::types::{Id, ResourceType};
 use crate::store::{HistoryQuery, Store, StoredResource};
@@ -68,15 +68,40 @@ pub async fn history(
     resource_type: Option<&ResourceType>,
     id: Option<&Id>,
     params: &HistoryParams,
+    base: &str,
 ) -> FhirResult<HistoryPage> {
-    match (resource_type, id) {
+    let reach = match (resource_type, id) {
         (Some(rt), Some(_)) => principal.require(rt.as_str(), Interaction::Read)?,
-        (Some(rt), None) => principal.require(rt.as_str(), Interaction::Search)?,
+        (Some(rt), None) => match principal.require(rt.as_str(), Interaction::Search)? {
+            Reach::All => Reach::All,
+            // Type history has no compartment filter in SQL; its totals and pages would count
+            // other patients' versions.
+            Reach::Patient(_) => {
+                return Err(FhirError::Forbidden("type-level history is not available to patient-scoped tokens".into()));
+            }
+        },
         _ => {
             // System history spans every type: only a principal allowed to read all types may see it.
-            if !principal.scopes.iter().any(|s| s.is_wildcard() && s.allows_any(Interaction::Search)) {
+            let everything = principal
+                .scopes
+                .iter()
+                .any(|s| s.is_wildcard() && s.context != crate::auth::ScopeContext::Patient && s.allows_any(Interaction::Search));
+            if !everything {
                 return Err(FhirError::Forbidden("system-level history needs a scope on all resource types".into()));
             }
+            Reach::All
+        }
+    };
+    if let (Reach::Patient(_), Some(rt), Some(id)) = (&reach, resource_type, id) {
+        // The resource as it is now must be the patient's; its versions outside the
+        // compartment are left out below.
+        let current = store.read(rt.as_str(), id.as_str()).await?;
+        let inside = current
+            .as_ref()
+            .and_then(|c| c.content.as_ref())
+            .is_some_and(|content| crate::access::reaches(&reach, rt.as_str(), id.as_str(), content, base));
+        if !inside {
+            return Err(FhirError::NotFound(format!("{rt}/{id} is not known")));
         }
     }
     let query = HistoryQuery {
@@ -87,7 +112,10 @@ pub async fn history(
         before_seq: params.before_seq,
         count: params.count,
     };
-    let (entries, next_cursor) = store.history(&query).await?;
+    let (mut entries, next_cursor) = store.history(&query).await?;
+    if let Reach::Patient(_) = &reach {
+        entries.retain(|e| e.content.as_ref().is_none_or(|c| crate::access::reaches(&reach, &e.resource_type, &e.id, c, base)));
+    }
     if let (Some(rt), Some(id)) = (resource_type, id) {
         if entries.is_empty() && params.before_seq.is_none() && store.read(rt.as_str(), id.as_str()).await?.is_none() {
             return Err(FhirError::NotFound(format!("{rt}/{id} is not known")));

@@ -27,12 +27,14 @@ pub async fn patch(
     if_match: Option<&str>,
     base: &str,
 ) -> FhirResult<WriteOutcome> {
-    principal.require(resource_type.as_str(), Interaction::Update)?;
+    let _ = principal.require(resource_type.as_str(), Interaction::Update)?;
     let patch = parse_patch(patch_doc)?;
     let criteria = match target {
         PatchTarget::Criteria { query } => {
-            principal.require(resource_type.as_str(), Interaction::Search)?;
-            Some(search::parse_conditional(resource_type, query, base)?)
+            let _ = principal.require(resource_type.as_str(), Interaction::Search)?;
+            let mut criteria = search::parse_conditional(resource_type, query, base)?;
+            crate::access::confine(&mut criteria, principal, base);
+            Some(criteria)
         }
         PatchTarget::Id(_) => None,
     };

@@ -1,21 +1,36 @@
 //! read and vread — https://hl7.org/fhir/R4/http.html#read, #vread
 
 use super::live;
-use crate::auth::{Interaction, Principal};
+use crate::auth::{Interaction, Principal, Reach};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::types::{Id, ResourceType};
 use crate::store::{self, Store, StoredResource, Tx};
 
-/// The current version of a resource (404 unknown, 410 deleted).
-pub async fn read(store: &Store, principal: &Principal, resource_type: &ResourceType, id: &Id) -> FhirResult<StoredResource> {
-    principal.require(resource_type.as_str(), Interaction::Read)?;
-    live(store.read(resource_type.as_str(), id.as_str()).await?, resource_type, id)
+/// The current version of a resource (404 unknown, 410 deleted; 404 too when the principal's
+/// reach does not cover it). `base` is the server's FHIR base URL.
+pub async fn read(store: &Store, principal: &Principal, resource_type: &ResourceType, id: &Id, base: &str) -> FhirResult<StoredResource> {
+    let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
+    let stored = store.read(resource_type.as_str(), id.as_str()).await?;
+    within_reach(&reach, stored.as_ref(), base)?;
+    live(stored, resource_type, id)
 }
 
 /// [`read`] inside a transaction (sees the transaction's own writes).
-pub async fn read_in(tx: &mut Tx, principal: &Principal, resource_type: &ResourceType, id: &Id) -> FhirResult<StoredResource> {
-    principal.require(resource_type.as_str(), Interaction::Read)?;
-    live(store::read_in(tx, resource_type.as_str(), id.as_str()).await?, resource_type, id)
+pub async fn read_in(tx: &mut Tx, principal: &Principal, resource_type: &ResourceType, id: &Id, base: &str) -> FhirResult<StoredResource> {
+    let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
+    let stored = store::read_in(tx, resource_type.as_str(), id.as_str()).await?;
+    within_reach(&reach, stored.as_ref(), base)?;
+    live(stored, resource_type, id)
+}
+
+/// 404 unless the reach covers the version read. A deleted version has no content to decide
+/// by: a confined principal learns nothing of it either (404 rather than 410).
+pub fn within_reach(reach: &Reach, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
+    let (Reach::Patient(_), Some(s)) = (reach, stored) else { return Ok(()) };
+    match &s.content {
+        Some(content) => crate::access::check_read(reach, &s.resource_type, &s.id, content, base),
+        None => Err(FhirError::NotFound(format!("{}/{} is not known", s.resource_type, s.id))),
+    }
 }
 
 /// A specific version (404 unknown version, 410 when that version is a deletion).
@@ -25,10 +40,13 @@ pub async fn vread(
     resource_type: &ResourceType,
     id: &Id,
     version: &str,
+    base: &str,
 ) -> FhirResult<StoredResource> {
-    principal.require(resource_type.as_str(), Interaction::Read)?;
+    let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let version = parse_version(resource_type, id, version)?;
-    version_found(store.vread(resource_type.as_str(), id.as_str(), version).await?, resource_type, id, version)
+    let stored = store.vread(resource_type.as_str(), id.as_str(), version).await?;
+    within_reach(&reach, stored.as_ref(), base)?;
+    version_found(stored, resource_type, id, version)
 }
 
 /// [`vread`] inside a transaction.
@@ -38,10 +56,13 @@ pub async fn vread_in(
     resource_type: &ResourceType,
     id: &Id,
     version: &str,
+    base: &str,
 ) -> FhirResult<StoredResource> {
-    principal.require(resource_type.as_str(), Interaction::Read)?;
+    let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let version = parse_version(resource_type, id, version)?;
-    version_found(store::vread_in(tx, resource_type.as_str(), id.as_str(), version).await?, resource_type, id, version)
+    let stored = store::vread_in(tx, resource_type.as_str(), id.as_str(), version).await?;
+    within_reach(&reach, stored.as_ref(), base)?;
+    version_found(stored, resource_type, id, version)
 }
 
 fn parse_version(resource_type: &ResourceType, id: &Id, version: &str) -> FhirResult<i64> {

@@ -32,11 +32,13 @@ fn parse_checked(
     strict: bool,
     base: &str,
 ) -> FhirResult<SearchRequest> {
-    principal.require(resource_type.as_str(), Interaction::Search)?;
-    let request = search::parse_search(resource_type, pairs, strict, base)?;
+    let _reach = principal.require(resource_type.as_str(), Interaction::Search)?;
+    let mut request = search::parse_search(resource_type, pairs, strict, base)?;
     for t in request.criteria.types() {
-        principal.require(&t, Interaction::Search)?;
+        let _reach = principal.require(&t, Interaction::Search)?;
     }
+    // patient/ scopes: every searched type (chains and _has included) within the compartment.
+    crate::access::confine(&mut request.criteria, principal, base);
     Ok(request)
 }
 
@@ -65,10 +67,28 @@ async fn run_on(
     base: &str,
 ) -> FhirResult<SearchOutcome> {
     let (found, total, more) = search::execute_in(&mut *conn, &request).await?;
-    let allowed = |t: &str| principal.allows(t, Interaction::Read);
-    let included = search::fetch_includes(conn, &request.includes, &found, base, &allowed).await?;
+    let included = readable_includes(conn, principal, &request, &found, base).await?;
     let keyset = search::pages_by_cursor(&request);
     Ok(SearchOutcome { path, request, found, total, more, keyset, included })
+}
+
+/// The `_include`/`_revinclude` resources of a page that the principal may read: types its
+/// scopes do not cover are not fetched, and resources outside a `patient/` scope's
+/// compartment are dropped (includes do not count towards totals or paging).
+async fn readable_includes(
+    conn: &mut sqlx::PgConnection,
+    principal: &Principal,
+    request: &SearchRequest,
+    found: &[StoredResource],
+    base: &str,
+) -> FhirResult<Vec<StoredResource>> {
+    let allowed = |t: &str| principal.allows(t, Interaction::Read);
+    let mut included = search::fetch_includes(conn, &request.includes, found, base, &allowed).await?;
+    included.retain(|r| match (principal.access(&r.resource_type, Interaction::Read), &r.content) {
+        (Some(reach), Some(content)) => crate::access::reaches(&reach, &r.resource_type, &r.id, content, base),
+        _ => false,
+    });
+    Ok(included)
 }
 
 /// Compartment search (`GET [base]/Patient/1/Observation`, compartmentdefinition.html): the
@@ -87,34 +107,9 @@ pub async fn compartment_search(
     base: &str,
 ) -> FhirResult<SearchOutcome> {
     let mut request = parse_checked(principal, resource_type, pairs, strict, base)?;
-    let params: Vec<String> = crate::fhir::definitions::definitions()
-        .compartment_members(compartment.as_str())
-        .into_iter()
-        .filter(|(code, _)| code == resource_type.as_str())
-        .flat_map(|(_, params)| params)
-        .collect();
-    let mut paths = vec![];
-    for p in &params {
-        if p == "{def}" && resource_type == compartment {
-            continue;
-        }
-        paths.extend(search::reference_paths(resource_type, p, base).unwrap_or_default());
-    }
-    let member = if resource_type == compartment {
-        // The compartment's own resource is in its compartment.
-        search::Clause { name: "_id".into(), kind: search::ClauseKind::Id(vec![id.to_string()]), negate: false }
-    } else {
-        let values = vec![format!("{compartment}/{id}"), format!("{base}/{compartment}/{id}")];
-        // No parameters: an empty path list matches nothing.
-        let params = params.iter().filter(|p| *p != "{def}").cloned().collect();
-        let kind = search::ClauseKind::InCompartment { params, paths, values };
-        search::Clause { name: compartment.to_string(), kind, negate: false }
-    };
-    if resource_type == compartment || !params.is_empty() {
-        request.criteria.clauses.push(member);
-    } else {
-        request.criteria.clauses.push(search::Clause { name: "_id".into(), kind: search::ClauseKind::Id(vec![]), negate: false });
-    }
+    let member = crate::access::compartment_clause(compartment.as_str(), id.as_str(), resource_type.as_str(), base)
+        .unwrap_or_else(crate::access::nothing);
+    request.criteria.clauses.push(member);
     let mut conn = store.pool().acquire().await?;
     run_on(&mut conn, principal, request, format!("{compartment}/{id}/{resource_type}"), base).await
 }
@@ -132,7 +127,7 @@ pub async fn system_search(store: &Store, principal: &Principal, pairs: &[(Strin
             if !defs.is_resource_type(t) {
                 return Err(crate::error::FhirError::BadRequest(format!("{k}: '{}' is not a resource type", crate::fhir::types::sanitize(t))));
             }
-            principal.require(t, Interaction::Search)?;
+            let _ = principal.require(t, Interaction::Search)?;
             list.push(t.to_owned());
         }
     }
@@ -163,8 +158,7 @@ pub async fn system_search(store: &Store, principal: &Principal, pairs: &[(Strin
         request.used.insert(0, ("_type".into(), types.join(",")));
     }
     let mut conn = store.pool().acquire().await?;
-    let allowed = |t: &str| principal.allows(t, Interaction::Read);
-    let included = search::fetch_includes(&mut conn, &request.includes, &found, base, &allowed).await?;
+    let included = readable_includes(&mut conn, principal, &request, &found, base).await?;
     let more = ((request.offset + found.len()) as i64) < total;
     if request.cursor.is_some() {
         return Err(crate::error::FhirError::BadRequest("system-level search pages with _offset, not _cursor".into()));

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::{WriteOutcome, check_body, now, stamp};
-use crate::auth::{Interaction, Principal};
+use crate::auth::{Interaction, Principal, Reach};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::types::{Id, ResourceType};
 use crate::search;
@@ -26,9 +26,10 @@ pub async fn update(
     if_match: Option<&str>,
     base: &str,
 ) -> FhirResult<WriteOutcome> {
-    principal.require(resource_type.as_str(), Interaction::Update)?;
+    let reach = principal.require(resource_type.as_str(), Interaction::Update)?;
     check_body(resource_type, &body, Some(id))?;
-    if if_match.is_none() && principal.allows(resource_type.as_str(), Interaction::Create) {
+    // A confined principal's update must look at the current version first (put_version).
+    if if_match.is_none() && reach == Reach::All && principal.access(resource_type.as_str(), Interaction::Create) == Some(Reach::All) {
         return upsert_fast(store, resource_type, id, body, base).await;
     }
     let body = &body;
@@ -53,9 +54,10 @@ pub async fn conditional_update(
     if_match: Option<&str>,
     base: &str,
 ) -> FhirResult<WriteOutcome> {
-    principal.require(resource_type.as_str(), Interaction::Update)?;
-    principal.require(resource_type.as_str(), Interaction::Search)?;
-    let criteria = search::parse_conditional(resource_type, criteria, base)?;
+    let _ = principal.require(resource_type.as_str(), Interaction::Update)?;
+    let _ = principal.require(resource_type.as_str(), Interaction::Search)?;
+    let mut criteria = search::parse_conditional(resource_type, criteria, base)?;
+    crate::access::confine(&mut criteria, principal, base);
     check_body(resource_type, &body, None)?;
     let body_id = match body.get("id") {
         Some(Value::String(s)) => Some(Id::parse(s)?),
@@ -126,6 +128,14 @@ pub async fn put_version(
 ) -> FhirResult<WriteOutcome> {
     let rt = resource_type.as_str();
     let current = store::lock_current(tx, rt, id.as_str()).await?;
+    let reach = principal.require(rt, Interaction::Update)?;
+    if let Reach::Patient(_) = reach {
+        // Both the version replaced and the one written must be in the patient's compartment.
+        crate::access::check_write(&reach, rt, id.as_str(), &body, base)?;
+        if let Some(old) = store::current_content(tx, rt, id.as_str()).await? {
+            crate::access::check_write(&reach, rt, id.as_str(), &old, base)?;
+        }
+    }
     if let Some(expected) = if_match {
         let current_version = current.filter(|(_, deleted)| !deleted).map(|(v, _)| v);
         if parse_if_match(expected).is_none() || current_version != parse_if_match(expected) {
@@ -139,7 +149,7 @@ pub async fn put_version(
         None => (1, true),
     };
     if created {
-        principal.require(rt, Interaction::Create)?;
+        let _ = principal.require(rt, Interaction::Create)?;
     }
     let last_updated = now();
     stamp(&mut body, id.as_str(), version_id, &last_updated);

@@ -36,12 +36,14 @@ pub struct AppState {
     pub max_bundle_entries: usize,
     /// Bulk Data export: document store, retention and the worker's wake-up signal.
     pub exports: Arc<crate::export::ExportService>,
+    /// The authorization server's settings.
+    pub oauth: crate::oauth::Settings,
 }
 
 /// Builds the router: everything under `/fhir` goes through [`dispatch`]; other paths are 404
 /// OperationOutcomes.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    crate::oauth::router()
         .route("/fhir", axum::routing::any(dispatch))
         .route("/fhir/", axum::routing::any(dispatch))
         .route("/fhir/{*rest}", axum::routing::any(dispatch))
@@ -140,7 +142,13 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     // The CapabilityStatement is public (http.html#capabilities).
     if s == ["metadata"] {
         return match *method {
-            Method::GET => respond(ctx, StatusCode::OK, capabilities::capability_statement().as_ref().clone(), HeaderMap::new()),
+            Method::GET => {
+                let mut statement = capabilities::capability_statement().as_ref().clone();
+                if let Some(rest) = statement.get_mut("rest").and_then(|r| r.get_mut(0)) {
+                    rest["security"] = crate::oauth::discovery::capability_security(&ctx.base);
+                }
+                respond(ctx, StatusCode::OK, statement, HeaderMap::new())
+            }
             _ => Err(FhirError::MethodNotAllowed("metadata only supports GET".into())),
         };
     }
@@ -149,7 +157,7 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     match (method.clone(), s.as_slice()) {
         (Method::GET, ["_history"]) => {
             let params = HistoryParams::parse(&ctx.query)?;
-            let page = interactions::history::history(store, &principal, None, None, &params).await?;
+            let page = interactions::history::history(store, &principal, None, None, &params, &ctx.base).await?;
             respond(ctx, StatusCode::OK, bundle::history_bundle(ctx, "_history", &page, &params), HeaderMap::new())
         }
         (Method::POST, []) => {
@@ -224,7 +232,7 @@ async fn route_type(
         }
         (Method::GET, ["_history"]) => {
             let params = HistoryParams::parse(&ctx.query)?;
-            let page = interactions::history::history(store, principal, Some(rt), None, &params).await?;
+            let page = interactions::history::history(store, principal, Some(rt), None, &params, &ctx.base).await?;
             respond(ctx, StatusCode::OK, bundle::history_bundle(ctx, &format!("{rt}/_history"), &page, &params), HeaderMap::new())
         }
         (Method::POST, ["$validate"]) => {
@@ -262,7 +270,7 @@ async fn route_instance(
     let store = &state.store;
     match (method, rest) {
         (Method::GET, []) => {
-            let stored = interactions::read::read(store, principal, rt, id).await?;
+            let stored = interactions::read::read(store, principal, rt, id, &ctx.base).await?;
             read_response(ctx, stored)
         }
         (Method::PUT, []) => {
@@ -276,16 +284,16 @@ async fn route_instance(
             write_response(ctx, outcome)
         }
         (Method::DELETE, []) => {
-            let deleted = interactions::delete::delete(store, principal, rt, id).await?;
+            let deleted = interactions::delete::delete(store, principal, rt, id, &ctx.base).await?;
             delete_response(ctx, deleted)
         }
         (Method::GET, ["_history"]) => {
             let params = HistoryParams::parse(&ctx.query)?;
-            let page = interactions::history::history(store, principal, Some(rt), Some(id), &params).await?;
+            let page = interactions::history::history(store, principal, Some(rt), Some(id), &params, &ctx.base).await?;
             respond(ctx, StatusCode::OK, bundle::history_bundle(ctx, &format!("{rt}/{id}/_history"), &page, &params), HeaderMap::new())
         }
         (Method::GET, ["_history", version]) => {
-            let stored = interactions::read::vread(store, principal, rt, id, version).await?;
+            let stored = interactions::read::vread(store, principal, rt, id, version, &ctx.base).await?;
             read_response(ctx, stored)
         }
         (Method::POST, ["$validate"]) | (Method::GET, ["$validate"]) => {
@@ -350,7 +358,7 @@ async fn read_body(state: &AppState, body: Body) -> FhirResult<Bytes> {
 /// The 401 message for requests without any Authorization header.
 const MISSING_TOKEN: &str = "an access token is required (Authorization: Bearer ...)";
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> FhirResult<Arc<Principal>> {
+pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> FhirResult<Arc<Principal>> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| FhirError::Unauthorized(MISSING_TOKEN.into()))?;
@@ -364,7 +372,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> FhirResult<Arc<Princip
     state.tokens.verify(token)
 }
 
-fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(base) = &state.base_url {
         return base.trim_end_matches('/').to_owned();
     }

@@ -27,6 +27,8 @@ fn good_claims() -> Claims {
         patient: None,
         fhir_user: None,
         role: None,
+        encounter: None,
+        grant: None,
     }
 }
 

@@ -1,0 +1,555 @@
+//! The authorization endpoint (SMART App Launch 2.0 §App Launch, RFC 6749 §4.1): validates
+//! the request, then walks the person through sign-in, role choice, patient choice and
+//! consent on server-rendered pages, and redirects back to the app with a single-use code.
+//!
+//! State between pages lives in `auth_request` (keyed by an unguessable id carried in hidden
+//! fields); every form post must also carry the request's CSRF token, which is bound to a
+//! browser cookie (double submit), so another site can neither drive nor forge the steps.
+//! One sign-in session (`ironfhir_sid` cookie) serves any number of authorizations, so an app
+//! can get tokens for several roles of the same person side by side without signing in again.
+
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use bytes::Bytes;
+
+use super::accounts::{self, User};
+use super::{hash_token, pages, param, random_token};
+use crate::auth::scopes;
+use crate::rest::AppState;
+
+/// Cookie of the sign-in session.
+const SESSION_COOKIE: &str = "ironfhir_sid";
+/// Cookie that binds form posts to the browser that started the request (double submit).
+const BROWSER_COOKIE: &str = "ironfhir_bid";
+/// How long a person has to complete the pages.
+const REQUEST_TTL_SECS: f64 = 600.0;
+/// How long an authorization code can be exchanged.
+pub const CODE_TTL_SECS: f64 = 60.0;
+/// What the patient role grants: their own record to read, appointments and refill requests
+/// to make.
+pub const PATIENT_ROLE_GRANT: &str = "patient/*.rs patient/Appointment.cu patient/Task.cu";
+
+/// An authorization request in progress.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct AuthRequest {
+    id: String,
+    csrf: String,
+    client_id: String,
+    redirect_uri: String,
+    scope: String,
+    state: Option<String>,
+    nonce: Option<String>,
+    code_challenge: String,
+    launch_patient: Option<String>,
+    launch_encounter: Option<String>,
+    role: Option<String>,
+    patient: Option<String>,
+    username: Option<String>,
+}
+
+/// `GET /auth/authorize`: a new authorization request.
+pub async fn authorize_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    start(&state, &headers, pairs).await
+}
+
+/// `POST /auth/authorize`: a new request sent as a form (`authorize-post`), or a step of one
+/// in progress (the pages' forms).
+pub async fn authorize_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    if param(&pairs, "req").is_some() {
+        continue_request(&state, &headers, &pairs).await
+    } else {
+        start(&state, &headers, pairs).await
+    }
+}
+
+/// `GET|POST /auth/logout`: ends the sign-in session.
+pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(sid) = cookie(&headers, SESSION_COOKIE) {
+        if let Err(e) = sqlx::query("UPDATE auth_session SET ended = true WHERE id_hash = $1").bind(hash_token(&sid)).execute(state.store.pool()).await {
+            return server_error(e);
+        }
+    }
+    let clear = set_cookie(SESSION_COOKIE, "", &state, Some(0));
+    pages::page(StatusCode::OK, "Signed out", "<h1>Signed out</h1><p>You have been signed out.</p>", vec![(header::SET_COOKIE, clear)])
+}
+
+fn error_page(status: StatusCode, message: &str) -> Response {
+    pages::page(status, "Error", &pages::error(message), vec![])
+}
+
+fn server_error(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "authorization endpoint failure");
+    error_page(StatusCode::INTERNAL_SERVER_ERROR, "The server could not process the request. Please try again.")
+}
+
+/// Redirects to the app with `error` (RFC 6749 §4.1.2.1).
+fn redirect_error(redirect_uri: &str, state: Option<&str>, error: &str, description: &str) -> Response {
+    let mut pairs = vec![("error", error), ("error_description", description)];
+    if let Some(s) = state {
+        pairs.push(("state", s));
+    }
+    redirect_with(redirect_uri, &pairs)
+}
+
+fn redirect_with(redirect_uri: &str, pairs: &[(&str, &str)]) -> Response {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        query.append_pair(k, v);
+    }
+    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+    let mut response = Redirect::to(&format!("{redirect_uri}{sep}{}", query.finish())).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn start(state: &Arc<AppState>, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Response {
+    for (i, (k, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(other, _)| other == k) {
+            return error_page(StatusCode::BAD_REQUEST, &format!("The parameter {k} is repeated."));
+        }
+    }
+    let p = |name: &str| param(&pairs, name);
+    let pool = state.store.pool();
+    // Until the client and redirect URI are known good, errors are shown here, never redirected
+    // (RFC 6749 §4.1.2.1: no open redirector).
+    let Some(client_id) = p("client_id") else { return error_page(StatusCode::BAD_REQUEST, "client_id is missing.") };
+    let client = match accounts::find_client(pool, client_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return error_page(StatusCode::BAD_REQUEST, "The application is not registered with this server."),
+        Err(e) => return server_error(e),
+    };
+    let redirect_uri = match p("redirect_uri") {
+        Some(uri) if client.has_redirect_uri(uri) => uri.to_owned(),
+        Some(_) => return error_page(StatusCode::BAD_REQUEST, "The redirect_uri is not registered for this application."),
+        None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+        None => return error_page(StatusCode::BAD_REQUEST, "redirect_uri is missing."),
+    };
+    let app_state = p("state");
+    let fail = |error: &str, description: &str| redirect_error(&redirect_uri, app_state, error, description);
+    if p("response_type") != Some("code") {
+        return fail("unsupported_response_type", "response_type must be code");
+    }
+    let Some(challenge) = p("code_challenge") else { return fail("invalid_request", "PKCE is required: code_challenge is missing") };
+    if p("code_challenge_method") != Some("S256") {
+        return fail("invalid_request", "code_challenge_method must be S256");
+    }
+    if challenge.len() != 43 || !challenge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return fail("invalid_request", "code_challenge must be a base64url SHA-256 digest");
+    }
+    let base = crate::rest::base_url(state, headers);
+    match p("aud") {
+        Some(aud) if aud.trim_end_matches('/') == base => {}
+        Some(_) => return fail("invalid_request", "aud is not this server's FHIR base URL"),
+        None => return fail("invalid_request", "aud is missing (SMART App Launch requires the FHIR base URL)"),
+    }
+    let requested = p("scope").unwrap_or("");
+    let permitted = client.permitted(requested);
+    if permitted.is_empty() {
+        return fail("invalid_scope", "none of the requested scopes is allowed for this application");
+    }
+    let (mut launch_patient, mut launch_encounter) = (None, None);
+    if let Some(launch) = p("launch") {
+        let row: Result<Option<(Option<String>, Option<String>)>, _> =
+            sqlx::query_as("SELECT patient, encounter FROM launch_context WHERE id = $1 AND expires_at > now()")
+                .bind(launch)
+                .fetch_optional(pool)
+                .await;
+        match row {
+            Ok(Some((patient, encounter))) => (launch_patient, launch_encounter) = (patient, encounter),
+            Ok(None) => return fail("invalid_request", "the launch parameter is unknown or expired"),
+            Err(e) => return server_error(e),
+        }
+    }
+    let (bid, new_bid) = match cookie(headers, BROWSER_COOKIE) {
+        Some(b) if b.len() >= 32 => (b, false),
+        _ => (random_token(), true),
+    };
+    let request = AuthRequest {
+        id: random_token(),
+        csrf: bid.clone(),
+        client_id: client.client_id.clone(),
+        redirect_uri,
+        scope: permitted.join(" "),
+        state: app_state.map(str::to_owned),
+        nonce: p("nonce").map(str::to_owned),
+        code_challenge: challenge.to_owned(),
+        launch_patient,
+        launch_encounter,
+        role: None,
+        patient: None,
+        username: None,
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO auth_request (id, csrf, client_id, redirect_uri, scope, state, nonce, code_challenge, aud, launch_patient, launch_encounter, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now() + make_interval(secs => $12))",
+    )
+    .bind(&request.id)
+    .bind(&request.csrf)
+    .bind(&request.client_id)
+    .bind(&request.redirect_uri)
+    .bind(&request.scope)
+    .bind(&request.state)
+    .bind(&request.nonce)
+    .bind(&request.code_challenge)
+    .bind(&base)
+    .bind(&request.launch_patient)
+    .bind(&request.launch_encounter)
+    .bind(REQUEST_TTL_SECS)
+    .execute(pool)
+    .await;
+    if let Err(e) = inserted {
+        return server_error(e);
+    }
+    // Sweep requests nobody finished.
+    let _ = sqlx::query("DELETE FROM auth_request WHERE expires_at < now() - interval '1 hour'").execute(pool).await;
+    let mut response = advance(state, headers, request, None).await;
+    if new_bid {
+        response.headers_mut().append(header::SET_COOKIE, set_cookie(BROWSER_COOKIE, &bid, state, None));
+    }
+    response
+}
+
+/// Shows the next page the request needs, or finishes it. `signed_in` is a user who just
+/// signed in (their session cookie is not in `headers` yet).
+async fn advance(state: &Arc<AppState>, headers: &HeaderMap, mut request: AuthRequest, signed_in: Option<User>) -> Response {
+    let pool = state.store.pool();
+    let user = match signed_in {
+        Some(u) => Some(u),
+        None => match session_user(state, headers).await {
+            Ok(u) => u,
+            Err(e) => return server_error(e),
+        },
+    };
+    let client_label = request.client_id.clone();
+    let Some(user) = user else {
+        return pages::page(StatusCode::OK, "Sign in", &pages::login(&request.id, &request.csrf, &client_label, None, "", false), vec![]);
+    };
+    if request.username.as_deref() != Some(user.username.as_str()) {
+        // A different person signed in since the request began: their choices start afresh.
+        request.username = Some(user.username.clone());
+        request.role = None;
+        request.patient = None;
+    }
+    let fail = |error: &str, description: &str| redirect_error(&request.redirect_uri, request.state.as_deref(), error, description);
+    if let Some(patient_id) = user.patient_id() {
+        if request.launch_patient.as_deref().is_some_and(|p| p != patient_id) {
+            return fail("access_denied", "the launch context names another patient");
+        }
+        request.role = Some("patient".into());
+        request.patient = Some(patient_id.to_owned());
+    } else if request.role.is_none() {
+        let roles = match accounts::staff_roles(pool, &user.fhir_user).await {
+            Ok(r) => r,
+            Err(e) => return server_error(e),
+        };
+        match roles.as_slice() {
+            [] => return fail("access_denied", "the user holds no active role"),
+            [one] => request.role = Some(one.reference.clone()),
+            many => {
+                if let Err(e) = save(pool, &request).await {
+                    return server_error(e);
+                }
+                let choices: Vec<(String, String)> = many.iter().map(|r| (r.reference.clone(), r.label.clone())).collect();
+                return pages::page(StatusCode::OK, "Choose a role", &pages::role_picker(&request.id, &request.csrf, &choices), vec![]);
+            }
+        }
+    }
+    if request.patient.is_none() {
+        request.patient = request.launch_patient.clone();
+    }
+    let wants_patient = request.scope.split_whitespace().any(|s| s == "launch/patient");
+    if wants_patient && request.patient.is_none() {
+        if let Err(e) = save(pool, &request).await {
+            return server_error(e);
+        }
+        return patient_picker(state, &request, "").await;
+    }
+    if let Err(e) = save(pool, &request).await {
+        return server_error(e);
+    }
+    let granted = match granted_scopes(state, &request, &user).await {
+        Ok(g) => g,
+        Err(e) => return server_error(e),
+    };
+    let acting_as = match request.role.as_deref() {
+        Some("patient") | None => format!("{} (patient)", user.username),
+        Some(role) => format!("{} ({role})", user.username),
+    };
+    pages::page(StatusCode::OK, "Allow access", &pages::consent(&request.id, &request.csrf, &client_label, &acting_as, &granted), vec![])
+}
+
+/// The scopes the request ends with: what the client may have (already applied), narrowed to
+/// what the chosen role grants (staff) or the patient role grants (patients). Non-clinical
+/// scopes (openid, fhirUser, launch, offline_access, …) pass through.
+async fn granted_scopes(state: &AppState, request: &AuthRequest, user: &User) -> Result<Vec<String>, sqlx::Error> {
+    let grant = match request.role.as_deref() {
+        Some("patient") | None if user.patient_id().is_some() => PATIENT_ROLE_GRANT.to_owned(),
+        Some(role) => role_grant(state, role).await?.unwrap_or_default(),
+        None => String::new(),
+    };
+    Ok(narrow_to_grant(&request.scope, &grant))
+}
+
+/// The current grant of a role (`PractitionerRole/ID`), `None` when it is gone or inactive.
+pub async fn role_grant(state: &AppState, role: &str) -> Result<Option<String>, sqlx::Error> {
+    let Some(id) = role.strip_prefix("PractitionerRole/") else { return Ok(None) };
+    let row: Option<(serde_json::Value,)> =
+        sqlx::query_as("SELECT content FROM resource WHERE resource_type = 'PractitionerRole' AND id = $1 AND NOT deleted")
+            .bind(id)
+            .fetch_optional(state.store.pool())
+            .await?;
+    Ok(row.filter(|(c,)| accounts::role_is_current(c)).map(|(c,)| accounts::staff_role(id, &c).grant))
+}
+
+/// `requested` narrowed to `grant` for clinical scopes; non-clinical ones kept as they are.
+pub fn narrow_to_grant(requested: &str, grant: &str) -> Vec<String> {
+    let mut allowed: Vec<&str> = grant.split_whitespace().collect();
+    allowed.extend_from_slice(scopes::NON_CLINICAL);
+    scopes::intersect(requested, &allowed.join(" "))
+}
+
+async fn patient_picker(state: &AppState, request: &AuthRequest, query: &str) -> Response {
+    let patients = match find_patients(state, query).await {
+        Ok(p) => p,
+        Err(e) => return server_error(e),
+    };
+    pages::page(StatusCode::OK, "Choose a patient", &pages::patient_picker(&request.id, &request.csrf, query, &patients), vec![])
+}
+
+/// Up to 50 patients whose name starts with `query` (all patients, most recent first, without
+/// a query), as (id, label).
+async fn find_patients(state: &AppState, query: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let pool = state.store.pool();
+    let rows: Vec<(String, serde_json::Value)> = if query.trim().is_empty() {
+        sqlx::query_as("SELECT id, content FROM resource WHERE resource_type = 'Patient' AND NOT deleted ORDER BY last_updated DESC LIMIT 50")
+            .fetch_all(pool)
+            .await?
+    } else {
+        let normalized = crate::search::normalize(query.trim());
+        sqlx::query_as(
+            "SELECT r.id, r.content FROM resource r WHERE r.resource_type = 'Patient' AND NOT r.deleted AND r.id IN (
+               SELECT s.id FROM search_string s WHERE s.resource_type = 'Patient' AND s.param = 'name' AND s.value >= $1 AND s.value < $1 || chr(1114111))
+             ORDER BY r.last_updated DESC LIMIT 50",
+        )
+        .bind(normalized)
+        .fetch_all(pool)
+        .await?
+    };
+    Ok(rows.into_iter().map(|(id, content)| (id.clone(), patient_label(&id, &content))).collect())
+}
+
+fn patient_label(id: &str, patient: &serde_json::Value) -> String {
+    let name = patient.get("name").and_then(|n| n.get(0));
+    let family = name.and_then(|n| n.get("family")).and_then(serde_json::Value::as_str).unwrap_or("");
+    let given: Vec<&str> =
+        name.and_then(|n| n.get("given")).and_then(serde_json::Value::as_array).into_iter().flatten().filter_map(serde_json::Value::as_str).collect();
+    let birth = patient.get("birthDate").and_then(serde_json::Value::as_str).unwrap_or("");
+    let label = format!("{} {family}", given.join(" "));
+    format!("{} {} (Patient/{id})", label.trim(), birth).replace("  ", " ")
+}
+
+async fn save(pool: &sqlx::PgPool, r: &AuthRequest) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE auth_request SET role = $2, patient = $3, username = $4 WHERE id = $1")
+        .bind(&r.id)
+        .bind(&r.role)
+        .bind(&r.patient)
+        .bind(&r.username)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+async fn continue_request(state: &Arc<AppState>, headers: &HeaderMap, pairs: &[(String, String)]) -> Response {
+    let pool = state.store.pool();
+    let p = |name: &str| param(pairs, name);
+    let request: Option<AuthRequest> = match sqlx::query_as(
+        "SELECT id, csrf, client_id, redirect_uri, scope, state, nonce, code_challenge, launch_patient, launch_encounter, role, patient, username
+           FROM auth_request WHERE id = $1 AND expires_at > now()",
+    )
+    .bind(p("req").unwrap_or(""))
+    .fetch_optional(pool)
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return server_error(e),
+    };
+    let Some(mut request) = request else {
+        return error_page(StatusCode::BAD_REQUEST, "This sign-in request has expired. Please start again from the application.");
+    };
+    // Double-submit CSRF check: the form's token, the browser's cookie and the request agree.
+    let form_csrf = p("csrf").unwrap_or("");
+    let cookie_csrf = cookie(headers, BROWSER_COOKIE).unwrap_or_default();
+    if !constant_time_eq(form_csrf, &request.csrf) || !constant_time_eq(&cookie_csrf, &request.csrf) {
+        return error_page(StatusCode::FORBIDDEN, "The form could not be verified (CSRF check failed). Please start again from the application.");
+    }
+    match p("step") {
+        Some("login") => {
+            let username = p("username").unwrap_or("");
+            let password = p("password").unwrap_or("");
+            let settings = &state.oauth;
+            let result = accounts::check_login(pool, username, password, p("otp"), settings.max_login_failures, settings.lockout).await;
+            match result {
+                Ok(Ok(user)) => {
+                    let sid = random_token();
+                    if let Err(e) = sqlx::query("INSERT INTO auth_session (id_hash, username) VALUES ($1, $2)")
+                        .bind(hash_token(&sid))
+                        .bind(&user.username)
+                        .execute(pool)
+                        .await
+                    {
+                        return server_error(e);
+                    }
+                    tracing::info!(client = %request.client_id, "user signed in at the authorization server");
+                    let mut response = advance(state, headers, request, Some(user)).await;
+                    response.headers_mut().append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &sid, state, None));
+                    response
+                }
+                Ok(Err(failure)) => {
+                    let (message, need_otp) = match failure {
+                        accounts::LoginFailure::NeedOtp => ("Enter the one-time code from your authenticator app.", true),
+                        accounts::LoginFailure::Locked => ("Too many failed attempts: the account is locked for a while.", false),
+                        accounts::LoginFailure::BadCredentials => ("The username or password is not correct.", false),
+                    };
+                    tracing::info!(client = %request.client_id, outcome = ?failure, "sign-in refused");
+                    let status = if need_otp { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+                    let body = pages::login(&request.id, &request.csrf, &request.client_id, Some(message), username, need_otp);
+                    pages::page(status, "Sign in", &body, vec![])
+                }
+                Err(e) => server_error(e),
+            }
+        }
+        Some(step @ ("role" | "patient" | "patient-search" | "consent")) => {
+            let user = match session_user(state, headers).await {
+                Ok(Some(u)) if request.username.as_deref() == Some(u.username.as_str()) => u,
+                Ok(_) => return advance(state, headers, request, None).await,
+                Err(e) => return server_error(e),
+            };
+            match step {
+                "role" => {
+                    let chosen = p("role").unwrap_or("");
+                    let roles = match accounts::staff_roles(pool, &user.fhir_user).await {
+                        Ok(r) => r,
+                        Err(e) => return server_error(e),
+                    };
+                    if !roles.iter().any(|r| r.reference == chosen) {
+                        return error_page(StatusCode::BAD_REQUEST, "That role is not one of yours.");
+                    }
+                    request.role = Some(chosen.to_owned());
+                    advance(state, headers, request, Some(user)).await
+                }
+                "patient-search" => patient_picker(state, &request, p("q").unwrap_or("")).await,
+                "patient" => {
+                    let chosen = p("patient").unwrap_or("");
+                    let exists = crate::fhir::types::Id::is_valid(chosen)
+                        && matches!(state.store.read("Patient", chosen).await, Ok(Some(r)) if !r.deleted);
+                    if !exists || user.patient_id().is_some() {
+                        return error_page(StatusCode::BAD_REQUEST, "That patient cannot be chosen.");
+                    }
+                    request.patient = Some(chosen.to_owned());
+                    advance(state, headers, request, Some(user)).await
+                }
+                _ => finish(state, request, &user, p("decision") == Some("approve")).await,
+            }
+        }
+        _ => error_page(StatusCode::BAD_REQUEST, "Unknown step."),
+    }
+}
+
+/// Consent given or refused: a code (or `access_denied`) goes back to the app.
+async fn finish(state: &AppState, request: AuthRequest, user: &User, approved: bool) -> Response {
+    let pool = state.store.pool();
+    if let Err(e) = sqlx::query("DELETE FROM auth_request WHERE id = $1").bind(&request.id).execute(pool).await {
+        return server_error(e);
+    }
+    if !approved {
+        tracing::info!(client = %request.client_id, "authorization denied by the user");
+        return redirect_error(&request.redirect_uri, request.state.as_deref(), "access_denied", "the user denied the request");
+    }
+    let granted = match granted_scopes(state, &request, user).await {
+        Ok(g) => g,
+        Err(e) => return server_error(e),
+    };
+    let code = random_token();
+    let inserted = sqlx::query(
+        "INSERT INTO auth_code (code_hash, grant_id, client_id, redirect_uri, code_challenge, scope, username, fhir_user, role, patient, encounter, nonce, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))",
+    )
+    .bind(hash_token(&code))
+    .bind(uuid::Uuid::new_v4())
+    .bind(&request.client_id)
+    .bind(&request.redirect_uri)
+    .bind(&request.code_challenge)
+    .bind(granted.join(" "))
+    .bind(&user.username)
+    .bind(&user.fhir_user)
+    .bind(&request.role)
+    .bind(&request.patient)
+    .bind(&request.launch_encounter)
+    .bind(&request.nonce)
+    .bind(CODE_TTL_SECS)
+    .execute(pool)
+    .await;
+    if let Err(e) = inserted {
+        return server_error(e);
+    }
+    let mut pairs = vec![("code", code.as_str())];
+    if let Some(s) = &request.state {
+        pairs.push(("state", s.as_str()));
+    }
+    redirect_with(&request.redirect_uri, &pairs)
+}
+
+/// The user of the request's sign-in session, if it is live (not ended, not idle too long);
+/// using it keeps it alive.
+async fn session_user(state: &AppState, headers: &HeaderMap) -> Result<Option<User>, sqlx::Error> {
+    let Some(sid) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
+    let row: Option<(String,)> = sqlx::query_as(
+        "UPDATE auth_session SET last_seen = now()
+          WHERE id_hash = $1 AND NOT ended AND last_seen > now() - make_interval(secs => $2)
+          RETURNING username",
+    )
+    .bind(hash_token(&sid))
+    .bind(state.oauth.session_idle_timeout.as_secs_f64())
+    .fetch_optional(state.store.pool())
+    .await?;
+    match row {
+        Some((username,)) => accounts::find_user(state.store.pool(), &username).await,
+        None => Ok(None),
+    }
+}
+
+/// A cookie's value from the request.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A `Set-Cookie` for the authorization pages: HttpOnly, SameSite=Lax (the first request
+/// arrives by a cross-site navigation), Secure behind TLS, limited to `/auth`.
+fn set_cookie(name: &str, value: &str, state: &AppState, max_age: Option<u64>) -> HeaderValue {
+    let secure = state.tls || state.base_url.as_deref().is_some_and(|b| b.starts_with("https://"));
+    let mut c = format!("{name}={value}; Path=/auth; HttpOnly; SameSite=Lax");
+    if secure {
+        c.push_str("; Secure");
+    }
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
