@@ -308,3 +308,56 @@ def test_lockout_after_repeated_failures(base, world, server):
         assert "login_failed" in res
     res = Flow(base).authorize(APP, REDIRECT, "user/*.rs", username=user, password=PASSWORD)
     assert "login_failed" in res and "locked" in res["login_failed"]
+
+
+def totp_now(secret_b32: str, offset: int = 0) -> str:
+    """RFC 6238 (SHA-1, 6 digits, 30 s), computed independently of the server."""
+    import hashlib
+    import hmac
+    import struct
+    import time
+
+    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
+    counter = int(time.time()) // 30 + offset
+    digest = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    start = digest[-1] & 0x0F
+    code = (struct.unpack(">I", digest[start:start + 4])[0] & 0x7FFFFFFF) % 1_000_000
+    return f"{code:06d}"
+
+
+def test_totp_second_factor_is_required_when_enrolled(base, world, server):
+    user = f"totp-{world['tag']}"
+    enrolled = register_user(server, user, PASSWORD, f"Patient/{world['pa']['id']}", totp=True)
+    assert enrolled["require_totp"] is True and enrolled["totp_uri"].startswith("otpauth://totp/")
+    flow = Flow(base)
+    ep = flow.config["authorization_endpoint"]
+    from smart_flow import form_fields, pkce_pair
+
+    _, challenge = pkce_pair()
+    page = flow.session.get(ep, params={"response_type": "code", "client_id": APP, "redirect_uri": REDIRECT,
+                                        "scope": "patient/*.rs", "state": "s", "aud": base,
+                                        "code_challenge": challenge, "code_challenge_method": "S256"}, timeout=30).text
+    fields = form_fields(page, "login") | {"username": user, "password": PASSWORD}
+    # The right password alone is not enough: the page asks for the one-time code.
+    r = flow.session.post(ep, data=fields, allow_redirects=False, timeout=30)
+    assert r.status_code == 200 and 'name="otp"' in r.text and '<form id="consent"' not in r.text
+    # A wrong code is refused.
+    r = flow.session.post(ep, data=fields | {"otp": "000000" if totp_now(enrolled["totp_secret"]) != "000000" else "111111"},
+                          allow_redirects=False, timeout=30)
+    assert '<form id="consent"' not in r.text
+    # The current code lets the person in.
+    r = flow.session.post(ep, data=fields | {"otp": totp_now(enrolled["totp_secret"])}, allow_redirects=False, timeout=30)
+    assert '<form id="consent"' in r.text, r.text[:500]
+
+
+def test_logout_ends_the_sign_in_session(base, world):
+    flow = Flow(base)
+    role = f"PractitionerRole/{world['reader']['id']}"
+    flow.login_tokens(APP, REDIRECT, "user/*.rs", username=world["doc_user"], password=PASSWORD, role=role)
+    # Still signed in: no login page the second time.
+    flow.login_tokens(APP, REDIRECT, "user/*.rs", role=role)
+    assert "login" not in flow.pages
+    logout = flow.config["authorization_endpoint"].replace("/authorize", "/logout")
+    assert flow.session.post(logout, timeout=30).status_code == 200
+    flow.login_tokens(APP, REDIRECT, "user/*.rs", username=world["doc_user"], password=PASSWORD, role=role)
+    assert flow.pages[0] == "login"
