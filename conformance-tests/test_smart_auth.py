@@ -361,3 +361,28 @@ def test_logout_ends_the_sign_in_session(base, world):
     assert flow.session.post(logout, timeout=30).status_code == 200
     flow.login_tokens(APP, REDIRECT, "user/*.rs", username=world["doc_user"], password=PASSWORD, role=role)
     assert flow.pages[0] == "login"
+
+
+def test_narrowing_or_ending_a_role_takes_effect_on_existing_tokens(base, world, http):
+    tag = world["tag"]
+    role = {"resourceType": "PractitionerRole", "id": f"temp-{tag}", "active": True,
+            "practitioner": {"reference": f"Practitioner/{world['doc']['id']}"},
+            "code": [{"text": "locum"}],
+            "extension": [{"url": GRANT_EXTENSION, "valueString": "user/*.rs"}]}
+    put = lambda r: http.put(f"{base}/PractitionerRole/{r['id']}", json=r, headers={"Content-Type": "application/fhir+json"})
+    assert put(role).status_code in (200, 201)
+    flow = Flow(base)
+    t = flow.login_tokens(APP, REDIRECT, "user/*.rs", username=world["doc_user"], password=PASSWORD,
+                          role=f"PractitionerRole/{role['id']}")
+    h = bearer(t["access_token"])
+    obs = f"{base}/Observation/obs-{world['pa']['id']}"
+    assert requests.get(obs, headers=h, timeout=30).status_code == 200
+    # Narrowed to Patient only: the same token can no longer read observations.
+    role["extension"][0]["valueString"] = "user/Patient.rs"
+    assert put(role).status_code == 200
+    assert requests.get(obs, headers=h, timeout=30).status_code == 403
+    assert requests.get(f"{base}/Patient/{world['pa']['id']}", headers=h, timeout=30).status_code == 200
+    # Ended: the token stops working.
+    role["active"] = False
+    assert put(role).status_code == 200
+    assert requests.get(f"{base}/Patient/{world['pa']['id']}", headers=h, timeout=30).status_code == 401

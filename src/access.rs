@@ -114,3 +114,59 @@ pub fn check_write(reach: &Reach, resource_type: &str, id: &str, content: &Value
         )))
     }
 }
+
+/// The current grants of PractitionerRoles, briefly cached: a token bound to a role is worth at
+/// most what the role grants now, so narrowing or ending a role takes effect on the next
+/// request (at once on this instance — writes to PractitionerRole clear the cache — and within
+/// [`ROLE_GRANT_TTL`] on others).
+#[derive(Default)]
+pub struct RoleGrants {
+    cache: std::sync::RwLock<std::collections::HashMap<String, (Option<String>, std::time::Instant)>>,
+}
+
+/// How long a role's grant is reused before it is read again.
+pub const ROLE_GRANT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl RoleGrants {
+    /// Forgets every cached grant (after a write to PractitionerRole).
+    pub fn clear(&self) {
+        if let Ok(mut c) = self.cache.write() {
+            c.clear();
+        }
+    }
+
+    async fn grant(&self, state: &crate::rest::AppState, role: &str) -> FhirResult<Option<String>> {
+        if let Ok(c) = self.cache.read()
+            && let Some((grant, at)) = c.get(role)
+            && at.elapsed() < ROLE_GRANT_TTL
+        {
+            return Ok(grant.clone());
+        }
+        let grant = crate::oauth::authorize::role_grant(state, role).await?;
+        if let Ok(mut c) = self.cache.write() {
+            if c.len() > 10_000 {
+                c.clear();
+            }
+            c.insert(role.to_owned(), (grant.clone(), std::time::Instant::now()));
+        }
+        Ok(grant)
+    }
+}
+
+/// The principal as its role allows it now: the token's scopes narrowed to the current grant
+/// of the PractitionerRole it is bound to (401 when the role has ended). Tokens without a role
+/// (operators, backend services, patients) are returned as they are.
+pub async fn with_current_role(
+    state: &crate::rest::AppState,
+    principal: std::sync::Arc<Principal>,
+) -> FhirResult<std::sync::Arc<Principal>> {
+    let Some(role) = principal.role.as_deref().filter(|r| r.starts_with("PractitionerRole/")) else { return Ok(principal) };
+    let Some(grant) = state.role_grants.grant(state, role).await? else {
+        return Err(FhirError::Unauthorized("invalid access token: its role has ended".into()));
+    };
+    let token_scopes: Vec<String> = principal.scopes.iter().map(|s| s.to_v2()).collect();
+    let narrowed = crate::oauth::authorize::narrow_to_grant(&token_scopes.join(" "), &grant);
+    let mut effective = (*principal).clone();
+    effective.scopes = crate::auth::parse_scopes(&narrowed.join(" "));
+    Ok(std::sync::Arc::new(effective))
+}

@@ -119,6 +119,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         max_body_bytes: args.max_body_bytes,
         max_bundle_entries: args.max_bundle_entries,
         oauth: args.oauth_settings(),
+        role_grants: Default::default(),
     });
     crate::oauth::spawn_revocation_poller(state.clone());
     // Preload the FHIR definitions so the first request does not pay for parsing them.

@@ -38,6 +38,8 @@ pub struct AppState {
     pub exports: Arc<crate::export::ExportService>,
     /// The authorization server's settings.
     pub oauth: crate::oauth::Settings,
+    /// Current grants of the roles tokens are bound to.
+    pub role_grants: crate::access::RoleGrants,
 }
 
 /// Builds the router: everything under `/fhir` goes through [`dispatch`]; other paths are 404
@@ -116,8 +118,12 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         .collect();
     let method = if parts.method == Method::HEAD { Method::GET } else { parts.method.clone() };
     let result = route(&state, &ctx, &method, &segments, body).await;
-    let writes_search_params = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
-        && segments.first().is_none_or(|t| t == "SearchParameter");
+    let writes = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    if writes && segments.first().is_none_or(|t| t == "PractitionerRole") {
+        // A role may have been narrowed or ended: tokens bound to it see that from now on.
+        state.role_grants.clear();
+    }
+    let writes_search_params = writes && segments.first().is_none_or(|t| t == "SearchParameter");
     if writes_search_params && result.as_ref().is_ok_and(|r| r.status().is_success()) {
         // A SearchParameter (maybe inside a Bundle) changed: search with it from now on, and
         // index the existing resources for it in the background.
@@ -152,7 +158,7 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             _ => Err(FhirError::MethodNotAllowed("metadata only supports GET".into())),
         };
     }
-    let principal = authenticate(state, &ctx.headers)?;
+    let principal = crate::access::with_current_role(state, authenticate(state, &ctx.headers)?).await?;
     let store = &state.store;
     match (method.clone(), s.as_slice()) {
         (Method::GET, ["_history"]) => {

@@ -134,6 +134,7 @@ impl TestApp {
             max_body_bytes: options.max_body_bytes,
             max_bundle_entries,
             oauth: Default::default(),
+            role_grants: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
