@@ -19,6 +19,33 @@ if ! command -v psql >/dev/null && command -v apt-get >/dev/null && [[ $(id -u) 
   echo "run.sh: installing postgresql-client (psql creates and drops the test database)" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
 fi
+# The SMART browser test (test_smart_browser.py) drives Debian's chromium with playwright-core;
+# it fails, not skips, when chromium or node is missing, so install them here when we can.
+if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+  echo "run.sh: installing chromium (SMART browser test)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+if ! command -v node >/dev/null && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+  echo "run.sh: installing nodejs and npm (SMART browser test)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+# npm ci the SMART app's packages (fhirclient, playwright-core) when node_modules is missing or
+# package-lock.json changed; a stamp in node_modules records the lock file it was made from.
+prepare_node_modules() {
+  local dir="$1" stamp="$1/node_modules/.package-lock.sha256" want
+  want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  if [[ ! -d "$dir/node_modules" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    echo "run.sh: npm ci in $dir" >&2
+    npm ci --prefix "$dir" --loglevel=error
+    echo "$want" > "$stamp"
+  fi
+}
+if command -v npm >/dev/null; then
+  prepare_node_modules "$HERE/smart-app"
+else
+  echo "run.sh: npm not found; test_smart_browser.py will fail" >&2
+fi
+
 for tool in psql "$PYTHON"; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool not found" >&2; exit 2; }
 done

@@ -52,6 +52,11 @@ pub fn token_authority(config: &Config) -> Result<TokenAuthority, String> {
     TokenAuthority::from_pem(&pem, &config.issuer)
 }
 
+/// [`token_authority`] plus the RSA key of RS256 id_tokens (what `serve` needs).
+pub fn token_authority_with_id_tokens(config: &Config) -> Result<TokenAuthority, String> {
+    Ok(token_authority(config)?.with_id_token_key(keys::load_or_create_rsa(config)?))
+}
+
 /// The complete HTTP application (router plus middleware) for a state.
 pub fn app(state: Arc<AppState>) -> axum::Router {
     router(state)
@@ -94,7 +99,7 @@ fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> axum::resp
 
 /// Runs `serve` until SIGINT/SIGTERM, then stops the embedded database.
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
-    let tokens = token_authority(&args.config)?;
+    let tokens = token_authority_with_id_tokens(&args.config)?;
     let db = open_database(&args.config, args.db_pool_size, Duration::from_millis(args.statement_timeout_ms)).await?;
     if args.demo {
         let written = crate::demo::load(&db.store).await?;

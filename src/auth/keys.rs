@@ -33,23 +33,8 @@ pub fn generate_pem() -> Result<String, String> {
 }
 
 fn generate(path: &Path) -> Result<String, String> {
-    let pem = generate_pem()?;
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    match options.open(path) {
-        Ok(mut file) => {
-            file.write_all(pem.as_bytes()).map_err(|e| e.to_string())?;
-            Ok(pem)
-        }
-        // Another process (serve and admin token started together) created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => fs::read_to_string(path).map_err(|e| e.to_string()),
-        Err(e) => Err(format!("cannot write signing key {}: {e}", path.display())),
-    }
+    // Another process (serve and admin token started together) may create it first: use theirs.
+    write_private(path, &generate_pem()?)
 }
 
 /// The SPKI PEM public key of a PKCS#8 PEM private key.
@@ -85,4 +70,42 @@ fn coordinates(key: &SigningKey) -> (String, String) {
     let point = key.verifying_key().to_encoded_point(false);
     let b64 = |b: Option<&p256::FieldBytes>| b.map(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)).unwrap_or_default();
     (b64(point.x()), b64(point.y()))
+}
+
+/// The RSA key (PKCS#1 PEM) that signs OpenID Connect id_tokens with RS256 — the algorithm
+/// OpenID Connect and SMART require every provider to support: `<data-dir>/id-token-rsa.pem`,
+/// generated (2048 bits, mode 0600) on first use.
+pub fn load_or_create_rsa(config: &Config) -> Result<String, String> {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
+    let path = config.data_dir.join("id-token-rsa.pem");
+    match fs::read_to_string(&path) {
+        Ok(pem) => return Ok(pem),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(_) => {}
+    }
+    let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map_err(|e| format!("cannot generate the RSA key: {e}"))?;
+    let pem = key.to_pkcs1_pem(LineEnding::LF).map_err(|e| e.to_string())?.to_string();
+    write_private(&path, &pem)
+}
+
+/// Writes a private key file readable only by its owner; if another process wrote it first,
+/// theirs is used.
+fn write_private(path: &Path, pem: &str) -> Result<String, String> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(pem.as_bytes()).map_err(|e| e.to_string())?;
+            Ok(pem.to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => fs::read_to_string(path).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("cannot write {}: {e}", path.display())),
+    }
 }

@@ -142,6 +142,8 @@ pub struct TokenAuthority {
     signing_key: p256::ecdsa::SigningKey,
     /// Key id (`kid`): the RFC 7638 thumbprint of the public key.
     kid: String,
+    /// The RSA key of RS256 id_tokens (PKCS#1 PEM), when configured.
+    id_token_rsa: Option<String>,
     issuer: String,
     /// Access tokens (`jti`) and grants revoked before expiry; checked on every request, kept
     /// in step with the database by [`Self::revoke_token`], [`Self::revoke_grant`] and the
@@ -172,10 +174,22 @@ impl TokenAuthority {
             decoding: DecodingKey::from_ec_pem(public_pem.as_bytes()).map_err(|e| e.to_string())?,
             kid: keys::thumbprint(&signing_key),
             signing_key,
+            id_token_rsa: None,
             issuer: issuer.to_owned(),
             revoked: Default::default(),
             verified: Default::default(),
         })
+    }
+
+    /// Adds the RSA key that signs RS256 id_tokens (PKCS#1 PEM).
+    pub fn with_id_token_key(mut self, rsa_pem: String) -> Self {
+        self.id_token_rsa = Some(rsa_pem);
+        self
+    }
+
+    /// The RSA key of RS256 id_tokens, if any.
+    pub fn id_token_rsa(&self) -> Option<&str> {
+        self.id_token_rsa.as_deref()
     }
 
     /// `iss` of the access tokens.
@@ -195,7 +209,11 @@ impl TokenAuthority {
 
     /// The public key as a JWK Set (`/auth/jwks`).
     pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({ "keys": [keys::public_jwk(&self.signing_key, &self.kid)] })
+        let mut keys = vec![keys::public_jwk(&self.signing_key, &self.kid)];
+        if let Some(rsa) = crate::oauth::idtoken::rsa_public_jwk(self) {
+            keys.push(rsa);
+        }
+        serde_json::json!({ "keys": keys })
     }
 
     /// Marks an access token revoked (by `jti`) in this process.

@@ -95,7 +95,7 @@ fn openid_metadata(base: &str) -> Value {
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "scopes_supported": SCOPES_SUPPORTED,
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["ES256"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser", "name"],
     })
 }

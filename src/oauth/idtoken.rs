@@ -2,7 +2,9 @@
 //! crate's types and signed ES256 by the server's key.
 
 use chrono::{Duration, Utc};
-use openidconnect::core::{CoreGenderClaim, CoreJsonCurveType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm};
+use openidconnect::core::{
+    CoreGenderClaim, CoreJsonCurveType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm, CoreRsaPrivateSigningKey,
+};
 use openidconnect::{
     AccessToken, AdditionalClaims, Audience, IdToken, IdTokenClaims, IssuerUrl, JsonWebKeyId, Nonce, PrivateSigningKey, SigningError,
     StandardClaims, SubjectIdentifier,
@@ -68,8 +70,34 @@ pub fn sign(
         FhirUserClaim { fhir_user: fhir_user.map(str::to_owned) },
     )
     .set_nonce(nonce.map(|n| Nonce::new(n.to_owned())));
-    let signer = Es256Signer { key: state.tokens.signing_key(), kid: state.tokens.key_id() };
-    let token = SmartIdToken::new(claims, &signer, CoreJwsSigningAlgorithm::EcdsaP256Sha256, Some(&AccessToken::new(access_token.to_owned())), None)
-        .map_err(|e| e.to_string())?;
-    Ok(token.to_string())
+    let access_token = AccessToken::new(access_token.to_owned());
+    // RS256 when the RSA key is there (OpenID Connect's and SMART's mandatory algorithm),
+    // otherwise ES256 with the access-token key.
+    let token = match rsa_signer(&state.tokens) {
+        Some(rsa) => SmartIdToken::new(claims, &rsa, CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256, Some(&access_token), None),
+        None => {
+            let signer = Es256Signer { key: state.tokens.signing_key(), kid: state.tokens.key_id() };
+            SmartIdToken::new(claims, &signer, CoreJwsSigningAlgorithm::EcdsaP256Sha256, Some(&access_token), None)
+        }
+    };
+    Ok(token.map_err(|e| e.to_string())?.to_string())
+}
+
+/// Key id of the RSA id_token key.
+fn rsa_kid(tokens: &crate::auth::TokenAuthority) -> String {
+    format!("{}-rs256", tokens.key_id())
+}
+
+fn rsa_signer(tokens: &crate::auth::TokenAuthority) -> Option<CoreRsaPrivateSigningKey> {
+    let pem = tokens.id_token_rsa()?;
+    CoreRsaPrivateSigningKey::from_pem(pem, Some(JsonWebKeyId::new(rsa_kid(tokens))))
+        .map_err(|e| tracing::error!(error = %e, "the RSA id_token key cannot be read"))
+        .ok()
+}
+
+/// The public JWK of the RSA id_token key (for `/auth/jwks`).
+pub fn rsa_public_jwk(tokens: &crate::auth::TokenAuthority) -> Option<serde_json::Value> {
+    let mut jwk = serde_json::to_value(rsa_signer(tokens)?.as_verification_key()).ok()?;
+    jwk["alg"] = serde_json::json!("RS256");
+    Some(jwk)
 }

@@ -47,7 +47,17 @@ async fn token_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Resu
             authorization_code(state, &client, &form, &base).await
         }
         "refresh_token" => {
-            let client = authenticate_client(state, headers, &form, &token_endpoint).await?;
+            // SMART: a public app refreshes without authenticating (and may omit client_id);
+            // the token names its client, which must then be a public one.
+            let unauthenticated = param(&form, "client_id").is_none()
+                && param(&form, "client_assertion").is_none()
+                && param(&form, "client_secret").is_none()
+                && headers.get(header::AUTHORIZATION).is_none();
+            let client = if unauthenticated {
+                public_client_of_refresh_token(state, &form).await?
+            } else {
+                authenticate_client(state, headers, &form, &token_endpoint).await?
+            };
             refresh(state, &client, &form, &base).await
         }
         "client_credentials" => {
@@ -138,6 +148,22 @@ async fn authenticate_client(state: &AppState, headers: &HeaderMap, form: &[(Str
     }
     let id = param(form, "client_id").ok_or_else(|| OAuthError::invalid_client("no client authentication"))?;
     let client = lookup(id.to_owned()).await?;
+    if client.auth != ClientAuth::Public {
+        return Err(OAuthError::invalid_client("this client must authenticate"));
+    }
+    Ok(client)
+}
+
+/// The client a refresh token was issued to, when that client is public (it cannot
+/// authenticate); confidential clients must authenticate.
+async fn public_client_of_refresh_token(state: &AppState, form: &[(String, String)]) -> Result<Client, OAuthError> {
+    let presented = param(form, "refresh_token").ok_or_else(|| OAuthError::bad("invalid_request", "refresh_token is missing"))?;
+    let owner: Option<(String,)> = sqlx::query_as("SELECT client_id FROM refresh_token WHERE token_hash = $1")
+        .bind(hash_token(presented))
+        .fetch_optional(state.store.pool())
+        .await?;
+    let Some((client_id,)) = owner else { return Err(OAuthError::invalid_grant("the refresh token is not valid")) };
+    let client = accounts::find_client(state.store.pool(), &client_id).await?.ok_or_else(|| OAuthError::invalid_grant("the refresh token is not valid"))?;
     if client.auth != ClientAuth::Public {
         return Err(OAuthError::invalid_client("this client must authenticate"));
     }
