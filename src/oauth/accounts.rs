@@ -279,16 +279,7 @@ pub async fn check_login(
     let pw = password.to_owned();
     let password_ok = tokio::task::spawn_blocking(move || verify_secret(&pw, &hash)).await.unwrap_or(false);
     if !password_ok {
-        sqlx::query(
-            "UPDATE app_user SET failed_logins = failed_logins + 1,
-               locked_until = CASE WHEN failed_logins + 1 >= $2 THEN now() + make_interval(secs => $3) ELSE locked_until END
-             WHERE username = $1",
-        )
-        .bind(username)
-        .bind(max_failures)
-        .bind(lockout.as_secs_f64())
-        .execute(pool)
-        .await?;
+        record_failure(pool, username, max_failures, lockout).await?;
         return Ok(Err(LoginFailure::BadCredentials));
     }
     if require_totp {
@@ -299,22 +290,29 @@ pub async fn check_login(
         };
         if !ok {
             if otp.is_some_and(|o| !o.is_empty()) {
-                sqlx::query(
-                    "UPDATE app_user SET failed_logins = failed_logins + 1,
-                       locked_until = CASE WHEN failed_logins + 1 >= $2 THEN now() + make_interval(secs => $3) ELSE locked_until END
-                     WHERE username = $1",
-                )
-                .bind(username)
-                .bind(max_failures)
-                .bind(lockout.as_secs_f64())
-                .execute(pool)
-                .await?;
+                record_failure(pool, username, max_failures, lockout).await?;
             }
             return Ok(Err(LoginFailure::NeedOtp));
         }
     }
     sqlx::query("UPDATE app_user SET failed_logins = 0, locked_until = NULL WHERE username = $1").bind(username).execute(pool).await?;
     Ok(Ok(User { username: username.to_owned(), fhir_user, require_totp, totp_secret }))
+}
+
+/// Counts a failed sign-in (wrong password or one-time code); the `max_failures`-th failure in
+/// a row locks the account for `lockout`.
+async fn record_failure(pool: &PgPool, username: &str, max_failures: i32, lockout: std::time::Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE app_user SET failed_logins = failed_logins + 1,
+           locked_until = CASE WHEN failed_logins + 1 >= $2 THEN now() + make_interval(secs => $3) ELSE locked_until END
+         WHERE username = $1",
+    )
+    .bind(username)
+    .bind(max_failures)
+    .bind(lockout.as_secs_f64())
+    .execute(pool)
+    .await
+    .map(drop)
 }
 
 /// An argon2 hash of a random string, verified against when the user does not exist.

@@ -407,7 +407,7 @@ pub async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, 
         }
         let token = param(&form, "token").ok_or_else(|| OAuthError::bad("invalid_request", "token is missing"))?;
         if state.tokens.verify(token).is_ok() {
-            let (claims, _) = decode_claims(&state, token).ok_or_else(|| OAuthError::server("verified token without claims"))?;
+            let claims = state.tokens.decode_unexpired_or_not(token).ok_or_else(|| OAuthError::server("verified token without claims"))?;
             let mut out = json!({
                 "active": true,
                 "scope": claims.scope,
@@ -450,12 +450,6 @@ pub async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, 
     }
 }
 
-/// The claims of one of our access tokens (signature checked, expiry not), for revocation and
-/// introspection.
-fn decode_claims(state: &AppState, token: &str) -> Option<(Claims, ())> {
-    state.tokens.decode_unexpired_or_not(token).map(|c| (c, ()))
-}
-
 /// `POST /auth/revoke` (RFC 7009): access tokens by `jti`, refresh tokens with their grant.
 /// Answers 200 whether or not the token was valid.
 pub async fn revoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -465,7 +459,7 @@ pub async fn revoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body
         let client = authenticate_client(&state, &headers, &form, &endpoint(&base, "/auth/token")).await?;
         let token = param(&form, "token").ok_or_else(|| OAuthError::bad("invalid_request", "token is missing"))?;
         let pool = state.store.pool();
-        if let Some((claims, _)) = decode_claims(&state, token) {
+        if let Some(claims) = state.tokens.decode_unexpired_or_not(token) {
             if claims.client_id.as_deref() == Some(client.client_id.as_str()) {
                 sqlx::query("INSERT INTO revoked_access_token (jti, expires_at) VALUES ($1, to_timestamp($2)) ON CONFLICT DO NOTHING")
                     .bind(&claims.jti)
