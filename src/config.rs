@@ -230,6 +230,10 @@ pub struct ServeArgs {
     /// Seconds a locked account stays locked.
     #[arg(long, env = "IRONFHIR_LOCKOUT_SECONDS", default_value_t = 900)]
     pub lockout_seconds: u64,
+    /// Role templates of the staff hierarchy (JSON, the format of
+    /// fhir-profiles/role-templates.json, which applies without this flag).
+    #[arg(long, env = "IRONFHIR_ROLE_TEMPLATES")]
+    pub role_templates: Option<PathBuf>,
 }
 
 impl ServeArgs {

@@ -17,6 +17,7 @@
 //! - [`server`]: wiring: start the database, build the router, serve HTTP or HTTPS.
 
 pub mod access;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod demo;

@@ -99,6 +99,9 @@ fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> axum::resp
 
 /// Runs `serve` until SIGINT/SIGTERM, then stops the embedded database.
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    if let Some(path) = &args.role_templates {
+        crate::access::roles::install_templates(path)?;
+    }
     let tokens = token_authority_with_id_tokens(&args.config)?;
     let db = open_database(&args.config, args.db_pool_size, Duration::from_millis(args.statement_timeout_ms)).await?;
     if args.demo {

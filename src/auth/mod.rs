@@ -50,11 +50,13 @@ pub struct Claims {
 #[must_use]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reach {
-    /// Wherever the data is (within the principal's organisation, for `user/` scopes, once
-    /// the staff hierarchy confines them).
+    /// Wherever the data is (`system/` scopes, and `user/` scopes of tokens without a role).
     All,
     /// Only resources in this patient's compartment (`patient/` scopes).
     Patient(String),
+    /// Only resources that belong to this organisation subtree (`user/` scopes of a token
+    /// bound to a PractitionerRole).
+    Organization(std::sync::Arc<crate::access::organization::OrgScope>),
 }
 
 /// The audience of access tokens for the FHIR API.
@@ -74,6 +76,10 @@ pub struct Principal {
     pub token_id: Option<String>,
     /// The grant the token belongs to (see [`Claims::grant`]).
     pub grant: Option<String>,
+    /// The PractitionerRole the request acts in, as it stands now (set per request by
+    /// [`crate::access::with_current_role`]); confines `user/` scopes to its organisation
+    /// subtree and masks what its template hides.
+    pub acting: Option<std::sync::Arc<crate::access::roles::ActingRole>>,
 }
 
 impl Principal {
@@ -87,8 +93,14 @@ impl Principal {
     /// `patient/` scope allows it, or not at all. `patient/` scopes without a patient in
     /// context, and on types outside the Patient compartment, allow nothing.
     pub fn access(&self, resource_type: &str, interaction: Interaction) -> Option<Reach> {
-        if self.scopes.iter().any(|s| s.context != ScopeContext::Patient && s.allows(resource_type, interaction)) {
+        if self.scopes.iter().any(|s| s.context == ScopeContext::System && s.allows(resource_type, interaction)) {
             return Some(Reach::All);
+        }
+        if self.scopes.iter().any(|s| s.context == ScopeContext::User && s.allows(resource_type, interaction)) {
+            return Some(match &self.acting {
+                Some(role) => Reach::Organization(role.scope.clone()),
+                None => Reach::All,
+            });
         }
         if self.scopes.iter().any(|s| s.context == ScopeContext::Patient && s.allows(resource_type, interaction)) {
             let patient = self.patient.as_ref()?;
@@ -318,6 +330,7 @@ impl TokenAuthority {
                 scopes: scopes::parse_scopes(&claims.scope),
                 token_id: Some(claims.jti),
                 grant: claims.grant,
+                acting: None,
             },
             exp,
         ))

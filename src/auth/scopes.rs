@@ -134,19 +134,69 @@ pub fn covered_by(requested: &str, allowed: &[&str]) -> bool {
     narrow(requested, allowed).is_some_and(|n| n == requested)
 }
 
-/// The scopes of `requested` (space-separated) that `allowed` permits, narrowed where only
-/// part is permitted; non-clinical scopes pass only when listed in `allowed`.
+/// The scopes of `requested` (space-separated) that `allowed` permits: each requested scope
+/// as it is when one allowed scope covers it, otherwise its meet with every allowed scope
+/// (`user/*.rs` under `user/Patient.rs user/Observation.r` → both); non-clinical scopes pass
+/// only when listed in `allowed`.
 pub fn intersect(requested: &str, allowed: &str) -> Vec<String> {
-    let allowed: Vec<&str> = allowed.split_whitespace().collect();
+    let allowed_list: Vec<&str> = allowed.split_whitespace().collect();
+    let allowed_scopes: Vec<Scope> = allowed_list.iter().filter_map(|a| parse_scope(a)).collect();
     let mut out: Vec<String> = vec![];
+    let mut push = |s: String| {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    };
     for r in requested.split_whitespace() {
-        if let Some(n) = narrow(r, &allowed)
-            && !out.contains(&n)
-        {
-            out.push(n);
+        let Some(wanted) = parse_scope(r) else {
+            if allowed_list.contains(&r) {
+                push(r.to_owned());
+            }
+            continue;
+        };
+        match narrow(r, &allowed_list) {
+            Some(n) if n == r => push(n),
+            _ => allowed_scopes.iter().filter_map(|a| meet(&wanted, a)).for_each(|m| push(m.to_v2())),
         }
     }
     out
+}
+
+/// What both scopes allow, in `wanted`'s context (`patient/` under a `user/` grant stays
+/// `patient/`), or `None`.
+fn meet(wanted: &Scope, allowed: &Scope) -> Option<Scope> {
+    let context_ok = allowed.context == wanted.context || (allowed.context == ScopeContext::User && wanted.context == ScopeContext::Patient);
+    if !context_ok {
+        return None;
+    }
+    let resource_type = match (&allowed.resource_type, &wanted.resource_type) {
+        (None, t) => t.clone(),
+        (Some(t), None) => Some(t.clone()),
+        (Some(a), Some(w)) if a == w => Some(w.clone()),
+        _ => return None,
+    };
+    let permissions = allowed.permissions & wanted.permissions;
+    (permissions != 0).then_some(Scope { context: wanted.context, resource_type, permissions })
+}
+
+/// Whether every permission `requested` names (space-separated scopes) is one `allowed`
+/// gives, possibly spread over several allowed scopes: a delegated grant must be a subset of
+/// the delegating role's. A `*` type is only covered by `*`.
+pub fn covered_all(requested: &str, allowed: &str) -> bool {
+    let allowed = parse_scopes(allowed);
+    requested.split_whitespace().all(|r| {
+        let Some(wanted) = parse_scope(r) else { return NON_CLINICAL.contains(&r) };
+        [Interaction::Create, Interaction::Read, Interaction::Update, Interaction::Delete, Interaction::Search]
+            .into_iter()
+            .filter(|i| wanted.permissions & i.bit() != 0)
+            .all(|i| {
+                allowed.iter().any(|a| {
+                    let context_ok = a.context == wanted.context || (a.context == ScopeContext::User && wanted.context == ScopeContext::Patient);
+                    let type_ok = a.resource_type.is_none() || a.resource_type == wanted.resource_type;
+                    context_ok && type_ok && a.permissions & i.bit() != 0
+                })
+            })
+    })
 }
 
 /// Parses a space-separated scope string; scopes that are not clinical-data scopes
@@ -230,5 +280,12 @@ mod tests {
         assert_eq!(intersect("user/*.rs", "user/Observation.r"), vec!["user/Observation.r"]);
         assert!(covered_by("patient/*.read", &["user/*.*"]));
         assert!(!covered_by("user/*.read", &["patient/*.*"]));
+        assert_eq!(intersect("user/*.rs", "user/Patient.rs user/Observation.r"), vec!["user/Patient.rs", "user/Observation.r"]);
+        assert_eq!(intersect("user/*.cruds", "user/*.cruds"), vec!["user/*.cruds"]);
+        assert!(covered_all("user/Patient.rs", "user/Patient.r user/Patient.s"));
+        assert!(covered_all("user/Patient.rs user/Observation.r", "user/*.rs"));
+        assert!(!covered_all("user/*.rs", "user/Patient.rs user/Observation.rs"));
+        assert!(!covered_all("user/Patient.cruds", "user/Patient.rs"));
+        assert!(!covered_all("system/Patient.rs", "user/*.rs"));
     }
 }

@@ -290,8 +290,10 @@ fn parse_url(method: Method, url: &str, base: &str) -> FhirResult<(ResourceType,
 fn authorize(principal: &Principal, e: &Entry) -> FhirResult<()> {
     let rt = e.rt.as_str();
     let conditional = matches!(e.target, Target::Query(_));
+    // Organisation subtrees are checked on every write path (conditional matches are
+    // confined, deletes check the resource), so only patient confinement is refused here.
     let confined_write = |reach: Reach, what: &str| match reach {
-        Reach::All => Ok(()),
+        Reach::All | Reach::Organization(_) => Ok(()),
         Reach::Patient(_) => Err(FhirError::Forbidden(format!("{what} entries are not available to patient-scoped tokens"))),
     };
     match e.method {
@@ -687,7 +689,7 @@ async fn write(tx: &mut Tx, principal: &Principal, e: &Entry, plan: Plan, body: 
         (Plan::Create(id), _) => {
             let mut body = body.ok_or_else(missing)?;
             let reach = principal.require(e.rt.as_str(), Interaction::Create)?;
-            crate::access::check_write(&reach, e.rt.as_str(), id.as_str(), &body, base)?;
+            crate::access::authorize_write(tx, principal, &reach, e.rt.as_str(), id.as_str(), None, Some(&mut body), base).await?;
             let last_updated = now();
             stamp(&mut body, id.as_str(), 1, &last_updated);
             create::create_in(tx, e.rt.as_str(), &id, last_updated, &body, None, base).await?
@@ -704,7 +706,7 @@ async fn write(tx: &mut Tx, principal: &Principal, e: &Entry, plan: Plan, body: 
 }
 
 /// A DELETE entry; returns the id it targeted, if any.
-async fn delete_entry(tx: &mut Tx, e: &Entry, links: &Links<'_>) -> FhirResult<(EntryOutcome, Option<Id>)> {
+async fn delete_entry(tx: &mut Tx, principal: &Principal, e: &Entry, links: &Links<'_>) -> FhirResult<(EntryOutcome, Option<Id>)> {
     let rt = e.rt.as_str();
     let id = match &e.target {
         Target::Instance(id) => id.clone(),
@@ -721,6 +723,8 @@ async fn delete_entry(tx: &mut Tx, e: &Entry, links: &Links<'_>) -> FhirResult<(
             return Err(FhirError::PreconditionFailed(format!("ifMatch does not match the current version of {rt}/{id}")));
         }
     }
+    let reach = principal.require(rt, Interaction::Delete)?;
+    delete::check_delete(tx, principal, &reach, rt, id.as_str(), links.base).await?;
     let deleted = delete::delete_in(tx, rt, id.as_str()).await?;
     Ok((EntryOutcome::Deleted(deleted), Some(id)))
 }
@@ -822,7 +826,7 @@ async fn transaction_in(
 
     // 1. DELETE
     for e in entries.iter().filter(|e| e.method == Method::Delete) {
-        let (outcome, id) = tagged(failed, e.index, delete_entry(tx, e, &links).await)?;
+        let (outcome, id) = tagged(failed, e.index, delete_entry(tx, principal, e, &links).await)?;
         if let Some(id) = id {
             tagged(failed, e.index, claim(&mut changed, format!("{}/{id}", e.rt), e.index))?;
         }
@@ -872,6 +876,8 @@ async fn transaction_in(
         match plans.remove(&e.index) {
             Some(Plan::Create(id)) => {
                 let mut body = bodies.remove(&e.index).ok_or_else(|| FhirError::Internal("entry without body".into()))?;
+                let _ = tagged(failed, e.index, principal.require(e.rt.as_str(), Interaction::Create))?;
+                tagged(failed, e.index, crate::access::prepare_write(tx, principal, e.rt.as_str(), id.as_str(), None, Some(&mut body)).await)?;
                 stamp(&mut body, id.as_str(), 1, &last_updated);
                 creates.push((e.index, &e.rt, id, body));
             }
@@ -882,6 +888,12 @@ async fn transaction_in(
     if let Some((first, ..)) = creates.first() {
         let rows: Vec<(&str, &str, &Value)> = creates.iter().map(|(_, rt, id, body)| (rt.as_str(), id.as_str(), body)).collect();
         tagged(failed, *first, store::insert_many_new(tx, &rows, last_updated, base).await)?;
+        // Reach is checked once everything is inserted: a new Observation belongs to a
+        // subtree through the new Patient of the same Bundle.
+        for (index, rt, id, body) in &creates {
+            let reach = tagged(failed, *index, principal.require(rt.as_str(), Interaction::Create))?;
+            tagged(failed, *index, crate::access::check_write_reach(tx, &reach, rt.as_str(), id.as_str(), None, Some(body), base).await)?;
+        }
     }
     for (index, rt, id, body) in creates {
         let stored = StoredResource::written(rt.as_str(), id.as_str(), 1, last_updated, body);
@@ -951,7 +963,7 @@ async fn batch_entry(
     links: &Links<'_>,
 ) -> FhirResult<(EntryOutcome, Option<String>)> {
     match e.method {
-        Method::Delete => Ok((delete_entry(tx, e, links).await?.0, None)),
+        Method::Delete => Ok((delete_entry(tx, principal, e, links).await?.0, None)),
         Method::Get | Method::Head => Ok((get_entry(tx, principal, e, links).await?, None)),
         Method::Post | Method::Put | Method::Patch => {
             let plan = plan(tx, e, links).await?;

@@ -16,7 +16,7 @@ pub async fn delete(store: &Store, principal: &Principal, resource_type: &Resour
     store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
-                let result = match check_delete(&mut tx, reach, resource_type.as_str(), id.as_str(), base).await {
+                let result = match check_delete(&mut tx, principal, reach, resource_type.as_str(), id.as_str(), base).await {
                     Ok(()) => delete_in(&mut tx, resource_type.as_str(), id.as_str()).await,
                     Err(e) => Err(e),
                 };
@@ -26,12 +26,13 @@ pub async fn delete(store: &Store, principal: &Principal, resource_type: &Resour
         .await
 }
 
-/// A confined principal deletes only what is in its patient's compartment.
-async fn check_delete(tx: &mut Tx, reach: &Reach, rt: &str, id: &str, base: &str) -> FhirResult<()> {
-    if let Reach::Patient(_) = reach
+/// A confined principal deletes only what is within its reach (and a role-bound one only the
+/// PractitionerRoles it may manage).
+pub async fn check_delete(tx: &mut Tx, principal: &Principal, reach: &Reach, rt: &str, id: &str, base: &str) -> FhirResult<()> {
+    if (*reach != Reach::All || principal.acting.is_some())
         && let Some(current) = store::current_content(tx, rt, id).await?
     {
-        crate::access::check_write(reach, rt, id, &current, base)?;
+        crate::access::authorize_write(tx, principal, reach, rt, id, Some(&current), None, base).await?;
     }
     Ok(())
 }
@@ -53,18 +54,22 @@ pub async fn conditional_delete(
     store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
-                let result = conditional_delete_in(&mut tx, resource_type.as_str(), criteria).await;
+                let result = conditional_delete_in(&mut tx, principal, resource_type.as_str(), criteria, base).await;
                 (tx, result)
             })
         })
         .await
 }
 
-async fn conditional_delete_in(tx: &mut Tx, rt: &str, criteria: &search::Criteria) -> FhirResult<u32> {
+async fn conditional_delete_in(tx: &mut Tx, principal: &Principal, rt: &str, criteria: &search::Criteria, base: &str) -> FhirResult<u32> {
     let matches = search::matching_ids(tx, criteria, 2).await?;
     match matches.as_slice() {
         [] => Ok(0),
-        [one] => delete_in(tx, rt, one).await,
+        [one] => {
+            let reach = principal.require(rt, Interaction::Delete)?;
+            check_delete(tx, principal, &reach, rt, one, base).await?;
+            delete_in(tx, rt, one).await
+        }
         _ => Err(FhirError::PreconditionFailed("the criteria matched more than one resource".into())),
     }
 }

@@ -86,6 +86,8 @@ pub async fn everything(store: &Store, principal: &Principal, id: &Id, params: &
     let reaches = |t: &str| match principal.access(t, Interaction::Search) {
         Some(Reach::All) => true,
         Some(Reach::Patient(p)) => p == id.as_str(),
+        // Confined below, like any search.
+        Some(Reach::Organization(_)) => true,
         None => false,
     };
     let by_id = |rt: ResourceType, id: &str| Criteria {
@@ -140,6 +142,9 @@ pub async fn everything(store: &Store, principal: &Principal, id: &Id, params: &
         }
     }
 
+    for part in &mut parts {
+        crate::access::confine(part, principal, base);
+    }
     let (found, total) = search::execute_union(store.pool(), &parts, params.since, params.count, params.offset).await?;
     let entries = found
         .into_iter()

@@ -79,6 +79,9 @@ pub async fn history(
             Reach::Patient(_) => {
                 return Err(FhirError::Forbidden("type-level history is not available to patient-scoped tokens".into()));
             }
+            Reach::Organization(_) => {
+                return Err(FhirError::Forbidden("type-level history is not available to tokens bound to a role".into()));
+            }
         },
         _ => {
             // System history spans every type: only a principal allowed to read all types may see it.
@@ -92,14 +95,14 @@ pub async fn history(
             Reach::All
         }
     };
-    if let (Reach::Patient(_), Some(rt), Some(id)) = (&reach, resource_type, id) {
-        // The resource as it is now must be the patient's; its versions outside the
-        // compartment are left out below.
+    if let (false, Some(rt), Some(id)) = (reach == Reach::All, resource_type, id) {
+        // The resource as it is now must be within reach; its versions outside it are left
+        // out below.
         let current = store.read(rt.as_str(), id.as_str()).await?;
-        let inside = current
-            .as_ref()
-            .and_then(|c| c.content.as_ref())
-            .is_some_and(|content| crate::access::reaches(&reach, rt.as_str(), id.as_str(), content, base));
+        let inside = match current.as_ref().and_then(|c| c.content.as_ref()) {
+            Some(content) => crate::access::reaches_pooled(store.pool(), &reach, rt.as_str(), id.as_str(), content, base).await?,
+            None => false,
+        };
         if !inside {
             return Err(FhirError::NotFound(format!("{rt}/{id} is not known")));
         }
@@ -113,8 +116,18 @@ pub async fn history(
         count: params.count,
     };
     let (mut entries, next_cursor) = store.history(&query).await?;
-    if let Reach::Patient(_) = &reach {
-        entries.retain(|e| e.content.as_ref().is_none_or(|c| crate::access::reaches(&reach, &e.resource_type, &e.id, c, base)));
+    if reach != Reach::All {
+        let mut kept = Vec::with_capacity(entries.len());
+        for e in entries {
+            let inside = match &e.content {
+                Some(c) => crate::access::reaches_pooled(store.pool(), &reach, &e.resource_type, &e.id, c, base).await?,
+                None => true,
+            };
+            if inside {
+                kept.push(e);
+            }
+        }
+        entries = kept;
     }
     if let (Some(rt), Some(id)) = (resource_type, id) {
         if entries.is_empty() && params.before_seq.is_none() && store.read(rt.as_str(), id.as_str()).await?.is_none() {

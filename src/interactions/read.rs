@@ -11,7 +11,7 @@ use crate::store::{self, Store, StoredResource, Tx};
 pub async fn read(store: &Store, principal: &Principal, resource_type: &ResourceType, id: &Id, base: &str) -> FhirResult<StoredResource> {
     let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let stored = store.read(resource_type.as_str(), id.as_str()).await?;
-    within_reach(&reach, stored.as_ref(), base)?;
+    within_reach(store, &reach, stored.as_ref(), base).await?;
     live(stored, resource_type, id)
 }
 
@@ -19,18 +19,31 @@ pub async fn read(store: &Store, principal: &Principal, resource_type: &Resource
 pub async fn read_in(tx: &mut Tx, principal: &Principal, resource_type: &ResourceType, id: &Id, base: &str) -> FhirResult<StoredResource> {
     let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let stored = store::read_in(tx, resource_type.as_str(), id.as_str()).await?;
-    within_reach(&reach, stored.as_ref(), base)?;
+    within_reach_in(tx, &reach, stored.as_ref(), base).await?;
     live(stored, resource_type, id)
 }
 
 /// 404 unless the reach covers the version read. A deleted version has no content to decide
 /// by: a confined principal learns nothing of it either (404 rather than 410).
-pub fn within_reach(reach: &Reach, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
-    let (Reach::Patient(_), Some(s)) = (reach, stored) else { return Ok(()) };
+pub async fn within_reach(store: &Store, reach: &Reach, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
+    let Some(s) = stored.filter(|_| *reach != Reach::All) else { return Ok(()) };
     match &s.content {
-        Some(content) => crate::access::check_read(reach, &s.resource_type, &s.id, content, base),
-        None => Err(FhirError::NotFound(format!("{}/{} is not known", s.resource_type, s.id))),
+        Some(content) if crate::access::reaches_pooled(store.pool(), reach, &s.resource_type, &s.id, content, base).await? => Ok(()),
+        _ => Err(not_known(s)),
     }
+}
+
+/// [`within_reach`] inside a transaction.
+pub async fn within_reach_in(tx: &mut Tx, reach: &Reach, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
+    let Some(s) = stored.filter(|_| *reach != Reach::All) else { return Ok(()) };
+    match &s.content {
+        Some(content) if crate::access::reaches(tx, reach, &s.resource_type, &s.id, content, base).await? => Ok(()),
+        _ => Err(not_known(s)),
+    }
+}
+
+fn not_known(s: &StoredResource) -> FhirError {
+    FhirError::NotFound(format!("{}/{} is not known", s.resource_type, s.id))
 }
 
 /// A specific version (404 unknown version, 410 when that version is a deletion).
@@ -45,7 +58,7 @@ pub async fn vread(
     let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let version = parse_version(resource_type, id, version)?;
     let stored = store.vread(resource_type.as_str(), id.as_str(), version).await?;
-    within_reach(&reach, stored.as_ref(), base)?;
+    within_reach(store, &reach, stored.as_ref(), base).await?;
     version_found(stored, resource_type, id, version)
 }
 
@@ -61,7 +74,7 @@ pub async fn vread_in(
     let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let version = parse_version(resource_type, id, version)?;
     let stored = store::vread_in(tx, resource_type.as_str(), id.as_str(), version).await?;
-    within_reach(&reach, stored.as_ref(), base)?;
+    within_reach_in(tx, &reach, stored.as_ref(), base).await?;
     version_found(stored, resource_type, id, version)
 }
 

@@ -83,12 +83,18 @@ async fn readable_includes(
     base: &str,
 ) -> FhirResult<Vec<StoredResource>> {
     let allowed = |t: &str| principal.allows(t, Interaction::Read);
-    let mut included = search::fetch_includes(conn, &request.includes, found, base, &allowed).await?;
-    included.retain(|r| match (principal.access(&r.resource_type, Interaction::Read), &r.content) {
-        (Some(reach), Some(content)) => crate::access::reaches(&reach, &r.resource_type, &r.id, content, base),
-        _ => false,
-    });
-    Ok(included)
+    let included = search::fetch_includes(&mut *conn, &request.includes, found, base, &allowed).await?;
+    let mut kept = Vec::with_capacity(included.len());
+    for r in included {
+        let inside = match (principal.access(&r.resource_type, Interaction::Read), &r.content) {
+            (Some(reach), Some(content)) => crate::access::reaches(&mut *conn, &reach, &r.resource_type, &r.id, content, base).await?,
+            _ => false,
+        };
+        if inside {
+            kept.push(r);
+        }
+    }
+    Ok(kept)
 }
 
 /// Compartment search (`GET [base]/Patient/1/Observation`, compartmentdefinition.html): the

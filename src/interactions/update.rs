@@ -129,12 +129,11 @@ pub async fn put_version(
     let rt = resource_type.as_str();
     let current = store::lock_current(tx, rt, id.as_str()).await?;
     let reach = principal.require(rt, Interaction::Update)?;
-    if let Reach::Patient(_) = reach {
-        // Both the version replaced and the one written must be in the patient's compartment.
-        crate::access::check_write(&reach, rt, id.as_str(), &body, base)?;
-        if let Some(old) = store::current_content(tx, rt, id.as_str()).await? {
-            crate::access::check_write(&reach, rt, id.as_str(), &old, base)?;
-        }
+    if reach != Reach::All || principal.acting.is_some() {
+        // Both the version replaced and the one written must be within reach (and a role's
+        // delegation rules and mask apply).
+        let old = store::current_content(tx, rt, id.as_str()).await?;
+        crate::access::authorize_write(tx, principal, &reach, rt, id.as_str(), old.as_ref(), Some(&mut body), base).await?;
     }
     if let Some(expected) = if_match {
         let current_version = current.filter(|(_, deleted)| !deleted).map(|(v, _)| v);

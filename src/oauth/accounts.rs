@@ -372,14 +372,6 @@ pub fn staff_role(id: &str, role: &Value) -> StaffRole {
         .and_then(Value::as_str)
         .unwrap_or("role");
     let org = role.get("organization").and_then(|o| o.get("display").or_else(|| o.get("reference"))).and_then(Value::as_str).unwrap_or("");
-    let grant = role
-        .get("extension")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|e| e.get("url").and_then(Value::as_str) == Some(ROLE_GRANT_EXTENSION))
-        .filter_map(|e| e.get("valueString").and_then(Value::as_str))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let grant = crate::access::roles::own_grant(role).grant;
     StaffRole { reference: format!("PractitionerRole/{id}"), label: if org.is_empty() { code.to_owned() } else { format!("{code} — {org}") }, grant }
 }

@@ -296,15 +296,15 @@ async fn granted_scopes(state: &AppState, request: &AuthRequest, user: &User) ->
     Ok(narrow_to_grant(&request.scope, &grant))
 }
 
-/// The current grant of a role (`PractitionerRole/ID`), `None` when it is gone or inactive.
+/// The current effective grant of a role (`PractitionerRole/ID`): its template's grant
+/// narrowed by its role-grant extension and by its creators' grants; `None` when it or a
+/// creator is gone or inactive.
 pub async fn role_grant(state: &AppState, role: &str) -> Result<Option<String>, sqlx::Error> {
-    let Some(id) = role.strip_prefix("PractitionerRole/") else { return Ok(None) };
-    let row: Option<(serde_json::Value,)> =
-        sqlx::query_as("SELECT content FROM resource WHERE resource_type = 'PractitionerRole' AND id = $1 AND NOT deleted")
-            .bind(id)
-            .fetch_optional(state.store.pool())
-            .await?;
-    Ok(row.filter(|(c,)| accounts::role_is_current(c)).map(|(c,)| accounts::staff_role(id, &c).grant))
+    let mut conn = state.store.pool().acquire().await?;
+    crate::access::roles::effective(&mut conn, role)
+        .await
+        .map(|found| found.map(|(grant, _, _)| grant.grant))
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))
 }
 
 /// `requested` narrowed to `grant` for clinical scopes; non-clinical ones kept as they are.

@@ -61,6 +61,8 @@ pub struct Ctx {
     query: Vec<(String, String)>,
     headers: HeaderMap,
     head: bool,
+    /// Elements the acting role must not see, removed from every response body.
+    mask: std::sync::OnceLock<Arc<crate::access::roles::Mask>>,
 }
 
 impl Ctx {
@@ -109,7 +111,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         Err(e) => return error_response(&e, Format::Json, pretty),
     };
     let base = base_url(&state, &parts.headers);
-    let ctx = Ctx { format, pretty, base, query, headers: parts.headers, head: parts.method == Method::HEAD };
+    let ctx = Ctx { format, pretty, base, query, headers: parts.headers, head: parts.method == Method::HEAD, mask: Default::default() };
     let path = parts.uri.path().trim_start_matches("/fhir").trim_matches('/').to_owned();
     let segments: Vec<String> = path
         .split('/')
@@ -119,8 +121,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let method = if parts.method == Method::HEAD { Method::GET } else { parts.method.clone() };
     let result = route(&state, &ctx, &method, &segments, body).await;
     let writes = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
-    if writes && segments.first().is_none_or(|t| t == "PractitionerRole") {
-        // A role may have been narrowed or ended: tokens bound to it see that from now on.
+    if writes && segments.first().is_none_or(|t| t == "PractitionerRole" || t == "Organization") {
+        // A role may have been narrowed or ended, or an organisation tree changed: tokens
+        // bound to roles see that from now on.
         state.role_grants.clear();
     }
     let writes_search_params = writes && segments.first().is_none_or(|t| t == "SearchParameter");
@@ -159,8 +162,23 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
         };
     }
     let principal = crate::access::with_current_role(state, authenticate(state, &ctx.headers)?).await?;
+    if let Some(acting) = &principal.acting
+        && !acting.mask.is_empty()
+    {
+        let _ = ctx.mask.set(acting.mask.clone());
+    }
+    let result = route_as(state, ctx, method, &s, body, &principal).await;
+    if let Err(FhirError::Forbidden(reason)) = &result {
+        crate::audit::record_denied(&state.store, &principal, method, &s, reason, &ctx.base).await;
+    }
+    result
+}
+
+/// [`route`] once the caller is known.
+async fn route_as(state: &AppState, ctx: &Ctx, method: &Method, s: &[&str], body: Body, principal: &Arc<Principal>) -> FhirResult<Response> {
+    let principal = principal.clone();
     let store = &state.store;
-    match (method.clone(), s.as_slice()) {
+    match (method.clone(), s) {
         (Method::GET, ["_history"]) => {
             let params = HistoryParams::parse(&ctx.query)?;
             let page = interactions::history::history(store, &principal, None, None, &params, &ctx.base).await?;
@@ -391,7 +409,10 @@ pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
 }
 
 /// Renders a body with the negotiated format and extra headers.
-fn respond(ctx: &Ctx, status: StatusCode, value: Value, mut headers: HeaderMap) -> FhirResult<Response> {
+fn respond(ctx: &Ctx, status: StatusCode, mut value: Value, mut headers: HeaderMap) -> FhirResult<Response> {
+    if let Some(mask) = ctx.mask.get() {
+        crate::access::mask::apply(&mut value, mask);
+    }
     let bytes = format::render(value, ctx.format, ctx.pretty)?;
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctx.format.content_type()));
     Ok((status, headers, bytes).into_response())

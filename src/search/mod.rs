@@ -74,6 +74,9 @@ pub enum ClauseKind {
     /// compartment's parameters `params` (whose paths are `paths`) names one of `values`.
     /// Built by the server, never parsed from a request.
     InCompartment { params: Vec<String>, paths: Vec<String>, values: Vec<String> },
+    /// Belonging to an organisation subtree (role-bound `user/` tokens, see
+    /// [`crate::access::organization`]). Built by the server, never parsed from a request.
+    InOrganization(std::sync::Arc<crate::access::organization::OrgScope>),
     /// `_text` (the narrative) or `_content` (every string in the resource): some value's words
     /// all occur in the text, case- and accent-insensitively (search.html#text).
     FullText { narrative_only: bool, values: Vec<Vec<String>> },
@@ -486,6 +489,10 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
             push_exists(sql, paths, |sql| {
                 sql.push("coalesce(v ->> 'reference', v #>> '{}') = ANY(").push_bind(values.clone()).push(")");
             });
+        }
+        // Always answered from the index tables (indexed::push_indexed).
+        ClauseKind::InOrganization(_) => {
+            sql.push("false");
         }
         ClauseKind::ReferencePrefix { paths, prefixes } => {
             push_exists(sql, paths, |sql| {

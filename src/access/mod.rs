@@ -1,0 +1,266 @@
+//! May they: confinement of `patient/` scopes to the patient's compartment, as the official
+//! Patient CompartmentDefinition defines it, and of role-bound `user/` scopes to the role's
+//! organisation subtree (ARCHITECTURE.md "access/").
+//!
+//! A principal's [`Reach`] for a type says whether an interaction is confined; this module
+//! turns a confinement into SQL (a membership clause added to every search, chained and
+//! `_has` criteria included, so paging and totals never count what the token cannot see) and
+//! into a check of one resource's content (read, vread, history entries, includes, writes).
+//! [`roles`] holds role templates and delegation, [`mask`] the element masking of templates.
+
+pub mod mask;
+pub mod organization;
+pub mod roles;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::auth::{Interaction, Principal, Reach};
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::definitions::definitions;
+use crate::search::{self, Clause, ClauseKind, Criteria};
+
+/// Whether resources of `resource_type` can be in a Patient compartment (Patient itself is).
+pub fn in_patient_compartment_type(resource_type: &str) -> bool {
+    resource_type == "Patient" || !patient_compartment_params(resource_type).is_empty()
+}
+
+/// The parameters that put a resource of `resource_type` in a patient's compartment (without
+/// Patient's own `{def}` marker).
+pub fn patient_compartment_params(resource_type: &str) -> Vec<String> {
+    compartment_params("Patient", resource_type)
+}
+
+fn compartment_params(compartment: &str, resource_type: &str) -> Vec<String> {
+    definitions()
+        .compartment_members(compartment)
+        .into_iter()
+        .filter(|(code, _)| code == resource_type)
+        .flat_map(|(_, params)| params)
+        .filter(|p| p != "{def}")
+        .collect()
+}
+
+/// The search clause "member of `compartment`/`id`'s compartment" for `resource_type`, or
+/// `None` when the type cannot be a member (then nothing matches).
+pub fn compartment_clause(compartment: &str, id: &str, resource_type: &str, base: &str) -> Option<Clause> {
+    if resource_type == compartment {
+        // The compartment's own resource is its only member of that type.
+        return Some(Clause { name: "_id".into(), kind: ClauseKind::Id(vec![id.to_owned()]), negate: false });
+    }
+    let params = compartment_params(compartment, resource_type);
+    if params.is_empty() {
+        return None;
+    }
+    let rt = crate::fhir::types::ResourceType::parse(resource_type).ok()?;
+    let paths = params.iter().flat_map(|p| search::reference_paths(&rt, p, base).unwrap_or_default()).collect();
+    let values = vec![format!("{compartment}/{id}"), format!("{base}/{compartment}/{id}")];
+    Some(Clause { name: compartment.to_owned(), kind: ClauseKind::InCompartment { params, paths, values }, negate: false })
+}
+
+/// A clause that matches nothing.
+pub fn nothing() -> Clause {
+    Clause { name: "_id".into(), kind: ClauseKind::Id(vec![]), negate: false }
+}
+
+/// Confines a search to what the principal may search: for every type the criteria touch (the
+/// searched type, chain targets, `_has` sources) whose reach is a patient's compartment, a
+/// membership clause is added.
+pub fn confine(criteria: &mut Criteria, principal: &Principal, base: &str) {
+    for clause in &mut criteria.clauses {
+        match &mut clause.kind {
+            ClauseKind::Chain { targets, .. } => targets.iter_mut().for_each(|t| confine(t, principal, base)),
+            ClauseKind::Has { source, .. } => confine(source, principal, base),
+            _ => {}
+        }
+    }
+    match principal.access(criteria.resource_type.as_str(), Interaction::Search) {
+        Some(Reach::Patient(patient)) => {
+            let member = compartment_clause("Patient", &patient, criteria.resource_type.as_str(), base).unwrap_or_else(nothing);
+            criteria.clauses.push(member);
+        }
+        Some(Reach::Organization(scope)) => {
+            criteria.clauses.push(Clause { name: "_organization".into(), kind: ClauseKind::InOrganization(scope), negate: false });
+        }
+        _ => {}
+    }
+}
+
+/// Whether a resource (its content) is in `patient`'s compartment.
+pub fn in_patient_compartment(resource_type: &str, id: &str, content: &Value, patient: &str, base: &str) -> bool {
+    if resource_type == "Patient" {
+        return id == patient;
+    }
+    let params = patient_compartment_params(resource_type);
+    if params.is_empty() {
+        return false;
+    }
+    let want = format!("Patient/{patient}");
+    crate::index::references_at(resource_type, content, base, &params).iter().any(|r| *r == want)
+}
+
+/// Whether the reach covers a resource with this content, when that can be decided without
+/// the database (everything but organisation subtrees).
+fn reaches_locally(reach: &Reach, resource_type: &str, id: &str, content: &Value, base: &str) -> Option<bool> {
+    match reach {
+        Reach::All => Some(true),
+        Reach::Patient(patient) => Some(in_patient_compartment(resource_type, id, content, patient, base)),
+        Reach::Organization(_) => None,
+    }
+}
+
+/// Whether the reach covers a resource with this content (an organisation subtree may read
+/// the reference index, on `conn`).
+pub async fn reaches(conn: &mut PgConnection, reach: &Reach, resource_type: &str, id: &str, content: &Value, base: &str) -> FhirResult<bool> {
+    match (reaches_locally(reach, resource_type, id, content, base), reach) {
+        (Some(known), _) => Ok(known),
+        (None, Reach::Organization(scope)) => scope.contains(conn, resource_type, id, content, base).await,
+        (None, _) => Ok(false),
+    }
+}
+
+/// [`reaches`] taking a connection from the pool only when the reach needs one.
+pub async fn reaches_pooled(pool: &sqlx::PgPool, reach: &Reach, resource_type: &str, id: &str, content: &Value, base: &str) -> FhirResult<bool> {
+    match reaches_locally(reach, resource_type, id, content, base) {
+        Some(known) => Ok(known),
+        None => reaches(&mut *pool.acquire().await?, reach, resource_type, id, content, base).await,
+    }
+}
+
+/// Fails unless the reach covers the resource: 404 for reads (a resource outside the grant is
+/// not acknowledged to exist).
+pub async fn check_read(conn: &mut PgConnection, reach: &Reach, resource_type: &str, id: &str, content: &Value, base: &str) -> FhirResult<()> {
+    if reaches(conn, reach, resource_type, id, content, base).await? {
+        Ok(())
+    } else {
+        Err(FhirError::NotFound(format!("{resource_type}/{} is not known", crate::fhir::types::sanitize(id))))
+    }
+}
+
+/// Checks a write (create, update, patch, delete; in Bundles too) before it happens, inside
+/// its transaction: [`prepare_write`], then [`check_write_reach`].
+#[allow(clippy::too_many_arguments)]
+pub async fn authorize_write(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    reach: &Reach,
+    resource_type: &str,
+    id: &str,
+    old: Option<&Value>,
+    mut new: Option<&mut Value>,
+    base: &str,
+) -> FhirResult<()> {
+    prepare_write(conn, principal, resource_type, id, old, new.as_deref_mut()).await?;
+    check_write_reach(conn, reach, resource_type, id, old, new.as_deref(), base).await
+}
+
+/// What a role-bound principal's write must go through before the content is final: a masked
+/// role keeps the elements it cannot see, and a PractitionerRole write keeps to the delegation
+/// rules (403 otherwise, audited by the caller; the creator is recorded in `new`).
+pub async fn prepare_write(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    resource_type: &str,
+    id: &str,
+    old: Option<&Value>,
+    mut new: Option<&mut Value>,
+) -> FhirResult<()> {
+    let Some(acting) = &principal.acting else { return Ok(()) };
+    if let Some(new) = new.as_deref_mut() {
+        mask::restore(new, old, &acting.mask);
+    }
+    if resource_type == "PractitionerRole"
+        && let Err(refused) = roles::check_delegation(conn, acting, id, old, new).await
+    {
+        // The 403 is audited where every refusal is (rest::route).
+        return Err(refused.error.unwrap_or_else(|| FhirError::Forbidden(format!("escalation refused: {}", refused.reason))));
+    }
+    Ok(())
+}
+
+/// 403 unless the version replaced (`old`) and the one written (`new`) are both within the
+/// reach: the client chose the content, so this is no secret.
+pub async fn check_write_reach(
+    conn: &mut PgConnection,
+    reach: &Reach,
+    resource_type: &str,
+    id: &str,
+    old: Option<&Value>,
+    new: Option<&Value>,
+    base: &str,
+) -> FhirResult<()> {
+    // A new Practitioner belongs to no organisation until a PractitionerRole names it, and
+    // onboarding staff starts with creating one.
+    let new = new.filter(|_| !(resource_type == "Practitioner" && old.is_none() && matches!(reach, Reach::Organization(_))));
+    for content in [old, new].into_iter().flatten() {
+        if !reaches(conn, reach, resource_type, id, content, base).await? {
+            return Err(FhirError::Forbidden(match reach {
+                Reach::Patient(_) => format!("the access token is limited to its patient's compartment, and this {resource_type} is not in it"),
+                _ => format!("the access token's role is limited to its organisation subtree, and this {resource_type} is not in it"),
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// The roles tokens are bound to, as they act now (effective grant, mask, organisation
+/// subtree), briefly cached: a token bound to a role is worth at most what the role and its
+/// creators grant now, so narrowing or ending a role takes effect on the next request (at
+/// once on this instance — writes to PractitionerRole and Organization clear the cache — and
+/// within [`ROLE_GRANT_TTL`] on others).
+#[derive(Default)]
+pub struct RoleGrants {
+    cache: std::sync::RwLock<std::collections::HashMap<String, (Option<Arc<roles::ActingRole>>, std::time::Instant)>>,
+}
+
+/// How long a role is reused before it is read again.
+pub const ROLE_GRANT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl RoleGrants {
+    /// Forgets every cached role (after a write to PractitionerRole or Organization).
+    pub fn clear(&self) {
+        if let Ok(mut c) = self.cache.write() {
+            c.clear();
+        }
+    }
+
+    async fn acting(&self, state: &crate::rest::AppState, role: &str) -> FhirResult<Option<Arc<roles::ActingRole>>> {
+        if let Ok(c) = self.cache.read()
+            && let Some((acting, at)) = c.get(role)
+            && at.elapsed() < ROLE_GRANT_TTL
+        {
+            return Ok(acting.clone());
+        }
+        let mut conn = state.store.pool().acquire().await?;
+        let acting = roles::acting_role(&mut conn, role).await?.map(Arc::new);
+        if let Ok(mut c) = self.cache.write() {
+            if c.len() > 10_000 {
+                c.clear();
+            }
+            c.insert(role.to_owned(), (acting.clone(), std::time::Instant::now()));
+        }
+        Ok(acting)
+    }
+}
+
+/// The principal as its role allows it now: the token's scopes narrowed to the effective grant
+/// of the PractitionerRole it is bound to (401 when the role or one of its creators has
+/// ended), confined to the role's organisation subtree and masked as its template says.
+/// Tokens without a role (operators, backend services, patients) are returned as they are.
+pub async fn with_current_role(
+    state: &crate::rest::AppState,
+    principal: std::sync::Arc<Principal>,
+) -> FhirResult<std::sync::Arc<Principal>> {
+    let Some(role) = principal.role.as_deref().filter(|r| r.starts_with("PractitionerRole/")) else { return Ok(principal) };
+    let Some(acting) = state.role_grants.acting(state, role).await? else {
+        return Err(FhirError::Unauthorized("invalid access token: its role has ended".into()));
+    };
+    let token_scopes: Vec<String> = principal.scopes.iter().map(|s| s.to_v2()).collect();
+    let narrowed = crate::oauth::authorize::narrow_to_grant(&token_scopes.join(" "), &acting.grant);
+    let mut effective = (*principal).clone();
+    effective.scopes = crate::auth::parse_scopes(&narrowed.join(" "));
+    effective.acting = Some(acting);
+    Ok(std::sync::Arc::new(effective))
+}
