@@ -367,6 +367,7 @@ def test_narrowing_or_ending_a_role_takes_effect_on_existing_tokens(base, world,
     tag = world["tag"]
     role = {"resourceType": "PractitionerRole", "id": f"temp-{tag}", "active": True,
             "practitioner": {"reference": f"Practitioner/{world['doc']['id']}"},
+            "organization": {"reference": f"Organization/org-{tag}"},
             "code": [{"text": "locum"}],
             "extension": [{"url": GRANT_EXTENSION, "valueString": "user/*.rs"}]}
     put = lambda r: http.put(f"{base}/PractitionerRole/{r['id']}", json=r, headers={"Content-Type": "application/fhir+json"})
