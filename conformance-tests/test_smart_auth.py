@@ -387,3 +387,47 @@ def test_narrowing_or_ending_a_role_takes_effect_on_existing_tokens(base, world,
     role["active"] = False
     assert put(role).status_code == 200
     assert requests.get(f"{base}/Patient/{world['pa']['id']}", headers=h, timeout=30).status_code == 401
+
+
+def test_granular_scopes_confine_reads_and_searches_to_their_query(base, world, http):
+    """SMART v2 granular scope `patient/Observation.rs?category=laboratory`: the patient's
+    laboratory Observations are visible, the vital signs of the same patient are not — not by
+    read, search, total, _revinclude or history — and the scope allows no writes."""
+    tag = world["tag"]
+    pa = world["pa"]["id"]
+    cat = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+    def obs(oid, category):
+        r = http.put(f"{base}/Observation/{oid}", headers={"Content-Type": "application/fhir+json"}, json={
+            "resourceType": "Observation", "id": oid, "status": "final",
+            "category": [{"coding": [{"system": cat, "code": category}]}],
+            "code": {"coding": [{"system": "http://example.org/granular", "code": f"g{tag}"}]},
+            "subject": {"reference": f"Patient/{pa}"}})
+        assert r.status_code in (200, 201), r.text
+
+    obs(f"lab-{tag}", "laboratory")
+    obs(f"vital-{tag}", "vital-signs")
+    flow = Flow(base)
+    t = flow.login_tokens(APP, REDIRECT, "launch/patient openid fhirUser patient/Observation.rs?category=laboratory",
+                          username=world["pat_user"], password=PASSWORD)
+    assert "patient/Observation.rs?category=laboratory" in t["scope"].split(), t["scope"]
+    h = bearer(t["access_token"])
+    get = lambda path, **p: requests.get(f"{base}/{path}", headers=h, params=p or None, timeout=30)
+    assert get(f"Observation/lab-{tag}").status_code == 200
+    assert get(f"Observation/vital-{tag}").status_code == 404
+    assert get(f"Observation/vital-{tag}/_history").status_code == 404
+    # The operator sees both: the data is there.
+    both = http.get(f"{base}/Observation", params={"code": f"http://example.org/granular|g{tag}", "_total": "accurate"}).json()
+    assert both["total"] == 2
+    b = get("Observation", code=f"http://example.org/granular|g{tag}", _total="accurate").json()
+    assert [e["resource"]["id"] for e in b.get("entry", [])] == [f"lab-{tag}"] and b["total"] == 1
+    b = get("Observation", category="vital-signs", code=f"http://example.org/granular|g{tag}", _total="accurate").json()
+    assert b.get("entry", []) == [] and b["total"] == 0
+    # Other types are not granted at all; writes are not granted by a granular scope.
+    assert get(f"Patient/{pa}").status_code == 403
+    r = requests.post(f"{base}/Observation", headers=h | {"Content-Type": "application/fhir+json"}, timeout=30,
+                      json={"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                            "category": [{"coding": [{"system": cat, "code": "laboratory"}]}],
+                            "subject": {"reference": f"Patient/{pa}"}})
+    assert r.status_code == 403
+    assert get("Observation/_history").status_code == 403

@@ -293,3 +293,39 @@ def test_scope_beyond_registration_is_not_granted(anon, token_url, server, tmp_p
         assert "system/Observation.rs" not in r.json().get("scope", "").split(), r.json()
     else:
         assert_token_error(r, expected=("invalid_scope",))
+
+
+def test_refused_token_requests_and_bearer_tokens_are_audited(client, anon, http, base, token_url):
+    """OAuth abuse is answered with the right error and leaves an AuditEvent (DICOM 110114
+    User Authentication, outcome 4) naming the client the request claimed: a replayed client
+    assertion, an unknown client, and invalid bearer tokens at the FHIR API."""
+    client_id, key = client
+
+    def audits(**params):
+        r = http.get(f"{base}/AuditEvent", params={"type": "http://dicom.nema.org/resources/ontology/DCM|110114",
+                                                  "outcome": "4", "_total": "accurate", **params})
+        assert r.status_code == 200, r.text[:300]
+        return r.json()
+
+    before = audits(altid=client_id)["total"]
+    assertion = sign(key, claims(client_id, token_url))
+    assert token_request(anon, token_url, assertion).status_code == 200
+    assert_token_error(token_request(anon, token_url, assertion))
+    after = audits(altid=client_id)
+    assert after["total"] == before + 1, after
+    descs = [e["resource"].get("outcomeDesc", "") for e in after.get("entry", [])]
+    assert any("invalid_client" in d for d in descs), descs
+    # Nothing secret is written down: not the assertion, not its signature.
+    assert not any(assertion.split(".")[2] in d for d in descs)
+
+    stranger = f"unknown-{secrets.token_hex(4)}"
+    r = anon.post(token_url, data={"grant_type": "client_credentials", "client_id": stranger, "client_secret": "x"})
+    assert r.status_code in (400, 401)
+    assert audits(altid=stranger)["total"] == 1
+
+    all_before = audits()["total"]
+    for bad in ("not-a-jwt", jwt.encode({"sub": "x", "aud": "ironfhir-fhir-api"}, key=None, algorithm="none")):
+        r = anon.get(f"{base}/Patient", headers={"Authorization": f"Bearer {bad}"})
+        assert r.status_code == 401
+        assert "invalid_token" in r.headers.get("WWW-Authenticate", "")
+    assert audits()["total"] >= all_before + 2

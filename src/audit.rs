@@ -74,3 +74,34 @@ fn denied_event(principal: &Principal, method: &Method, path: &[&str], reason: &
     }
     event
 }
+
+/// Records a refused authentication: an invalid bearer token at the FHIR API (`what` =
+/// "bearer token") or a refused request at the token endpoint (`what` = "token request",
+/// `client` = the client_id it named, unverified). `reason` is the OAuth error and its
+/// description — never a token, secret or code.
+pub async fn record_auth_failure(store: &Store, what: &str, client: Option<&str>, reason: &str, base: &str) {
+    let mut agent = json!({"requestor": true, "name": match client {
+        Some(c) => format!("client {c} (unverified)"),
+        None => "unauthenticated caller".to_owned(),
+    }});
+    if let Some(c) = client {
+        agent["altId"] = json!(c);
+    }
+    let mut content = json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"},
+        "subtype": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110122", "display": "Login"}],
+        "action": "E",
+        "recorded": crate::interactions::instant(&crate::interactions::now()),
+        "outcome": "4",
+        "outcomeDesc": format!("{what} refused: {reason}"),
+        "agent": [agent],
+        "source": {"observer": {"display": "ironfhir"}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
+    });
+    let id = crate::fhir::types::Id::generate();
+    let now = crate::interactions::now();
+    crate::interactions::stamp(&mut content, id.as_str(), 1, &now);
+    if let Err(e) = crate::store::create_one(store, "AuditEvent", id.as_str(), now, &content, base).await {
+        tracing::error!(error = %e, "cannot record the audit event of a refused authentication");
+    }
+}

@@ -86,6 +86,38 @@ pub fn confine(criteria: &mut Criteria, principal: &Principal, base: &str) {
         }
         _ => {}
     }
+    if let Some(filters) = principal.filters(criteria.resource_type.as_str(), Interaction::Search) {
+        criteria.clauses.push(filter_clause(&criteria.resource_type, &filters, base));
+    }
+}
+
+/// The clause "matches one of the granular scopes' queries" (a query that does not parse
+/// matches nothing).
+fn filter_clause(resource_type: &crate::fhir::types::ResourceType, filters: &[String], base: &str) -> Clause {
+    let alternatives = filters.iter().filter_map(|f| search::parse_conditional(resource_type, f, base).ok()).collect();
+    Clause { name: "_scope".into(), kind: ClauseKind::AnyOf(alternatives), negate: false }
+}
+
+/// Whether the current version of `resource_type/id` matches the principal's granular scopes
+/// for `interaction` (true when no granular scope confines it).
+pub async fn matches_filters(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    resource_type: &str,
+    id: &str,
+    interaction: Interaction,
+    base: &str,
+) -> FhirResult<bool> {
+    let Some(filters) = principal.filters(resource_type, interaction) else { return Ok(true) };
+    let rt = crate::fhir::types::ResourceType::parse(resource_type)?;
+    let criteria = Criteria {
+        clauses: vec![
+            Clause { name: "_id".into(), kind: ClauseKind::Id(vec![id.to_owned()]), negate: false },
+            filter_clause(&rt, &filters, base),
+        ],
+        resource_type: rt,
+    };
+    Ok(!search::matching_ids(conn, &criteria, 1).await?.is_empty())
 }
 
 /// Whether a resource (its content) is in `patient`'s compartment.

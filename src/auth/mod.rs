@@ -109,6 +109,17 @@ impl Principal {
         None
     }
 
+    /// The queries of the granular scopes that confine `interaction` on `resource_type`
+    /// (`patient/Observation.rs?category=laboratory`): `None` when some scope allowing it has
+    /// no query, otherwise every allowing scope's query — a resource must match one of them.
+    pub fn filters(&self, resource_type: &str, interaction: Interaction) -> Option<Vec<String>> {
+        let allowing: Vec<&Scope> = self.scopes.iter().filter(|s| s.allows(resource_type, interaction)).collect();
+        if allowing.is_empty() || allowing.iter().any(|s| s.filter.is_none()) {
+            return None;
+        }
+        Some(allowing.iter().filter_map(|s| s.filter.clone()).collect())
+    }
+
     /// Whether the principal may use `interaction` on `resource_type` at all (maybe only in a
     /// compartment: callers that act on data must use [`Self::require`] and honour the reach).
     pub fn allows(&self, resource_type: &str, interaction: Interaction) -> bool {

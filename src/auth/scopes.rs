@@ -52,6 +52,9 @@ pub struct Scope {
     /// `None` for `*`.
     pub resource_type: Option<String>,
     permissions: u8,
+    /// The search query of a granular scope (`patient/Observation.rs?category=laboratory`):
+    /// only resources matching it are reachable. Granular scopes allow reads and searches only.
+    pub filter: Option<String>,
 }
 
 impl Scope {
@@ -79,7 +82,8 @@ impl Scope {
             .filter(|(_, i)| self.permissions & i.bit() != 0)
             .map(|(c, _)| *c)
             .collect();
-        format!("{context}/{}.{letters}", self.resource_type.as_deref().unwrap_or("*"))
+        let filter = self.filter.as_deref().map(|f| format!("?{f}")).unwrap_or_default();
+        format!("{context}/{}.{letters}{filter}", self.resource_type.as_deref().unwrap_or("*"))
     }
 
     /// Whether this scope covers every resource type (`*`), needed for system-wide operations.
@@ -114,12 +118,13 @@ pub fn narrow(requested: &str, allowed: &[&str]) -> Option<String> {
             _ => continue,
         };
         let permissions = a.permissions & wanted.permissions;
+        let Some(filter) = meet_filter(&wanted.filter, &a.filter) else { continue };
         if permissions == 0 {
             continue;
         }
-        let candidate = Scope { context: wanted.context, resource_type: resource_type.clone(), permissions };
+        let candidate = Scope { context: wanted.context, resource_type: resource_type.clone(), permissions, filter: filter.clone() };
         // The exact request wins; otherwise the widest candidate of the requested type.
-        if resource_type == wanted.resource_type && permissions == wanted.permissions {
+        if resource_type == wanted.resource_type && permissions == wanted.permissions && filter == wanted.filter {
             return Some(requested.to_owned());
         }
         if best.as_ref().is_none_or(|b| permissions.count_ones() > b.permissions.count_ones()) {
@@ -176,7 +181,18 @@ fn meet(wanted: &Scope, allowed: &Scope) -> Option<Scope> {
         _ => return None,
     };
     let permissions = allowed.permissions & wanted.permissions;
-    (permissions != 0).then_some(Scope { context: wanted.context, resource_type, permissions })
+    let filter = meet_filter(&wanted.filter, &allowed.filter)?;
+    (permissions != 0).then_some(Scope { context: wanted.context, resource_type, permissions, filter })
+}
+
+/// The filter both granular scopes impose: either one's when the other has none, the same one
+/// when both have it; `None` (no meet) when they differ, since one scope holds one query.
+fn meet_filter(a: &Option<String>, b: &Option<String>) -> Option<Option<String>> {
+    match (a, b) {
+        (None, f) | (f, None) => Some(f.clone()),
+        (Some(x), Some(y)) if x == y => Some(Some(x.clone())),
+        _ => None,
+    }
 }
 
 /// Whether every permission `requested` names (space-separated scopes) is one `allowed`
@@ -193,7 +209,8 @@ pub fn covered_all(requested: &str, allowed: &str) -> bool {
                 allowed.iter().any(|a| {
                     let context_ok = a.context == wanted.context || (a.context == ScopeContext::User && wanted.context == ScopeContext::Patient);
                     let type_ok = a.resource_type.is_none() || a.resource_type == wanted.resource_type;
-                    context_ok && type_ok && a.permissions & i.bit() != 0
+                    let filter_ok = a.filter.is_none() || a.filter == wanted.filter;
+                    context_ok && type_ok && filter_ok && a.permissions & i.bit() != 0
                 })
             })
     })
@@ -213,11 +230,13 @@ fn parse_scope(s: &str) -> Option<Scope> {
         "patient" => ScopeContext::Patient,
         _ => return None,
     };
-    // Granular v2 scopes (`?category=…`) narrow the grant; until search-filtered enforcement
-    // exists they are refused rather than widened.
-    if rest.contains('?') {
-        return None;
-    }
+    // Granular v2 scopes (`patient/Observation.rs?category=laboratory`): the query confines
+    // reads and searches; they never allow writes.
+    let (rest, filter) = match rest.split_once('?') {
+        Some((_, "")) => return None,
+        Some((r, q)) => (r, Some(q.to_owned())),
+        None => (rest, None),
+    };
     let (resource_type, perms) = rest.split_once('.')?;
     let resource_type = match resource_type {
         "*" => None,
@@ -230,7 +249,11 @@ fn parse_scope(s: &str) -> Option<Scope> {
         "write" => Interaction::Create.bit() | Interaction::Update.bit() | Interaction::Delete.bit(),
         v2 => parse_v2(v2)?,
     };
-    Some(Scope { context, resource_type, permissions })
+    let permissions = if filter.is_some() { permissions & (Interaction::Read.bit() | Interaction::Search.bit()) } else { permissions };
+    if permissions == 0 || (filter.is_some() && resource_type.is_none()) {
+        return None;
+    }
+    Some(Scope { context, resource_type, permissions, filter })
 }
 
 /// v2 permissions must be a non-empty subset of `cruds` in that order.
@@ -287,5 +310,11 @@ mod tests {
         assert!(!covered_all("user/*.rs", "user/Patient.rs user/Observation.rs"));
         assert!(!covered_all("user/Patient.cruds", "user/Patient.rs"));
         assert!(!covered_all("system/Patient.rs", "user/*.rs"));
+        // Granular scopes keep their query through narrowing, allow only r/s, need a type.
+        assert_eq!(intersect("patient/Observation.rs?category=laboratory", "patient/*.rs"), vec!["patient/Observation.rs?category=laboratory"]);
+        assert_eq!(intersect("patient/*.rs", "patient/Observation.rs?category=laboratory"), vec!["patient/Observation.rs?category=laboratory"]);
+        assert_eq!(parse_scopes("patient/Observation.cruds?category=laboratory")[0].to_v2(), "patient/Observation.rs?category=laboratory");
+        assert!(parse_scopes("patient/*.rs?category=laboratory").is_empty());
+        assert!(!covered_all("user/Observation.rs", "user/Observation.rs?category=laboratory"));
     }
 }

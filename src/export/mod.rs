@@ -173,13 +173,14 @@ pub async fn parse_kick_off(
     };
     let types: Vec<String> = match requested {
         Some(list) => {
-            if let Some(denied) = list.iter().find(|t| !principal.allows_system(t, Interaction::Read)) {
+            if let Some(denied) = list.iter().find(|t| !principal.allows_system(t, Interaction::Read) || principal.filters(t, Interaction::Read).is_some()) {
                 return Err(FhirError::Forbidden(format!("the access token's system scopes do not allow reading {denied}")));
             }
             // Patient/Group level: types outside the Patient compartment have nothing to export.
             list.into_iter().filter(|t| candidates.contains(t)).collect()
         }
-        None => candidates.into_iter().filter(|t| principal.allows_system(t, Interaction::Read)).collect(),
+        // Types confined by granular scopes are left out (their queries are not export filters).
+        None => candidates.into_iter().filter(|t| principal.allows_system(t, Interaction::Read) && principal.filters(t, Interaction::Read).is_none()).collect(),
     };
     for filter in &type_filters {
         let (t, _) = filter.split_once('?').unwrap_or((filter, ""));

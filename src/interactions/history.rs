@@ -95,6 +95,18 @@ pub async fn history(
             Reach::All
         }
     };
+    if let Some(rt) = resource_type
+        && id.is_none()
+        && principal.filters(rt.as_str(), Interaction::Search).is_some()
+    {
+        return Err(FhirError::Forbidden("type-level history is not available under granular scopes".into()));
+    }
+    if let (Some(rt), Some(id)) = (resource_type, id)
+        && principal.filters(rt.as_str(), Interaction::Read).is_some()
+        && !crate::access::matches_filters(&mut *store.pool().acquire().await?, principal, rt.as_str(), id.as_str(), Interaction::Read, base).await?
+    {
+        return Err(FhirError::NotFound(format!("{rt}/{id} is not known")));
+    }
     if let (false, Some(rt), Some(id)) = (reach == Reach::All, resource_type, id) {
         // The resource as it is now must be within reach; its versions outside it are left
         // out below.

@@ -11,7 +11,7 @@ use crate::store::{self, Store, StoredResource, Tx};
 pub async fn read(store: &Store, principal: &Principal, resource_type: &ResourceType, id: &Id, base: &str) -> FhirResult<StoredResource> {
     let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let stored = store.read(resource_type.as_str(), id.as_str()).await?;
-    within_reach(store, &reach, stored.as_ref(), base).await?;
+    within_reach(store, principal, &reach, stored.as_ref(), base).await?;
     live(stored, resource_type, id)
 }
 
@@ -19,27 +19,34 @@ pub async fn read(store: &Store, principal: &Principal, resource_type: &Resource
 pub async fn read_in(tx: &mut Tx, principal: &Principal, resource_type: &ResourceType, id: &Id, base: &str) -> FhirResult<StoredResource> {
     let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let stored = store::read_in(tx, resource_type.as_str(), id.as_str()).await?;
-    within_reach_in(tx, &reach, stored.as_ref(), base).await?;
+    within_reach_in(tx, principal, &reach, stored.as_ref(), base).await?;
     live(stored, resource_type, id)
 }
 
-/// 404 unless the reach covers the version read. A deleted version has no content to decide
-/// by: a confined principal learns nothing of it either (404 rather than 410).
-pub async fn within_reach(store: &Store, reach: &Reach, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
-    let Some(s) = stored.filter(|_| *reach != Reach::All) else { return Ok(()) };
-    match &s.content {
-        Some(content) if crate::access::reaches_pooled(store.pool(), reach, &s.resource_type, &s.id, content, base).await? => Ok(()),
-        _ => Err(not_known(s)),
+/// 404 unless the reach (and the granular scopes) cover the version read. A deleted version
+/// has no content to decide by: a confined principal learns nothing of it either (404 rather
+/// than 410).
+pub async fn within_reach(store: &Store, principal: &Principal, reach: &Reach, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
+    let Some(s) = stored else { return Ok(()) };
+    if *reach == Reach::All && principal.filters(&s.resource_type, Interaction::Read).is_none() {
+        return Ok(());
     }
+    within_reach_in(&mut *store.pool().acquire().await?, principal, reach, stored, base).await
 }
 
-/// [`within_reach`] inside a transaction.
-pub async fn within_reach_in(tx: &mut Tx, reach: &Reach, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
-    let Some(s) = stored.filter(|_| *reach != Reach::All) else { return Ok(()) };
-    match &s.content {
-        Some(content) if crate::access::reaches(tx, reach, &s.resource_type, &s.id, content, base).await? => Ok(()),
-        _ => Err(not_known(s)),
+/// [`within_reach`] on a connection (inside a transaction).
+pub async fn within_reach_in(conn: &mut sqlx::PgConnection, principal: &Principal, reach: &Reach, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
+    let Some(s) = stored else { return Ok(()) };
+    if *reach != Reach::All {
+        match &s.content {
+            Some(content) if crate::access::reaches(&mut *conn, reach, &s.resource_type, &s.id, content, base).await? => {}
+            _ => return Err(not_known(s)),
+        }
     }
+    if !crate::access::matches_filters(conn, principal, &s.resource_type, &s.id, Interaction::Read, base).await? {
+        return Err(not_known(s));
+    }
+    Ok(())
 }
 
 fn not_known(s: &StoredResource) -> FhirError {
@@ -58,7 +65,7 @@ pub async fn vread(
     let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let version = parse_version(resource_type, id, version)?;
     let stored = store.vread(resource_type.as_str(), id.as_str(), version).await?;
-    within_reach(store, &reach, stored.as_ref(), base).await?;
+    within_reach(store, principal, &reach, stored.as_ref(), base).await?;
     version_found(stored, resource_type, id, version)
 }
 
@@ -74,7 +81,7 @@ pub async fn vread_in(
     let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let version = parse_version(resource_type, id, version)?;
     let stored = store::vread_in(tx, resource_type.as_str(), id.as_str(), version).await?;
-    within_reach_in(tx, &reach, stored.as_ref(), base).await?;
+    within_reach_in(tx, principal, &reach, stored.as_ref(), base).await?;
     version_found(stored, resource_type, id, version)
 }
 

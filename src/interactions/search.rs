@@ -87,7 +87,10 @@ async fn readable_includes(
     let mut kept = Vec::with_capacity(included.len());
     for r in included {
         let inside = match (principal.access(&r.resource_type, Interaction::Read), &r.content) {
-            (Some(reach), Some(content)) => crate::access::reaches(&mut *conn, &reach, &r.resource_type, &r.id, content, base).await?,
+            (Some(reach), Some(content)) => {
+                crate::access::reaches(&mut *conn, &reach, &r.resource_type, &r.id, content, base).await?
+                    && crate::access::matches_filters(&mut *conn, principal, &r.resource_type, &r.id, Interaction::Read, base).await?
+            }
             _ => false,
         };
         if inside {

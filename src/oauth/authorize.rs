@@ -28,9 +28,11 @@ const BROWSER_COOKIE: &str = "ironfhir_bid";
 const REQUEST_TTL_SECS: f64 = 600.0;
 /// How long an authorization code can be exchanged.
 pub const CODE_TTL_SECS: f64 = 60.0;
-/// What the patient role grants: their own record to read, appointments and refill requests
-/// to make.
-pub const PATIENT_ROLE_GRANT: &str = "patient/*.rs patient/Appointment.cu patient/Task.cu";
+/// What a patient may be granted: the `patient` role template's grant (by default
+/// `patient/*.rs patient/Appointment.cu patient/Task.cu`).
+pub fn patient_role_grant() -> String {
+    crate::access::roles::templates().templates.get("patient").map(|t| t.grant.clone()).unwrap_or_default()
+}
 
 /// An authorization request in progress.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -289,7 +291,7 @@ async fn advance(state: &Arc<AppState>, headers: &HeaderMap, mut request: AuthRe
 /// scopes (openid, fhirUser, launch, offline_access, …) pass through.
 async fn granted_scopes(state: &AppState, request: &AuthRequest, user: &User) -> Result<Vec<String>, sqlx::Error> {
     let grant = match request.role.as_deref() {
-        Some("patient") | None if user.patient_id().is_some() => PATIENT_ROLE_GRANT.to_owned(),
+        Some("patient") | None if user.patient_id().is_some() => patient_role_grant(),
         Some(role) => role_grant(state, role).await?.unwrap_or_default(),
         None => String::new(),
     };
@@ -417,6 +419,11 @@ async fn continue_request(state: &Arc<AppState>, headers: &HeaderMap, pairs: &[(
                         accounts::LoginFailure::BadCredentials => ("The username or password is not correct.", false),
                     };
                     tracing::info!(client = %request.client_id, outcome = ?failure, "sign-in refused");
+                    if !matches!(failure, accounts::LoginFailure::NeedOtp) {
+                        let base = crate::rest::base_url(state, headers);
+                        let reason = format!("{failure:?}");
+                        crate::audit::record_auth_failure(&state.store, "sign-in", Some(&request.client_id), &reason, &base).await;
+                    }
                     let status = if need_otp { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
                     let body = pages::login(&request.id, &request.csrf, &request.client_id, Some(message), username, need_otp);
                     pages::page(status, "Sign in", &body, vec![])

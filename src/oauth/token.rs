@@ -32,7 +32,18 @@ struct Issue {
 pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     match token_inner(&state, &headers, &body).await {
         Ok(value) => (StatusCode::OK, no_store(), axum::Json(value)).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let form = parse_form(&body).unwrap_or_default();
+            let client = param(&form, "client_id")
+                .map(str::to_owned)
+                .or_else(|| param(&form, "client_assertion").and_then(super::assertion::claimed_client))
+                .map(|c| crate::fhir::types::sanitize(&c));
+            let grant_type = param(&form, "grant_type").map(crate::fhir::types::sanitize).unwrap_or_default();
+            let reason = format!("{} ({}, grant_type {grant_type})", e.error, e.description);
+            let base = crate::rest::base_url(&state, &headers);
+            crate::audit::record_auth_failure(&state.store, "token request", client.as_deref(), &reason, &base).await;
+            e.into_response()
+        }
     }
 }
 

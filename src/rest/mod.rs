@@ -161,7 +161,17 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             _ => Err(FhirError::MethodNotAllowed("metadata only supports GET".into())),
         };
     }
-    let principal = crate::access::with_current_role(state, authenticate(state, &ctx.headers)?).await?;
+    let principal = match authenticate(state, &ctx.headers) {
+        Ok(p) => crate::access::with_current_role(state, p).await?,
+        Err(e) => {
+            if let FhirError::Unauthorized(reason) = &e
+                && reason != MISSING_TOKEN
+            {
+                crate::audit::record_auth_failure(&state.store, "bearer token", None, reason, &ctx.base).await;
+            }
+            return Err(e);
+        }
+    };
     if let Some(acting) = &principal.acting
         && !acting.mask.is_empty()
     {

@@ -52,6 +52,16 @@ pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str
             scope.push_sql(sql, resource_type);
             return true;
         }
+        ClauseKind::AnyOf(alternatives) => {
+            sql.push("(false");
+            for alternative in alternatives {
+                sql.push(" OR (true");
+                push_where(sql, alternative);
+                sql.push(")");
+            }
+            sql.push(")");
+            return true;
+        }
         _ => {}
     }
     let code = code_of(&clause.name);

@@ -74,6 +74,9 @@ pub enum ClauseKind {
     /// compartment's parameters `params` (whose paths are `paths`) names one of `values`.
     /// Built by the server, never parsed from a request.
     InCompartment { params: Vec<String>, paths: Vec<String>, values: Vec<String> },
+    /// Matching at least one of the alternatives (granular scopes: each scope's query is one).
+    /// Built by the server from scopes, never parsed from a request parameter.
+    AnyOf(Vec<Criteria>),
     /// Belonging to an organisation subtree (role-bound `user/` tokens, see
     /// [`crate::access::organization`]). Built by the server, never parsed from a request.
     InOrganization(std::sync::Arc<crate::access::organization::OrgScope>),
@@ -490,8 +493,8 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
                 sql.push("coalesce(v ->> 'reference', v #>> '{}') = ANY(").push_bind(values.clone()).push(")");
             });
         }
-        // Always answered from the index tables (indexed::push_indexed).
-        ClauseKind::InOrganization(_) => {
+        // Always answered by indexed::push_indexed.
+        ClauseKind::InOrganization(_) | ClauseKind::AnyOf(_) => {
             sql.push("false");
         }
         ClauseKind::ReferencePrefix { paths, prefixes } => {
@@ -879,13 +882,13 @@ fn like_escape(s: &str) -> String {
 }
 
 /// Ids of up to `limit` live resources matching `criteria`, inside a write transaction.
-pub async fn matching_ids(tx: &mut crate::store::Tx, criteria: &Criteria, limit: i64) -> FhirResult<Vec<String>> {
+pub async fn matching_ids(tx: &mut sqlx::PgConnection, criteria: &Criteria, limit: i64) -> FhirResult<Vec<String>> {
     let mut sql = QueryBuilder::<Postgres>::new("SELECT r.id FROM resource r WHERE r.resource_type = ");
     sql.push_bind(criteria.resource_type.as_str().to_owned());
     sql.push(" AND NOT r.deleted");
     push_where(&mut sql, criteria);
     sql.push(" LIMIT ").push_bind(limit);
-    let rows = sql.build().persistent(false).fetch_all(&mut **tx).await?;
+    let rows = sql.build().persistent(false).fetch_all(&mut *tx).await?;
     Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
 }
 
