@@ -431,3 +431,45 @@ def test_granular_scopes_confine_reads_and_searches_to_their_query(base, world, 
                             "subject": {"reference": f"Patient/{pa}"}})
     assert r.status_code == 403
     assert get("Observation/_history").status_code == 403
+
+
+def test_admin_api_registers_clients_and_users_for_operators_only(base, server, http):
+    """POST /auth/admin/clients and /auth/admin/users: what the CLI registers, over HTTP, for
+    an operator token only; the user registered this way can sign in to the client."""
+    tag = secrets.token_hex(4)
+    origin = base.rsplit("/fhir", 1)[0]
+    client = {"client_id": f"api-app-{tag}", "redirect_uris": [REDIRECT], "scope": "openid fhirUser user/*.rs",
+              "public": True}
+    # No token → 401; a token without system/*.c → 403; nothing registered either way.
+    assert requests.post(f"{origin}/auth/admin/clients", json=client, timeout=30).status_code == 401
+    reader = {"Authorization": f"Bearer {server.token('system/*.rs')}"}
+    assert requests.post(f"{origin}/auth/admin/clients", json=client, headers=reader, timeout=30).status_code == 403
+    op = {"Authorization": http.headers["Authorization"]}
+    r = requests.post(f"{origin}/auth/admin/clients", json=client, headers=op, timeout=30)
+    assert r.status_code == 201, r.text
+    assert r.json()["client_id"] == client["client_id"]
+    assert r.headers.get("Cache-Control") == "no-store"
+    # Malformed requests are refused with an OAuth-style error.
+    r = requests.post(f"{origin}/auth/admin/clients", json={"client_id": f"x-{tag}", "scope": "user/*.rs", "public": True,
+                                                           "secret": "both"}, headers=op, timeout=30)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+
+    org = http.post(f"{base}/Organization", json={"resourceType": "Organization", "name": f"API org {tag}"},
+                    headers={"Content-Type": "application/fhir+json"}).json()["id"]
+    doc = http.post(f"{base}/Practitioner", json={"resourceType": "Practitioner", "name": [{"family": "Apitest"}]},
+                    headers={"Content-Type": "application/fhir+json"}).json()["id"]
+    r = http.post(f"{base}/PractitionerRole", headers={"Content-Type": "application/fhir+json"}, json={
+        "resourceType": "PractitionerRole", "active": True, "practitioner": {"reference": f"Practitioner/{doc}"},
+        "organization": {"reference": f"Organization/{org}"},
+        "code": [{"coding": [{"system": "https://ironfhir.dev/fhir/CodeSystem/role-template", "code": "nurse"}]}]})
+    assert r.status_code == 201, r.text
+    user = {"username": f"api-user-{tag}", "password": PASSWORD, "fhir_user": f"Practitioner/{doc}"}
+    assert requests.post(f"{origin}/auth/admin/users", json=user, headers=reader, timeout=30).status_code == 403
+    r = requests.post(f"{origin}/auth/admin/users", json=user, headers=op, timeout=30)
+    assert r.status_code == 201, r.text
+    assert PASSWORD not in r.text
+    t = Flow(base).login_tokens(client["client_id"], REDIRECT, "openid fhirUser user/*.rs",
+                                username=user["username"], password=PASSWORD)
+    # The nurse template's read scopes, not user/*.rs as asked.
+    granted = t["scope"].split()
+    assert "user/Observation.rs" in granted and "user/*.rs" not in granted and "user/Invoice.rs" not in granted

@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod admin_api;
 pub mod assertion;
 pub mod authorize;
 pub mod discovery;
@@ -67,6 +68,8 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/auth/introspect", post(token::introspect))
         .route("/auth/revoke", post(token::revoke))
         .route("/auth/launch", post(token::launch))
+        .route("/auth/admin/clients", post(admin_api::add_client))
+        .route("/auth/admin/users", post(admin_api::add_user))
 }
 
 /// The server's origin (`http://host:port`) for a request: the FHIR base without `/fhir`.
