@@ -164,6 +164,9 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     let principal = match authenticate(state, &ctx.headers) {
         Ok(p) => crate::access::with_current_role(state, p).await?,
         Err(e) => {
+            // Read the unread request body first: answering before it is consumed makes the
+            // server close the connection, and a client reusing it sees a reset, not the 401.
+            let _ = axum::body::to_bytes(body, state.max_body_bytes).await;
             if let FhirError::Unauthorized(reason) = &e
                 && reason != MISSING_TOKEN
             {
