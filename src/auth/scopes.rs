@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn malformed_and_out_of_order_scopes_grant_nothing() {
-        assert!(parse_scopes("system/Patient.sr system/Patient.x system/.r openid launch system/Patient.rs?x=1").is_empty());
+        assert!(parse_scopes("system/Patient.sr system/Patient.x system/.r openid launch system/*.rs?x=1 system/Patient.rs?").is_empty());
     }
 
     #[test]

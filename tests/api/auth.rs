@@ -227,9 +227,10 @@ async fn scopes_allow_exactly_the_interactions_and_types_they_name() {
         row("patient/*.read", Method::GET, "Patient", 403),
         row("patient/Patient.rs", Method::GET, &read, 403),
         row("patient/*.*", Method::POST, "Patient", 403),
-        // Granular scopes are refused rather than widened; malformed ones grant nothing.
-        row("system/Patient.rs?category=x", Method::GET, &read, 403),
-        row("system/Patient.rs?category=x", Method::GET, "Patient", 403),
+        // A granular scope reaches only what matches its query (Patient has no `category`:
+        // nothing) and never allows writes; malformed scopes grant nothing.
+        row("system/Patient.rs?category=x", Method::GET, &read, 404),
+        row("system/Patient.rs?category=x", Method::POST, "Patient", 403),
         row("system/Patient.sr", Method::GET, &read, 403),
         row("system/*.x", Method::GET, &read, 403),
         row("openid launch", Method::GET, &read, 403),
