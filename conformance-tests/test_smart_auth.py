@@ -473,3 +473,41 @@ def test_admin_api_registers_clients_and_users_for_operators_only(base, server, 
     # The nurse template's read scopes, not user/*.rs as asked.
     granted = t["scope"].split()
     assert "user/Observation.rs" in granted and "user/*.rs" not in granted and "user/Invoice.rs" not in granted
+
+
+def test_an_organisation_policy_can_require_a_second_factor(base, server, http):
+    """An Organization with the require-totp extension: a staff member without an enrolled
+    second factor cannot act in a role there (nor in an organisation below it); once enrolled
+    (TOTP), the same person gets through."""
+    tag = secrets.token_hex(4)
+    ext = [{"url": "https://ironfhir.dev/fhir/StructureDefinition/require-totp", "valueBoolean": True}]
+    post = lambda r: http.post(f"{base}/{r['resourceType']}", json=r, headers={"Content-Type": "application/fhir+json"})
+    strict = post({"resourceType": "Organization", "name": f"Strict {tag}", "extension": ext}).json()["id"]
+    ward = post({"resourceType": "Organization", "name": f"Ward {tag}", "partOf": {"reference": f"Organization/{strict}"}}).json()["id"]
+    users = {}
+    for kind in ("plain", "enrolled"):
+        doc = post({"resourceType": "Practitioner", "name": [{"family": "Policytest"}]}).json()["id"]
+        assert post({"resourceType": "PractitionerRole", "active": True, "practitioner": {"reference": f"Practitioner/{doc}"},
+                     "organization": {"reference": f"Organization/{ward}"},
+                     "code": [{"coding": [{"system": "https://ironfhir.dev/fhir/CodeSystem/role-template", "code": "nurse"}]}]}
+                    ).status_code == 201
+        users[kind] = register_user(server, f"{kind}-{tag}", PASSWORD, f"Practitioner/{doc}", totp=kind == "enrolled")
+    flow = Flow(base)
+    ep = flow.config["authorization_endpoint"]
+    from smart_flow import form_fields, pkce_pair
+
+    def sign_in(username, otp=None):
+        _, challenge = pkce_pair()
+        page = flow.session.get(ep, params={"response_type": "code", "client_id": APP, "redirect_uri": REDIRECT,
+                                            "scope": "user/*.rs", "state": "s", "aud": base,
+                                            "code_challenge": challenge, "code_challenge_method": "S256"}, timeout=30).text
+        fields = form_fields(page, "login") | {"username": username, "password": PASSWORD}
+        if otp:
+            fields["otp"] = otp
+        return flow.session.post(ep, data=fields, allow_redirects=False, timeout=30)
+
+    r = sign_in(users["plain"]["username"])
+    assert r.status_code == 403 and "second sign-in factor" in r.text and '<form id="consent"' not in r.text
+    flow.session.cookies.clear()
+    r = sign_in(users["enrolled"]["username"], totp_now(users["enrolled"]["totp_secret"]))
+    assert '<form id="consent"' in r.text, r.text[:500]

@@ -375,3 +375,42 @@ pub fn staff_role(id: &str, role: &Value) -> StaffRole {
     let grant = crate::access::roles::own_grant(role).grant;
     StaffRole { reference: format!("PractitionerRole/{id}"), label: if org.is_empty() { code.to_owned() } else { format!("{code} — {org}") }, grant }
 }
+
+/// The Organization extension (valueBoolean) by which an organisation requires a second
+/// factor (TOTP) of everyone acting in one of its roles — or in a role of an organisation
+/// below it.
+pub const REQUIRE_TOTP_EXTENSION: &str = "https://ironfhir.dev/fhir/StructureDefinition/require-totp";
+
+/// Whether the organisation of `role` (`PractitionerRole/ID`), or one above it through
+/// `partOf`, requires a second factor.
+pub async fn organisation_requires_totp(pool: &PgPool, role: &str) -> Result<bool, sqlx::Error> {
+    let Some(id) = role.strip_prefix("PractitionerRole/") else { return Ok(false) };
+    let row: Option<(Value,)> = sqlx::query_as("SELECT content FROM resource WHERE resource_type = 'PractitionerRole' AND id = $1 AND NOT deleted")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    let mut next = row.and_then(|(c,)| crate::access::roles::organization_of(&c));
+    let mut seen: Vec<String> = vec![];
+    while let Some(org) = next {
+        if seen.contains(&org) || seen.len() > 64 {
+            break;
+        }
+        let row: Option<(Value,)> = sqlx::query_as("SELECT content FROM resource WHERE resource_type = 'Organization' AND id = $1 AND NOT deleted")
+            .bind(&org)
+            .fetch_optional(pool)
+            .await?;
+        let Some((content,)) = row else { break };
+        let requires = content
+            .get("extension")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|e| e.get("url").and_then(Value::as_str) == Some(REQUIRE_TOTP_EXTENSION) && e.get("valueBoolean") == Some(&Value::Bool(true)));
+        if requires {
+            return Ok(true);
+        }
+        next = content.get("partOf").and_then(|p| p.get("reference")).and_then(Value::as_str).and_then(|r| r.strip_prefix("Organization/")).map(str::to_owned);
+        seen.push(org);
+    }
+    Ok(false)
+}

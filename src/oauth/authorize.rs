@@ -262,6 +262,20 @@ async fn advance(state: &Arc<AppState>, headers: &HeaderMap, mut request: AuthRe
             }
         }
     }
+    if let Some(role) = request.role.as_deref().filter(|r| r.starts_with("PractitionerRole/"))
+        && user.totp_secret.is_none()
+    {
+        match accounts::organisation_requires_totp(pool, role).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return error_page(
+                    StatusCode::FORBIDDEN,
+                    "The organisation of this role requires a second sign-in factor. Ask an administrator to enrol one for your account.",
+                );
+            }
+            Err(e) => return server_error(e),
+        }
+    }
     if request.patient.is_none() {
         request.patient = request.launch_patient.clone();
     }
