@@ -591,3 +591,25 @@ def test_a_masked_update_keeps_what_the_role_could_not_see(base, http, tree, des
     assert full["birthDate"] == "1981-03-03", "the front desk's change is stored"
     assert full.get("text", {}).get("div") == NARRATIVE, "the narrative it could not see is kept"
     assert_not_marked(full)
+
+
+def test_a_role_cannot_move_organisations_out_of_or_into_its_subtree(base, http, tree, chain):
+    """The tree is data too: the Region admin may rename Clinic, but may not hang Clinic under
+    Other (handing its data to Other's staff), nor move Region itself."""
+    s = chain.region.session()
+    clinic = stored(http, base, f"Organization/{tree.clinic}")
+    r = put(s, base, dict(clinic, name=clinic["name"] + " (renamed)"))
+    assert r.status_code == 200, r.text[:300]
+    clinic = stored(http, base, f"Organization/{tree.clinic}")
+    r = put(s, base, dict(clinic, partOf={"reference": f"Organization/{tree.other}"}))
+    assert r.status_code == 403, r.text[:300]
+    assert stored(http, base, f"Organization/{tree.clinic}")["partOf"]["reference"] == f"Organization/{tree.region}"
+    region = stored(http, base, f"Organization/{tree.region}")
+    r = put(s, base, dict(region, partOf={"reference": f"Organization/{tree.other}"}))
+    assert r.status_code == 403, r.text[:300]
+    assert stored(http, base, f"Organization/{tree.region}")["partOf"]["reference"] == f"Organization/{tree.root}"
+    # A new organisation goes inside the subtree only.
+    inside = post(s, base, {"resourceType": "Organization", "name": "New ward", "partOf": {"reference": f"Organization/{tree.clinic}"}})
+    assert inside.status_code == 201, inside.text[:300]
+    outside = post(s, base, {"resourceType": "Organization", "name": "Stray ward", "partOf": {"reference": f"Organization/{tree.other}"}})
+    assert outside.status_code == 403, outside.text[:300]

@@ -223,6 +223,20 @@ pub async fn check_write_reach(
     new: Option<&Value>,
     base: &str,
 ) -> FhirResult<()> {
+    if let (Reach::Organization(scope), "Organization", Some(new)) = (reach, resource_type, new) {
+        // The tree itself: an organisation is placed (partOf) only inside the subtree, and the
+        // role's own organisation stays where it is — a role cannot move data under another
+        // organisation nor its own organisation out from under its parents.
+        let part_of = |c: &Value| c.get("partOf").and_then(|p| p.get("reference")).and_then(Value::as_str).map(str::to_owned);
+        let placed = if scope.organizations.first().is_some_and(|own| own == id) {
+            old.map(part_of) == Some(part_of(new))
+        } else {
+            part_of(new).and_then(|p| p.strip_prefix("Organization/").map(str::to_owned)).is_some_and(|p| scope.organizations.contains(&p))
+        };
+        if !placed {
+            return Err(FhirError::Forbidden("an organisation can only be placed inside the acting role's organisation subtree".into()));
+        }
+    }
     // A new Practitioner belongs to no organisation until a PractitionerRole names it, and
     // onboarding staff starts with creating one.
     let new = new.filter(|_| !(resource_type == "Practitioner" && old.is_none() && matches!(reach, Reach::Organization(_))));
