@@ -29,11 +29,24 @@ pub enum Command {
     /// Rebuild the search index tables from the stored resources, online (the server may keep
     /// running); resumes an interrupted rebuild.
     Reindex(ReindexArgs),
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Operator tasks.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
     },
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the audit trail's hash chain; exits non-zero and names the first bad record
+    /// when any record was edited, deleted or reordered.
+    Verify(Config),
 }
 
 /// Operator subcommands.
@@ -230,6 +243,10 @@ pub struct ServeArgs {
     /// Seconds a locked account stays locked.
     #[arg(long, env = "IRONFHIR_LOCKOUT_SECONDS", default_value_t = 900)]
     pub lockout_seconds: u64,
+    /// Benchmarks only: record no audit trail (to measure what auditing costs). Never in
+    /// production: every access must leave an AuditEvent.
+    #[arg(long, hide = true)]
+    pub no_audit: bool,
     /// Role templates of the staff hierarchy (JSON, the format of
     /// fhir-profiles/role-templates.json, which applies without this flag).
     #[arg(long, env = "IRONFHIR_ROLE_TEMPLATES")]

@@ -189,6 +189,10 @@ impl From<sqlx::Error> for FhirError {
                 Some("23505") | Some("40001") | Some("40P01") => {
                     return FhirError::Retryable("the resource was changed by a concurrent request; retry".into());
                 }
+                // insufficient_privilege: the audit trail's append-only triggers.
+                Some("42501") => {
+                    return FhirError::MethodNotAllowed("the audit trail is append-only: AuditEvents cannot be changed or deleted".into());
+                }
                 // query_canceled: statement_timeout.
                 Some("57014") => return FhirError::Unavailable("the database did not answer in time".into()),
                 _ => {}

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ironfhir::config::{AdminCommand, Cli, ClientCommand, Command, UserCommand};
+use ironfhir::config::{AdminCommand, AuditCommand, Cli, ClientCommand, Command, UserCommand};
 use ironfhir::server;
 
 /// mimalloc instead of the system allocator: a JSON-heavy server allocates a lot of small
@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
         Command::Migrate(config) => migrate(config).await,
         Command::Import(args) => ironfhir::import::run(args).await,
         Command::Reindex(args) => ironfhir::reindex::run(args).await,
+        Command::Audit { command: AuditCommand::Verify(config) } => ironfhir::audit::trail::verify_command(config).await,
         Command::Admin { command: AdminCommand::Token(args) } => server::token_authority(&args.config)
             .and_then(|authority| authority.issue(&args.subject, &args.scope, args.ttl))
             .map(|token| println!("{token}")),

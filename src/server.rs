@@ -128,6 +128,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         max_bundle_entries: args.max_bundle_entries,
         oauth: args.oauth_settings(),
         role_grants: Default::default(),
+        audit: if args.no_audit { Default::default() } else { crate::audit::trail::AuditTrail::start(db.store.clone()) },
     });
     crate::oauth::spawn_revocation_poller(state.clone());
     // Preload the FHIR definitions so the first request does not pay for parsing them.
@@ -146,13 +147,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             tracing::info!(listen = %args.listen, "serving FHIR R4 over HTTPS at https://{}/fhir", args.listen);
             println!("ironfhir listening on https://{}/fhir", args.listen);
             print_token_hint(&args);
-            axum_server::bind_rustls(args.listen, config).handle(handle).serve(app.into_make_service()).await
+            axum_server::bind_rustls(args.listen, config).handle(handle).serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
         }
         _ => {
             tracing::info!(listen = %args.listen, "serving FHIR R4 over HTTP at http://{}/fhir", args.listen);
             println!("ironfhir listening on http://{}/fhir", args.listen);
             print_token_hint(&args);
-            axum_server::bind(args.listen).handle(handle).serve(app.into_make_service()).await
+            axum_server::bind(args.listen).handle(handle).serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
         }
     };
     db.close().await?;

@@ -179,8 +179,12 @@ pub async fn parse_kick_off(
             // Patient/Group level: types outside the Patient compartment have nothing to export.
             list.into_iter().filter(|t| candidates.contains(t)).collect()
         }
-        // Types confined by granular scopes are left out (their queries are not export filters).
-        None => candidates.into_iter().filter(|t| principal.allows_system(t, Interaction::Read) && principal.filters(t, Interaction::Read).is_none()).collect(),
+        // Types confined by granular scopes are left out (their queries are not export filters),
+        // and so is the audit trail (AuditEvent) unless _type names it.
+        None => candidates
+            .into_iter()
+            .filter(|t| t != "AuditEvent" && principal.allows_system(t, Interaction::Read) && principal.filters(t, Interaction::Read).is_none())
+            .collect(),
     };
     for filter in &type_filters {
         let (t, _) = filter.split_once('?').unwrap_or((filter, ""));

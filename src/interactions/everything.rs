@@ -64,8 +64,13 @@ impl EverythingParams {
         Ok(p)
     }
 
+    /// Whether `_type` (or its absence) includes the type. The audit trail's AuditEvents
+    /// (one per access, the `$everything` call's own included) only when `_type` names them.
     fn wants(&self, resource_type: &str) -> bool {
-        self.types.as_ref().is_none_or(|t| t.iter().any(|x| x == resource_type))
+        match &self.types {
+            Some(t) => t.iter().any(|x| x == resource_type),
+            None => resource_type != "AuditEvent",
+        }
     }
 }
 

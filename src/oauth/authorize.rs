@@ -434,9 +434,8 @@ async fn continue_request(state: &Arc<AppState>, headers: &HeaderMap, pairs: &[(
                     };
                     tracing::info!(client = %request.client_id, outcome = ?failure, "sign-in refused");
                     if !matches!(failure, accounts::LoginFailure::NeedOtp) {
-                        let base = crate::rest::base_url(state, headers);
                         let reason = format!("{failure:?}");
-                        crate::audit::record_auth_failure(&state.store, "sign-in", Some(&request.client_id), &reason, &base).await;
+                        crate::audit::record_auth_failure(state, "sign-in", Some(&request.client_id), &reason).await;
                     }
                     let status = if need_otp { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
                     let body = pages::login(&request.id, &request.csrf, &request.client_id, Some(message), username, need_otp);

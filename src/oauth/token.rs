@@ -40,8 +40,7 @@ pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
                 .map(|c| crate::fhir::types::sanitize(&c));
             let grant_type = param(&form, "grant_type").map(crate::fhir::types::sanitize).unwrap_or_default();
             let reason = format!("{} ({}, grant_type {grant_type})", e.error, e.description);
-            let base = crate::rest::base_url(&state, &headers);
-            crate::audit::record_auth_failure(&state.store, "token request", client.as_deref(), &reason, &base).await;
+            crate::audit::record_auth_failure(&state, "token request", client.as_deref(), &reason).await;
             e.into_response()
         }
     }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub oauth: crate::oauth::Settings,
     /// Current grants of the roles tokens are bound to.
     pub role_grants: crate::access::RoleGrants,
+    /// The audit trail every request is recorded in.
+    pub audit: crate::audit::trail::AuditTrail,
 }
 
 /// Builds the router: everything under `/fhir` goes through [`dispatch`]; other paths are 404
@@ -63,6 +65,8 @@ pub struct Ctx {
     head: bool,
     /// Elements the acting role must not see, removed from every response body.
     mask: std::sync::OnceLock<Arc<crate::access::roles::Mask>>,
+    /// The client's network address, for the audit trail.
+    network: Option<String>,
 }
 
 impl Ctx {
@@ -111,7 +115,8 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         Err(e) => return error_response(&e, Format::Json, pretty),
     };
     let base = base_url(&state, &parts.headers);
-    let ctx = Ctx { format, pretty, base, query, headers: parts.headers, head: parts.method == Method::HEAD, mask: Default::default() };
+    let network = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
+    let ctx = Ctx { format, pretty, base, query, headers: parts.headers, head: parts.method == Method::HEAD, mask: Default::default(), network };
     let path = parts.uri.path().trim_start_matches("/fhir").trim_matches('/').to_owned();
     let segments: Vec<String> = path
         .split('/')
@@ -170,7 +175,10 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             if let FhirError::Unauthorized(reason) = &e
                 && reason != MISSING_TOKEN
             {
-                crate::audit::record_auth_failure(&state.store, "bearer token", None, reason, &ctx.base).await;
+                let event = crate::audit::auth_failure_event("bearer token", None, reason, ctx.network.as_deref());
+                if let Err(audit) = state.audit.record(event).await {
+                    return Err(audit);
+                }
             }
             return Err(e);
         }
@@ -181,10 +189,59 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
         let _ = ctx.mask.set(acting.mask.clone());
     }
     let result = route_as(state, ctx, method, &s, body, &principal).await;
-    if let Err(FhirError::Forbidden(reason)) = &result {
-        crate::audit::record_denied(&state.store, &principal, method, &s, reason, &ctx.base).await;
+    if state.audit.enabled() {
+        // Every request leaves its AuditEvent, committed before the response is sent.
+        let (status, reason) = match &result {
+            Ok(response) => (response.status(), None),
+            Err(e) => (e.status(), Some(e.to_string())),
+        };
+        let patients = patients_concerned(state, &s, &ctx.query).await;
+        let access = crate::audit::Access {
+            principal: &principal,
+            method,
+            path: &s,
+            query: &ctx.query,
+            status,
+            reason: reason.as_deref(),
+            patients,
+            network: ctx.network.clone(),
+        };
+        state.audit.record(crate::audit::rest_event(&access)).await?;
     }
     result
+}
+
+/// The patients (`Patient/ID`) a request concerns, for its AuditEvent: the Patient it names,
+/// the patient whose compartment holds the resource it names, and patients named in its query.
+async fn patients_concerned(state: &AppState, path: &[&str], query: &[(String, String)]) -> Vec<String> {
+    let mut patients: Vec<String> = query
+        .iter()
+        .filter_map(|(k, v)| match (k.as_str(), v.strip_prefix("Patient/")) {
+            (_, Some(id)) => Some(id.to_owned()),
+            ("patient", None) if !v.contains('/') && !v.contains(',') => Some(v.clone()),
+            _ => None,
+        })
+        .filter(|id| crate::fhir::types::Id::is_valid(id))
+        .map(|id| format!("Patient/{id}"))
+        .collect();
+    match path {
+        ["Patient", id, ..] if crate::fhir::types::Id::is_valid(id) => patients.push(format!("Patient/{id}")),
+        [resource_type, id, ..] if crate::fhir::types::Id::is_valid(id) && crate::access::in_patient_compartment_type(resource_type) => {
+            let params = crate::access::patient_compartment_params(resource_type);
+            let found: Result<Vec<(String,)>, _> = sqlx::query_as(
+                "SELECT DISTINCT target FROM search_reference
+                  WHERE resource_type = $1 AND id = $2 AND param = ANY($3) AND starts_with(target, 'Patient/')",
+            )
+            .bind(*resource_type)
+            .bind(*id)
+            .bind(&params)
+            .fetch_all(state.store.pool())
+            .await;
+            patients.extend(found.unwrap_or_default().into_iter().map(|(t,)| t));
+        }
+        _ => {}
+    }
+    patients
 }
 
 /// [`route`] once the caller is known.

@@ -176,6 +176,10 @@ impl HistoryQuery<'_> {
     fn push_filters(&self, sql: &mut sqlx::QueryBuilder<Postgres>) {
         if let Some(rt) = self.resource_type {
             sql.push(" AND resource_type = ").push_bind(rt.to_owned());
+        } else {
+            // The audit trail writes an AuditEvent for every request: system history would be
+            // mostly its own echo. AuditEvents have their own history (AuditEvent/_history).
+            sql.push(" AND resource_type <> 'AuditEvent'");
         }
         if let Some(id) = self.id {
             sql.push(" AND id = ").push_bind(id.to_owned());

@@ -207,6 +207,9 @@ async fn a_minimal_valid_instance_of_diverse_resource_types_can_be_created_and_r
         for (key, value) in body.as_object().unwrap() {
             assert_eq!(&read[key], value, "{rt}.{key} read back as sent");
         }
-        assert_eq!(app.count(rt).await, 1, "{rt}");
+        // (The audit trail writes AuditEvents of its own: count only what was sent.)
+        if rt != "AuditEvent" {
+            assert_eq!(app.count(rt).await, 1, "{rt}");
+        }
     }
 }

@@ -135,6 +135,7 @@ impl TestApp {
             max_bundle_entries,
             oauth: Default::default(),
             role_grants: Default::default(),
+            audit: ironfhir::audit::trail::AuditTrail::start(store.clone()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -48,7 +48,9 @@ async fn every_resource_type_in_metadata_answers_a_search_with_a_searchset() {
         let r = app.get(&format!("{rt}?_count=1")).await;
         let status = r.status();
         let body: Value = r.json().await.unwrap_or(Value::Null);
-        if status != 200 || body["resourceType"] != "Bundle" || body["type"] != "searchset" || body["total"] != 0 {
+        // An empty database, but for the AuditEvents of these very requests.
+        let empty = rt == "AuditEvent" || body["total"] == 0;
+        if status != 200 || body["resourceType"] != "Bundle" || body["type"] != "searchset" || !empty {
             failures.push(format!("{rt}: {status} {body}"));
         }
     }

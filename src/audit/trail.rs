@@ -1,0 +1,177 @@
+//! The audit trail's writer and verifier (migrations/0008_audit.sql).
+//!
+//! Requests hand their AuditEvent to one writer task and wait until it is committed (durable
+//! before the response is sent). The writer takes whatever events have queued up meanwhile and
+//! appends them in one transaction — group commit, one fsync for many requests — under an
+//! advisory lock so that instances sharing a database extend one chain: each row's hash covers
+//! its predecessor's hash, its sequence number and its event. The same transaction stores the
+//! events as AuditEvent resources, which is what FHIR search reads.
+
+use serde_json::Value;
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{FhirError, FhirResult};
+use crate::store::Store;
+
+/// Advisory lock key of the chain head (any constant unique to this use).
+const CHAIN_LOCK: i64 = 0x6972_6f6e_6175_6474; // "ironaudt"
+/// Most events appended in one transaction.
+const MAX_BATCH: usize = 512;
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+/// Handle to the writer task; cloned into the application state. `Default` is a trail that
+/// records nothing (benchmarks with auditing off, tests that do not look at it).
+#[derive(Clone, Default)]
+pub struct AuditTrail {
+    sender: Option<mpsc::Sender<(Value, Ack)>>,
+}
+
+impl AuditTrail {
+    /// Starts the writer on `store`.
+    pub fn start(store: Store) -> Self {
+        let (sender, receiver) = mpsc::channel(8192);
+        tokio::spawn(writer(store, receiver));
+        AuditTrail { sender: Some(sender) }
+    }
+
+    /// Whether events are recorded at all.
+    pub fn enabled(&self) -> bool {
+        self.sender.is_some()
+    }
+
+    /// Appends `event` (an AuditEvent without id and meta) and waits until it is committed;
+    /// 503 when it could not be.
+    pub async fn record(&self, event: Value) -> FhirResult<()> {
+        let Some(sender) = &self.sender else { return Ok(()) };
+        let (ack, done) = oneshot::channel();
+        let unavailable = || FhirError::Unavailable("the audit trail cannot be written; the request was not completed".into());
+        sender.send((event, ack)).await.map_err(|_| unavailable())?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "audit trail write failed");
+                Err(unavailable())
+            }
+            Err(_) => Err(unavailable()),
+        }
+    }
+}
+
+async fn writer(store: Store, mut receiver: mpsc::Receiver<(Value, Ack)>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let (events, acks): (Vec<Value>, Vec<Ack>) = batch.into_iter().unzip();
+        let result = append(&store, events).await.map_err(|e| format!("{e:?}"));
+        for ack in acks {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
+
+/// Appends events to the chain and stores them as AuditEvent resources, in one transaction.
+async fn append(store: &Store, mut events: Vec<Value>) -> FhirResult<()> {
+    let mut tx = store.pool().begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
+    let head: Option<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
+    let (mut seq, mut prev) = head.unwrap_or((0, vec![0u8; 32]));
+    let now = crate::interactions::now();
+    let mut ids = Vec::with_capacity(events.len());
+    for event in &mut events {
+        let id = crate::fhir::types::Id::generate();
+        crate::interactions::stamp(event, id.as_str(), 1, &now);
+        seq += 1;
+        let (hash,): (Vec<u8>,) = sqlx::query_as(
+            "INSERT INTO audit_log (seq, recorded, resource_id, event, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, sha256($5 || convert_to($1::text || $4::jsonb::text, 'UTF8')))
+             RETURNING hash",
+        )
+        .bind(seq)
+        .bind(now)
+        .bind(id.as_str())
+        .bind(&*event)
+        .bind(&prev)
+        .fetch_one(&mut *tx)
+        .await?;
+        prev = hash;
+        ids.push(id);
+    }
+    let rows: Vec<(&str, &str, &Value)> = ids.iter().zip(&events).map(|(id, e)| ("AuditEvent", id.as_str(), e)).collect();
+    crate::store::insert_many_new(&mut tx, &rows, now, "").await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The first record that breaks the chain, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Broken {
+    pub seq: i64,
+    pub reason: String,
+}
+
+/// Recomputes the chain from the first record: every sequence number present, every record
+/// following its predecessor, every hash matching its content, and every searchable AuditEvent
+/// equal to its record. Returns the number of records, or the first one that fails.
+pub async fn verify(store: &Store) -> FhirResult<Result<i64, Broken>> {
+    let mut conn = store.pool().acquire().await?;
+    let mut rows = sqlx::query(
+        "SELECT seq, prev_hash, hash, sha256(prev_hash || convert_to(seq::text || event::text, 'UTF8')) = hash AS intact
+           FROM audit_log ORDER BY seq",
+    )
+    .fetch(&mut *conn);
+    let mut expected_seq = 1i64;
+    let mut prev = vec![0u8; 32];
+    use futures::TryStreamExt;
+    while let Some(row) = rows.try_next().await? {
+        let seq: i64 = row.get(0);
+        let prev_hash: Vec<u8> = row.get(1);
+        let hash: Vec<u8> = row.get(2);
+        let intact: bool = row.get(3);
+        if seq != expected_seq {
+            return Ok(Err(Broken { seq: expected_seq, reason: format!("record {expected_seq} is missing (the next record is {seq})") }));
+        }
+        if prev_hash != prev {
+            return Ok(Err(Broken { seq, reason: format!("record {seq} does not follow record {} (a record was deleted, inserted or reordered)", seq - 1) }));
+        }
+        if !intact {
+            return Ok(Err(Broken { seq, reason: format!("record {seq} was edited (its hash does not match its content)") }));
+        }
+        prev = hash;
+        expected_seq += 1;
+    }
+    drop(rows);
+    let differing: Option<(i64,)> = sqlx::query_as(
+        "SELECT l.seq FROM audit_log l
+           LEFT JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id
+          WHERE r.id IS NULL OR r.deleted OR (r.content - 'meta') IS DISTINCT FROM (l.event - 'meta')
+          ORDER BY l.seq LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((seq,)) = differing {
+        return Ok(Err(Broken { seq, reason: format!("the AuditEvent resource of record {seq} differs from the trail or is gone") }));
+    }
+    Ok(Ok(expected_seq - 1))
+}
+
+/// `ironfhir audit verify`: prints the result; an error (non-zero exit) names the first bad
+/// record.
+pub async fn verify_command(config: crate::config::Config) -> Result<(), String> {
+    let db = crate::server::open_database(&config, 2, std::time::Duration::from_secs(3600)).await?;
+    let result = verify(&db.store).await;
+    db.close().await?;
+    match result.map_err(|e| format!("cannot read the audit trail: {e}"))? {
+        Ok(count) => {
+            println!("audit trail intact: {count} records");
+            Ok(())
+        }
+        Err(broken) => Err(format!("audit trail broken at record {}: {}", broken.seq, broken.reason)),
+    }
+}

@@ -1,0 +1,138 @@
+//! The audit trail: every request leaves exactly one AuditEvent, committed before the answer,
+//! with what it did, to what, for which patient and how it ended; AuditEvents cannot be changed
+//! through the API nor in the database; `audit::trail::verify` finds the first record that was
+//! edited, deleted or reordered.
+
+use ironfhir::audit::trail::verify;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// The AuditEvents of one token subject (`agent.altId`), oldest first.
+async fn events_of(app: &TestApp, subject: &str) -> Vec<Value> {
+    let rows: Vec<(Value,)> = sqlx::query_as("SELECT event FROM audit_log WHERE event -> 'agent' -> 0 ->> 'altId' = $1 ORDER BY seq")
+        .bind(subject)
+        .fetch_all(app.store.pool())
+        .await
+        .unwrap();
+    rows.into_iter().map(|(e,)| e).collect()
+}
+
+fn subtype(event: &Value) -> &str {
+    event["subtype"][0]["code"].as_str().unwrap_or("")
+}
+
+fn entity_refs(event: &Value) -> Vec<String> {
+    event["entity"].as_array().into_iter().flatten().filter_map(|e| e["what"]["reference"].as_str().map(str::to_owned)).collect()
+}
+
+#[tokio::test]
+async fn every_request_leaves_exactly_its_audit_event() {
+    let app = TestApp::spawn().await;
+    let patient = app.create(&json!({"resourceType": "Patient", "name": [{"family": "Audittest"}]})).await;
+    let pid = patient["id"].as_str().unwrap().to_owned();
+    let obs = app
+        .create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{pid}")}}))
+        .await;
+    let oid = obs["id"].as_str().unwrap().to_owned();
+
+    let token = app.tokens.issue("auditee-1", "system/Patient.rs system/Observation.rs", 600).unwrap();
+    let send = |method: Method, path: String| app.client.request(method, format!("{}/{path}", app.base)).bearer_auth(&token).send();
+    assert_eq!(send(Method::GET, format!("Observation/{oid}")).await.unwrap().status(), 200);
+    assert_eq!(send(Method::GET, format!("Observation?subject=Patient/{pid}")).await.unwrap().status(), 200);
+    assert_eq!(send(Method::GET, format!("Patient/{pid}/_history/1")).await.unwrap().status(), 200);
+    assert_eq!(send(Method::DELETE, format!("Patient/{pid}")).await.unwrap().status(), 403);
+
+    // Committed before the answers: no waiting needed.
+    let events = events_of(&app, "auditee-1").await;
+    assert_eq!(events.iter().map(subtype).collect::<Vec<_>>(), ["read", "search-type", "vread", "delete"], "{events:#?}");
+    let [read, search, vread, delete] = &events[..] else { unreachable!() };
+    assert_eq!(read["action"], "R");
+    assert_eq!(read["outcome"], "0");
+    assert_eq!(read["type"]["code"], "rest");
+    // The resource read and the patient whose compartment it is in.
+    assert_eq!(entity_refs(read), [format!("Observation/{oid}"), format!("Patient/{pid}")]);
+    // A search names its query and the patient it asked about.
+    let query = search["entity"].as_array().unwrap().iter().find_map(|e| e["query"].as_str()).unwrap();
+    use base64::Engine;
+    let query = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(query).unwrap()).unwrap();
+    assert!(query.contains("subject=Patient"), "{query}");
+    assert!(entity_refs(search).contains(&format!("Patient/{pid}")));
+    // The Patient read, and the same Patient as the patient concerned.
+    assert_eq!(entity_refs(vread), [format!("Patient/{pid}"), format!("Patient/{pid}")]);
+    // A refused attempt is recorded as such.
+    assert_eq!(delete["action"], "D");
+    assert_eq!(delete["outcome"], "4");
+    assert!(delete["outcomeDesc"].as_str().unwrap().contains("delete"));
+
+    // Searchable through FHIR, and the searchable copy is the chained record.
+    let bundle = app.get_json(&format!("AuditEvent?patient=Patient/{pid}&_count=100")).await;
+    assert!(bundle["entry"].as_array().unwrap().len() >= 4, "{bundle}");
+    assert_eq!(verify(&app.store).await.unwrap(), Ok(app.count("AuditEvent").await));
+}
+
+#[tokio::test]
+async fn audit_events_cannot_be_changed_or_deleted() {
+    let app = TestApp::spawn().await;
+    app.get("Patient").await;
+    let bundle = app.get_json("AuditEvent?_count=1").await;
+    let event = bundle["entry"][0]["resource"].clone();
+    let id = event["id"].as_str().unwrap().to_owned();
+    let mut edited = event.clone();
+    edited["outcome"] = json!("8");
+    let r = app.send_json(Method::PUT, &format!("AuditEvent/{id}"), &edited).await;
+    expect_outcome(r, 405).await;
+    let r = app.req(Method::DELETE, &format!("AuditEvent/{id}")).send().await.unwrap();
+    expect_outcome(r, 405).await;
+    // Not even with SQL, short of disabling the triggers.
+    assert!(sqlx::query("UPDATE audit_log SET event = '{}' WHERE seq = 1").execute(app.store.pool()).await.is_err());
+    assert!(sqlx::query("DELETE FROM audit_log WHERE seq = 1").execute(app.store.pool()).await.is_err());
+    assert!(sqlx::query("DELETE FROM resource WHERE resource_type = 'AuditEvent'").execute(app.store.pool()).await.is_err());
+    assert!(verify(&app.store).await.unwrap().is_ok());
+}
+
+/// Runs SQL with the append-only triggers off, as an attacker with superuser rights would.
+async fn tamper(app: &TestApp, sql: &str) {
+    let mut tx = app.store.pool().begin().await.unwrap();
+    sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER USER").execute(&mut *tx).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut *tx).await.unwrap();
+    sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER USER").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn verify_names_the_first_edited_deleted_or_reordered_record() {
+    let app = TestApp::spawn().await;
+    for _ in 0..5 {
+        app.get("Patient").await;
+    }
+    assert_eq!(verify(&app.store).await.unwrap(), Ok(5));
+
+    // Edited: the hash of record 2 no longer matches.
+    tamper(&app, "CREATE TABLE saved AS SELECT * FROM audit_log; UPDATE audit_log SET event = jsonb_set(event, '{outcome}', '\"8\"') WHERE seq = 2").await;
+    let broken = verify(&app.store).await.unwrap().unwrap_err();
+    assert_eq!(broken.seq, 2, "{broken:?}");
+    assert!(broken.reason.contains("edited"), "{broken:?}");
+    // Even with its hash recomputed, the next record no longer follows it.
+    tamper(&app, "UPDATE audit_log SET hash = sha256(prev_hash || convert_to(seq::text || event::text, 'UTF8')) WHERE seq = 2").await;
+    let broken = verify(&app.store).await.unwrap().unwrap_err();
+    assert_eq!(broken.seq, 3, "{broken:?}");
+    tamper(&app, "DELETE FROM audit_log; INSERT INTO audit_log SELECT * FROM saved").await;
+    assert_eq!(verify(&app.store).await.unwrap(), Ok(5));
+
+    // Deleted: record 3 is missing.
+    tamper(&app, "DELETE FROM audit_log WHERE seq = 3").await;
+    let broken = verify(&app.store).await.unwrap().unwrap_err();
+    assert_eq!(broken.seq, 3, "{broken:?}");
+    assert!(broken.reason.contains("missing"), "{broken:?}");
+    tamper(&app, "DELETE FROM audit_log; INSERT INTO audit_log SELECT * FROM saved").await;
+
+    // Reordered: records 2 and 4 swap places.
+    tamper(&app, "UPDATE audit_log SET seq = -2 WHERE seq = 2; UPDATE audit_log SET seq = 2 WHERE seq = 4; UPDATE audit_log SET seq = 4 WHERE seq = -2").await;
+    let broken = verify(&app.store).await.unwrap().unwrap_err();
+    assert_eq!(broken.seq, 2, "{broken:?}");
+    assert!(broken.reason.contains("does not follow") || broken.reason.contains("edited"), "{broken:?}");
+    tamper(&app, "DELETE FROM audit_log; INSERT INTO audit_log SELECT * FROM saved").await;
+    assert_eq!(verify(&app.store).await.unwrap(), Ok(5));
+}
