@@ -136,3 +136,33 @@ async fn verify_names_the_first_edited_deleted_or_reordered_record() {
     tamper(&app, "DELETE FROM audit_log; INSERT INTO audit_log SELECT * FROM saved").await;
     assert_eq!(verify(&app.store).await.unwrap(), Ok(5));
 }
+
+/// `ironfhir audit verify` against the app's database.
+fn verify_cli(app: &TestApp) -> std::process::Output {
+    let dir = std::env::temp_dir().join(format!("ironfhir-audit-verify-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironfhir"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&dir)
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+#[tokio::test]
+async fn the_audit_verify_command_exits_non_zero_and_names_the_first_bad_record() {
+    let app = TestApp::spawn().await;
+    for _ in 0..3 {
+        app.get("Patient").await;
+    }
+    let ok = verify_cli(&app);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("intact: 3 records"));
+    tamper(&app, "UPDATE audit_log SET event = jsonb_set(event, '{action}', '\"D\"') WHERE seq = 2").await;
+    let bad = verify_cli(&app);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("record 2"), "{stderr}");
+}
