@@ -511,3 +511,21 @@ def test_an_organisation_policy_can_require_a_second_factor(base, server, http):
     flow.session.cookies.clear()
     r = sign_in(users["enrolled"]["username"], totp_now(users["enrolled"]["totp_secret"]))
     assert '<form id="consent"' in r.text, r.text[:500]
+
+
+def test_a_patient_sees_who_accessed_their_own_record_and_nobody_elses(base, world, http):
+    pa, pb = world["pa"]["id"], world["pb"]["id"]
+    assert http.get(f"{base}/Patient/{pa}").status_code == 200
+    assert http.get(f"{base}/Patient/{pb}").status_code == 200
+    t = Flow(base).login_tokens(APP, REDIRECT, "launch/patient openid fhirUser patient/*.rs",
+                                username=world["pat_user"], password=PASSWORD)
+    r = requests.get(f"{base}/AuditEvent", params={"_count": "200", "_total": "accurate"},
+                     headers=bearer(t["access_token"]), timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    events = [e["resource"] for e in r.json().get("entry", [])]
+    mentioned = {x["what"].get("reference") for e in events for x in e.get("entity", []) if "what" in x}
+    assert f"Patient/{pa}" in mentioned
+    assert f"Patient/{pb}" not in mentioned
+    # The operator's read of this record is among them, with who and when.
+    assert any(e["subtype"][0]["code"] == "read" and e["agent"][0].get("altId") == "operator"
+               and f"Patient/{pa}" in {x["what"].get("reference") for x in e.get("entity", [])} for e in events)

@@ -26,6 +26,8 @@ pub struct Access<'a> {
     /// `Patient/ID` of the patients the request concerned.
     pub patients: Vec<String>,
     pub network: Option<String>,
+    /// `Type/ID` of the resource a create made.
+    pub created: Option<String>,
 }
 
 /// The interaction (restful-interaction code) and action (C/R/U/D/E) of a request.
@@ -91,7 +93,10 @@ pub fn rest_event(access: &Access<'_>) -> Value {
         [resource_type, id, ..] if !id.starts_with('$') && !id.starts_with('_') => {
             entities.push(json!({"what": {"reference": format!("{resource_type}/{id}")}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}}));
         }
-        [resource_type, ..] => entities.push(json!({"what": {"display": resource_type}})),
+        [resource_type, ..] => match &access.created {
+            Some(created) => entities.push(json!({"what": {"reference": created}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}})),
+            None => entities.push(json!({"what": {"display": resource_type}})),
+        },
         [] => {}
     }
     let searched: Vec<(String, String)> = access.query.iter().filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty")).cloned().collect();

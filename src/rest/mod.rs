@@ -195,7 +195,22 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             Ok(response) => (response.status(), None),
             Err(e) => (e.status(), Some(e.to_string())),
         };
-        let patients = patients_concerned(state, &s, &ctx.query).await;
+        // A create names its new resource only in Location (`…/Type/id/_history/1`).
+        let created = result
+            .as_ref()
+            .ok()
+            .filter(|r| r.status() == StatusCode::CREATED)
+            .and_then(|r| r.headers().get(header::LOCATION))
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| l.strip_prefix(&format!("{}/", ctx.base)))
+            .and_then(|l| l.split("/_history").next())
+            .map(str::to_owned);
+        let mut patients = patients_concerned(state, &s, &ctx.query).await;
+        if let Some(created) = created.as_deref()
+            && let Some((rt, id)) = created.split_once('/')
+        {
+            patients.extend(patients_concerned(state, &[rt, id], &[]).await);
+        }
         let access = crate::audit::Access {
             principal: &principal,
             method,
@@ -205,6 +220,7 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             reason: reason.as_deref(),
             patients,
             network: ctx.network.clone(),
+            created,
         };
         state.audit.record(crate::audit::rest_event(&access)).await?;
     }
@@ -216,10 +232,11 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
 async fn patients_concerned(state: &AppState, path: &[&str], query: &[(String, String)]) -> Vec<String> {
     let mut patients: Vec<String> = query
         .iter()
-        .filter_map(|(k, v)| match (k.as_str(), v.strip_prefix("Patient/")) {
-            (_, Some(id)) => Some(id.to_owned()),
-            ("patient", None) if !v.contains('/') && !v.contains(',') => Some(v.clone()),
-            _ => None,
+        .flat_map(|(k, v)| match (k.as_str(), v.strip_prefix("Patient/")) {
+            (_, Some(id)) => vec![id.to_owned()],
+            ("patient", None) if !v.contains('/') => v.split(',').map(str::to_owned).collect(),
+            ("_id", None) if path == ["Patient"] => v.split(',').map(str::to_owned).collect(),
+            _ => vec![],
         })
         .filter(|id| crate::fhir::types::Id::is_valid(id))
         .map(|id| format!("Patient/{id}"))
