@@ -523,9 +523,16 @@ def test_a_patient_sees_who_accessed_their_own_record_and_nobody_elses(base, wor
                      headers=bearer(t["access_token"]), timeout=30)
     assert r.status_code == 200, r.text[:300]
     events = [e["resource"] for e in r.json().get("entry", [])]
-    mentioned = {x["what"].get("reference") for e in events for x in e.get("entity", []) if "what" in x}
-    assert f"Patient/{pa}" in mentioned
-    assert f"Patient/{pb}" not in mentioned
+    # Each event of somebody else's access names exactly one patient concerned (entity role
+    # 1): this one. (The patient's own requests are theirs to see, whatever they named.)
+    for e in events:
+        if e["agent"][0].get("who", {}).get("reference") == f"Patient/{pa}":
+            continue
+        concerned = [x["what"]["reference"] for x in e.get("entity", []) if x.get("role", {}).get("code") == "1"]
+        assert concerned == [f"Patient/{pa}"], e
+    # Nobody else's access to the other patient is among them.
+    assert not any(f"Patient/{pb}" in {x["what"].get("reference") for x in e.get("entity", []) if "what" in x}
+                   and e["agent"][0].get("altId") == "operator" for e in events)
     # The operator's read of this record is among them, with who and when.
     assert any(e["subtype"][0]["code"] == "read" and e["agent"][0].get("altId") == "operator"
                and f"Patient/{pa}" in {x["what"].get("reference") for x in e.get("entity", [])} for e in events)

@@ -68,8 +68,8 @@ fn source() -> Value {
     json!({"observer": {"display": "ironfhir"}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]})
 }
 
-/// The AuditEvent of a FHIR API request.
-pub fn rest_event(access: &Access<'_>) -> Value {
+/// The AuditEvents of a FHIR API request: one, or one per patient concerned.
+pub fn rest_events(access: &Access<'_>) -> Vec<Value> {
     let principal = access.principal;
     let (subtype, action) = interaction(access.method, access.path);
     let mut agent = json!({"requestor": true, "altId": principal.subject});
@@ -105,15 +105,6 @@ pub fn rest_event(access: &Access<'_>) -> Value {
         let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(&searched).finish();
         entities.push(json!({"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"}, "query": base64::engine::general_purpose::STANDARD.encode(query)}));
     }
-    let mut patients = access.patients.clone();
-    if let Some(p) = &principal.patient {
-        patients.push(format!("Patient/{p}"));
-    }
-    patients.sort();
-    patients.dedup();
-    for patient in patients {
-        entities.push(json!({"what": {"reference": patient}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"}, "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}}));
-    }
     let mut event = json!({
         "resourceType": "AuditEvent",
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
@@ -127,10 +118,30 @@ pub fn rest_event(access: &Access<'_>) -> Value {
     if let Some(reason) = access.reason.filter(|_| access.status.is_client_error() || access.status.is_server_error()) {
         event["outcomeDesc"] = json!(reason);
     }
-    if !entities.is_empty() {
-        event["entity"] = Value::Array(entities);
+    let mut patients = access.patients.clone();
+    if let Some(p) = &principal.patient {
+        patients.push(format!("Patient/{p}"));
     }
-    event
+    patients.sort();
+    patients.dedup();
+    if patients.is_empty() {
+        if !entities.is_empty() {
+            event["entity"] = Value::Array(entities);
+        }
+        return vec![event];
+    }
+    // One event per patient concerned (as IHE BALP does), so that a patient reading the
+    // events about their record never sees another patient named as the one concerned.
+    patients
+        .into_iter()
+        .map(|patient| {
+            let mut one = event.clone();
+            let mut list = entities.clone();
+            list.push(json!({"what": {"reference": patient}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"}, "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}}));
+            one["entity"] = Value::Array(list);
+            one
+        })
+        .collect()
 }
 
 /// The AuditEvent of a refused authentication: an invalid bearer token at the FHIR API

@@ -222,7 +222,9 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             network: ctx.network.clone(),
             created,
         };
-        state.audit.record(crate::audit::rest_event(&access)).await?;
+        for event in crate::audit::rest_events(&access) {
+            state.audit.record(event).await?;
+        }
     }
     result
 }
