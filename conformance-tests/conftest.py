@@ -138,7 +138,9 @@ def server():
     port = free_port()
     env = dict(os.environ)
     env["DATABASE_URL"] = database_url(pg, dbname)
-    env.setdefault("RUST_LOG", "info")
+    # tower_http at debug logs every request and response: test_zz_no_phi_in_logs.py checks
+    # that none of that carries a seeded name, phone number or birth date.
+    env.setdefault("RUST_LOG", "info,tower_http=debug")
     env.pop("IRONFHIR_BASE_URL", None)
     log_path = data_dir / "server.log"
     srv = Server(binary=binary, data_dir=data_dir, base_url=f"http://127.0.0.1:{port}/fhir",

@@ -61,7 +61,13 @@ pub fn token_authority_with_id_tokens(config: &Config) -> Result<TokenAuthority,
 pub fn app(state: Arc<AppState>) -> axum::Router {
     router(state)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// The span of a request in the logs: method and path only. The query string is left out —
+/// search values (names, identifiers, birth dates) are PHI — and so are headers (tokens).
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
 }
 
 /// CORS for browser apps (SMART apps call the FHIR API and the token endpoint cross-origin):
