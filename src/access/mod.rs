@@ -161,16 +161,6 @@ pub async fn reaches_pooled(pool: &sqlx::PgPool, reach: &Reach, resource_type: &
     }
 }
 
-/// Fails unless the reach covers the resource: 404 for reads (a resource outside the grant is
-/// not acknowledged to exist).
-pub async fn check_read(conn: &mut PgConnection, reach: &Reach, resource_type: &str, id: &str, content: &Value, base: &str) -> FhirResult<()> {
-    if reaches(conn, reach, resource_type, id, content, base).await? {
-        Ok(())
-    } else {
-        Err(FhirError::NotFound(format!("{resource_type}/{} is not known", crate::fhir::types::sanitize(id))))
-    }
-}
-
 /// Checks a write (create, update, patch, delete; in Bundles too) before it happens, inside
 /// its transaction: [`prepare_write`], then [`check_write_reach`].
 #[allow(clippy::too_many_arguments)]

@@ -68,6 +68,16 @@ fn source() -> Value {
     json!({"observer": {"display": "ironfhir"}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]})
 }
 
+/// An `entity.type` coding (audit-entity-type: 1 Person, 2 System Object).
+fn entity_type(code: &str, display: &str) -> Value {
+    json!({"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": code, "display": display})
+}
+
+/// The entity of the resource a request touched.
+fn object_entity(reference: &str) -> Value {
+    json!({"what": {"reference": reference}, "type": entity_type("2", "System Object")})
+}
+
 /// The AuditEvents of a FHIR API request: one, or one per patient concerned.
 pub fn rest_events(access: &Access<'_>) -> Vec<Value> {
     let principal = access.principal;
@@ -91,10 +101,10 @@ pub fn rest_events(access: &Access<'_>) -> Vec<Value> {
     let mut entities = vec![];
     match access.path {
         [resource_type, id, ..] if !id.starts_with('$') && !id.starts_with('_') => {
-            entities.push(json!({"what": {"reference": format!("{resource_type}/{id}")}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}}));
+            entities.push(object_entity(&format!("{resource_type}/{id}")));
         }
         [resource_type, ..] => match &access.created {
-            Some(created) => entities.push(json!({"what": {"reference": created}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}})),
+            Some(created) => entities.push(object_entity(created)),
             None => entities.push(json!({"what": {"display": resource_type}})),
         },
         [] => {}
@@ -103,7 +113,7 @@ pub fn rest_events(access: &Access<'_>) -> Vec<Value> {
     if !searched.is_empty() && action == "E" {
         use base64::Engine;
         let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(&searched).finish();
-        entities.push(json!({"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"}, "query": base64::engine::general_purpose::STANDARD.encode(query)}));
+        entities.push(json!({"type": entity_type("2", "System Object"), "query": base64::engine::general_purpose::STANDARD.encode(query)}));
     }
     let mut event = json!({
         "resourceType": "AuditEvent",
@@ -137,7 +147,7 @@ pub fn rest_events(access: &Access<'_>) -> Vec<Value> {
         .map(|patient| {
             let mut one = event.clone();
             let mut list = entities.clone();
-            list.push(json!({"what": {"reference": patient}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"}, "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}}));
+            list.push(json!({"what": {"reference": patient}, "type": entity_type("1", "Person"), "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}}));
             one["entity"] = Value::Array(list);
             one
         })

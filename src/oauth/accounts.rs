@@ -85,6 +85,11 @@ pub struct NewClient {
     pub jwks_uri: Option<String>,
 }
 
+/// A client's JWK Set as registered: a single JWK is accepted as a set of one.
+pub fn jwk_set(value: Value) -> Value {
+    if value.get("keys").is_some() { value } else { serde_json::json!({ "keys": [value] }) }
+}
+
 /// Hashes a password or client secret with argon2id (a random salt each time).
 pub fn hash_secret(secret: &str) -> Result<String, String> {
     Argon2::default().hash_password(secret.as_bytes()).map(|h| h.to_string()).map_err(|e| format!("cannot hash the secret: {e}"))
@@ -99,6 +104,9 @@ pub fn verify_secret(secret: &str, hash: &str) -> bool {
 pub async fn add_client(pool: &PgPool, new: NewClient) -> Result<Client, String> {
     if new.client_id.is_empty() || new.client_id.len() > 200 || new.client_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("--client-id must be 1–200 printable characters without spaces".into());
+    }
+    if new.auth == ClientAuth::Public && new.redirect_uris.is_empty() {
+        return Err("a public client needs at least one redirect URI (--redirect-uri, redirect_uris)".into());
     }
     for uri in &new.redirect_uris {
         let parsed = url_scheme(uri);
@@ -413,4 +421,18 @@ pub async fn organisation_requires_totp(pool: &PgPool, role: &str) -> Result<boo
         seen.push(org);
     }
     Ok(false)
+}
+
+/// Registers a user (CLI and admin API) and returns what to show the operator: the user, and
+/// with `totp` the new second-factor secret and its provisioning URI — shown once, for enrolling
+/// the authenticator app.
+pub async fn register_user(pool: &PgPool, username: String, password: String, fhir_user: String, totp: bool, issuer: &str) -> Result<Value, String> {
+    let totp_secret = totp.then(super::totp::new_secret);
+    let user = add_user(pool, NewUser { username, password, fhir_user, totp_secret: totp_secret.clone(), require_totp: totp }).await?;
+    let mut out = serde_json::to_value(&user).map_err(|e| e.to_string())?;
+    if let Some(secret) = totp_secret {
+        out["totp_secret"] = serde_json::json!(secret);
+        out["totp_uri"] = serde_json::json!(super::totp::provisioning_uri(issuer, &user.username, &secret));
+    }
+    Ok(out)
 }

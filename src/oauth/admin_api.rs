@@ -10,10 +10,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::OAuthError;
-use super::accounts::{self, ClientAuth, NewClient, NewUser};
+use super::accounts::{self, ClientAuth, NewClient};
 use crate::auth::{Interaction, ScopeContext};
 use crate::rest::AppState;
 
@@ -64,7 +64,12 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, OAuthError> {
 
 /// `POST /auth/admin/clients`.
 pub async fn add_client(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    match add_client_inner(&state, &headers, &body).await {
+    created(add_client_inner(&state, &headers, &body).await)
+}
+
+/// 201 with what was registered (never cached), or the OAuth-style error.
+fn created(result: Result<Value, OAuthError>) -> Response {
+    match result {
         Ok(value) => (StatusCode::CREATED, super::no_store(), axum::Json(value)).into_response(),
         Err(e) => e.into_response(),
     }
@@ -83,10 +88,7 @@ async fn add_client_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) ->
         (_, _, Some(_)) => ClientAuth::Jwks,
         _ => ClientAuth::JwksUri,
     };
-    if auth == ClientAuth::Public && request.redirect_uris.is_empty() {
-        return Err(OAuthError::bad("invalid_request", "a public client needs at least one redirect_uri"));
-    }
-    let jwks = request.jwks.map(|value| if value.get("keys").is_some() { value } else { json!({ "keys": [value] }) });
+    let jwks = request.jwks.map(accounts::jwk_set);
     let client = accounts::add_client(
         state.store.pool(),
         NewClient {
@@ -106,32 +108,13 @@ async fn add_client_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) ->
 
 /// `POST /auth/admin/users`.
 pub async fn add_user(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    match add_user_inner(&state, &headers, &body).await {
-        Ok(value) => (StatusCode::CREATED, super::no_store(), axum::Json(value)).into_response(),
-        Err(e) => e.into_response(),
-    }
+    created(add_user_inner(&state, &headers, &body).await)
 }
 
 async fn add_user_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Value, OAuthError> {
     authorize_operator(state, headers)?;
     let request: UserRequest = parse(body)?;
-    let totp_secret = request.totp.then(super::totp::new_secret);
-    let user = accounts::add_user(
-        state.store.pool(),
-        NewUser {
-            username: request.username,
-            password: request.password,
-            fhir_user: request.fhir_user,
-            totp_secret: totp_secret.clone(),
-            require_totp: request.totp,
-        },
-    )
-    .await
-    .map_err(|e| OAuthError::bad("invalid_request", e))?;
-    let mut out = serde_json::to_value(&user).map_err(OAuthError::server)?;
-    if let Some(secret) = totp_secret {
-        out["totp_secret"] = json!(secret);
-        out["totp_uri"] = json!(super::totp::provisioning_uri(state.tokens.issuer(), &user.username, &secret));
-    }
-    Ok(out)
+    accounts::register_user(state.store.pool(), request.username, request.password, request.fhir_user, request.totp, state.tokens.issuer())
+        .await
+        .map_err(|e| OAuthError::bad("invalid_request", e))
 }
