@@ -34,6 +34,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Key management: data key rotation, key-encryption key rotation, status.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Operator tasks.
     Admin {
         #[command(subcommand)]
@@ -47,6 +52,40 @@ pub enum AuditCommand {
     /// Recompute the audit trail's hash chain; exits non-zero and names the first bad record
     /// when any record was edited, deleted or reordered.
     Verify(Config),
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Start a new data key for new writes and re-encrypt every older row under it (running
+    /// servers keep serving, pick the key up within 2 s and finish the re-encryption in the
+    /// background if this is interrupted).
+    Rotate(KeysRotateArgs),
+    /// Re-wrap every data key under a new key-encryption key (rows are not touched); afterwards
+    /// configure the new key.
+    RotateKek(RotateKekArgs),
+    /// Data keys and how many rows each seals.
+    Status(Config),
+}
+
+/// Arguments of `keys rotate`.
+#[derive(Debug, Args)]
+pub struct KeysRotateArgs {
+    #[command(flatten)]
+    pub config: Config,
+    /// Only create the new key; leave the re-encryption to the running servers.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// Arguments of `keys rotate-kek`.
+#[derive(Debug, Args)]
+pub struct RotateKekArgs {
+    #[command(flatten)]
+    pub config: Config,
+    /// File with the new key-encryption key (32 bytes, base64).
+    #[arg(long)]
+    pub new_kek_file: PathBuf,
 }
 
 /// Operator subcommands.
@@ -247,6 +286,10 @@ pub struct ServeArgs {
     /// production: every access must leave an AuditEvent.
     #[arg(long, hide = true)]
     pub no_audit: bool,
+    /// Benchmarks only: store new writes without sealing their PHI elements (to measure what
+    /// sealing costs). Never in production.
+    #[arg(long, hide = true)]
+    pub no_seal: bool,
     /// Role templates of the staff hierarchy (JSON, the format of
     /// fhir-profiles/role-templates.json, which applies without this flag).
     #[arg(long, env = "IRONFHIR_ROLE_TEMPLATES")]
@@ -283,4 +326,17 @@ pub struct Config {
     /// `iss` of the tokens this server signs and accepts.
     #[arg(long, env = "IRONFHIR_ISSUER", default_value = "ironfhir")]
     pub issuer: String,
+    /// File holding the key-encryption key (32 bytes, base64) that wraps the data keys sealing
+    /// PHI; `IRONFHIR_KEK` (base64) takes precedence. Without either, <data-dir>/kek.key is
+    /// used, generated when the database has no keys yet.
+    #[arg(long, env = "IRONFHIR_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// PHI policy (JSON, the format of fhir-profiles/phi-policy.json, which applies without
+    /// this flag): which elements are sealed.
+    #[arg(long, env = "IRONFHIR_PHI_POLICY")]
+    pub phi_policy: Option<PathBuf>,
+    /// Characters of a protected string value (a name part, a city) whose prefixes are
+    /// blind-indexed: prefix searches up to this length are exact.
+    #[arg(long, env = "IRONFHIR_BLIND_PREFIX_LENGTH", default_value_t = 32)]
+    pub blind_prefix_length: usize,
 }

@@ -121,6 +121,10 @@ pub enum FhirError {
     /// A bug or an infrastructure failure; the message is logged, the client sees a generic text.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Sealed PHI cannot be opened (missing key, altered or moved ciphertext): 500 with a message
+    /// naming the row and key, never content.
+    #[error("{0}")]
+    Sealed(String),
 }
 
 impl FhirError {
@@ -140,7 +144,7 @@ impl FhirError {
             FhirError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             FhirError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             FhirError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            FhirError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            FhirError::Internal(_) | FhirError::Sealed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -160,7 +164,7 @@ impl FhirError {
             FhirError::PayloadTooLarge(_) => "too-costly",
             FhirError::UnsupportedMediaType(_) => "not-supported",
             FhirError::Unavailable(_) => "transient",
-            FhirError::Internal(_) => "exception",
+            FhirError::Internal(_) | FhirError::Sealed(_) => "exception",
         }
     }
 
@@ -169,6 +173,7 @@ impl FhirError {
         match self {
             FhirError::Invalid(issues) => issues.clone(),
             FhirError::Internal(_) => vec![Issue::error("exception", "internal server error")],
+            FhirError::Sealed(message) => vec![Issue::error("exception", message.clone())],
             other => vec![Issue::error(other.issue_code(), other.to_string())],
         }
     }

@@ -45,8 +45,31 @@ enum Source {
     /// `Observation.effective`), walked directly in the JSON: most expressions are paths, and
     /// a walk costs a fraction of an engine evaluation.
     Path(Vec<String>),
-    /// Anything else, through the FHIRPath engine.
-    Engine(Expression),
+    /// Anything else, through the FHIRPath engine (with its text, for [`param_paths`]).
+    Engine(Expression, String),
+}
+
+/// Where a parameter's values come from, as [`crate::crypto::policy`] inspects it.
+pub enum ParamSource {
+    /// The element names of a plain path below the resource.
+    Path(Vec<String>),
+    /// A FHIRPath expression's text.
+    Expression(String),
+}
+
+/// The sources of `resource_type`'s indexed parameter `code` (`None`: not indexed).
+pub fn param_paths(resource_type: &str, code: &str) -> Option<Vec<ParamSource>> {
+    let plan = plan(resource_type);
+    let (_, _, sources) = plan.iter().find(|(c, _, _)| c == code)?;
+    Some(
+        sources
+            .iter()
+            .map(|(source, _)| match source {
+                Source::Path(p) => ParamSource::Path(p.clone()),
+                Source::Engine(_, text) => ParamSource::Expression(text.clone()),
+            })
+            .collect(),
+    )
 }
 
 /// How one parameter's values are found: sources, each with the resource type its references
@@ -95,12 +118,13 @@ fn plan(resource_type: &str) -> Arc<Plan> {
             for (part, target) in parts.into_iter().map(|p| split_resolve(&p)) {
                 match (plain_path(&part), target) {
                     (Some(path), target) => sources.push((Source::Path(path), target)),
-                    (None, Some(target)) => sources.push((Source::Engine(Expression::parse(&part).ok()?), Some(target))),
+                    (None, Some(target)) => sources.push((Source::Engine(Expression::parse(&part).ok()?, part.clone()), Some(target))),
                     (None, None) => engine_parts.push(part),
                 }
             }
             if !engine_parts.is_empty() {
-                sources.push((Source::Engine(Expression::parse(&engine_parts.join(" | ")).ok()?), None));
+                let text = engine_parts.join(" | ");
+                sources.push((Source::Engine(Expression::parse(&text).ok()?, text), None));
             }
             (!sources.is_empty()).then(|| (sp.code.clone(), sp.param_type.clone(), sources))
         })
@@ -244,7 +268,7 @@ fn extract_where(resource_type: &str, resource: &Value, base: &str, wanted: impl
                     walk(resource, path, &mut found);
                     found.into_iter().filter_map(item_of).collect()
                 }
-                Source::Engine(expression) => {
+                Source::Engine(expression, _) => {
                     let context = context.get_or_insert_with(|| crate::fhirpath::Context::new(resource));
                     let Ok(items) = expression.evaluate_in(context) else { continue };
                     items
@@ -294,7 +318,7 @@ pub fn definitions_hash() -> String {
 }
 
 /// Bumped whenever `values` changes what it extracts, so existing rows get rebuilt.
-const EXTRACTION_VERSION: u32 = 3;
+const EXTRACTION_VERSION: u32 = 4;
 
 /// The index rows of resources as the JSON `search_index_replace` takes: one object per value,
 /// `k` the table (`s`tring, `t`oken, `r`eference, `d`ate, `n`umber/quantity, `u`ri) and
@@ -304,11 +328,19 @@ pub fn rows_json<'a>(resources: impl IntoIterator<Item = (&'a str, &'a str, &'a 
     Value::Array(resources.into_iter().flat_map(|(rt, id, content)| rows(rt, id, content, base)).collect())
 }
 
-/// The index rows of one resource (see [`rows_json`]).
+/// The index rows of one resource (see [`rows_json`]). Parameters that read sealed elements
+/// ([`crate::crypto::policy::is_protected`]) get blind rows (`k` = `b`, `a` = the keyed hash in
+/// hex) instead of their values.
 pub fn rows(rt: &str, id: &str, content: &Value, base: &str) -> Vec<Value> {
     let mut rows = Vec::new();
     {
         for entry in extract(rt, content, base) {
+            if crate::crypto::policy::is_protected(rt, &entry.param) {
+                for hash in crate::crypto::blind::value_hashes(rt, &entry.param, &entry.value) {
+                    rows.push(json!({"t": rt, "i": id, "p": entry.param, "k": "b", "a": hash}));
+                }
+                continue;
+            }
             let (k, a, b, c, n) = match entry.value {
                 IndexValue::String { normalized, exact } => ("s", Some(normalized), Some(exact), None, None),
                 IndexValue::Token { system, code } => ("t", Some(code), system, None, None),

@@ -4,6 +4,7 @@
 //! - [`config`]: the one `Config`, from flags and environment.
 //! - [`error`]: `FhirError`, rendered once as an OperationOutcome.
 //! - [`fhir`]: the official R4 definitions, validation, validated newtypes.
+//! - [`crypto`]: PHI sealing (AES-256-GCM envelope encryption), key rotation, blind indexes.
 //! - [`store`]: PostgreSQL (embedded or external), migrations, resource + history tables.
 //! - [`auth`]: bearer tokens → `Principal` (who is asking, with which scopes).
 //! - [`access`]: confinement of `patient/` scopes to the patient's compartment.
@@ -20,6 +21,7 @@ pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod crypto;
 pub mod demo;
 pub mod documents;
 pub mod error;

@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
         Command::Import(args) => ironfhir::import::run(args).await,
         Command::Reindex(args) => ironfhir::reindex::run(args).await,
         Command::Audit { command: AuditCommand::Verify(config) } => ironfhir::audit::trail::verify_command(config).await,
+        Command::Keys { command } => ironfhir::crypto::cli::run(command).await,
         Command::Admin { command: AdminCommand::Token(args) } => server::token_authority(&args.config)
             .and_then(|authority| authority.issue(&args.subject, &args.scope, args.ttl))
             .map(|token| println!("{token}")),

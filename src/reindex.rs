@@ -94,7 +94,7 @@ pub async fn rebuild(store: &Store, base: &str, batch: i64, restart: bool, mut r
     while let Some((last_type, last_id)) = after.take() {
         let mut tx = store.pool().begin().await?;
         let rows = sqlx::query(
-            "SELECT resource_type, id, content FROM resource \
+            "SELECT resource_type, id, version_id, content, sealed, key_id FROM resource \
              WHERE (resource_type, id) > ($1, $2) AND NOT deleted \
              ORDER BY resource_type, id LIMIT $3 FOR SHARE",
         )
@@ -103,8 +103,15 @@ pub async fn rebuild(store: &Store, base: &str, batch: i64, restart: bool, mut r
         .bind(batch)
         .fetch_all(&mut *tx)
         .await?;
-        let resources: Vec<(String, String, Value)> =
-            rows.iter().map(|r| (r.get(0), r.get(1), r.get::<Option<Value>, _>(2).unwrap_or(Value::Null))).collect();
+        // The index is built from the complete resources (blind rows from the sealed elements).
+        let resources: Vec<(String, String, Value)> = rows
+            .iter()
+            .map(|r| {
+                let (t, i): (String, String) = (r.get(0), r.get(1));
+                let content = crate::store::open_row(&t, &i, r.get(2), r)?.unwrap_or(Value::Null);
+                Ok((t, i, content))
+            })
+            .collect::<crate::error::FhirResult<_>>()?;
         let types: Vec<&str> = resources.iter().map(|r| r.0.as_str()).collect();
         let ids: Vec<&str> = resources.iter().map(|r| r.1.as_str()).collect();
         let entries = index::rows_json(resources.iter().map(|(t, i, c)| (t.as_str(), i.as_str(), c)), base);

@@ -42,6 +42,7 @@ pub async fn open_database(config: &Config, pool_size: u32, statement_timeout: D
         .await
         .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
     store.migrate().await.map_err(|e| format!("database migration failed: {e}"))?;
+    crate::crypto::keys::open(&store, config).await?;
     crate::reindex::mark_current_if_empty(&store).await.map_err(|e| format!("cannot read the search index state: {e}"))?;
     Ok(Database { store, embedded })
 }
@@ -114,6 +115,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         let written = crate::demo::load(&db.store).await?;
         tracing::info!(written, "demo data loaded");
     }
+    let keyring = crate::crypto::keyring().map_err(|e| e.to_string())?;
+    keyring.set_sealing(!args.no_seal);
+    crate::crypto::keys::spawn_key_poller(db.store.clone(), keyring, crate::crypto::keys::configured_provider(&args.config)?);
+    crate::crypto::keys::spawn_reencryption(db.store.clone());
     let tls = args.tls_cert.is_some();
     let documents = args.document_dir.clone().unwrap_or_else(|| args.config.data_dir.join("documents"));
     let exports = Arc::new(crate::export::ExportService::new(

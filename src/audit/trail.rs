@@ -88,16 +88,20 @@ async fn append(store: &Store, mut events: Vec<Value>) -> FhirResult<()> {
         let id = crate::fhir::types::Id::generate();
         crate::interactions::stamp(event, id.as_str(), 1, &now);
         seq += 1;
+        // The trail holds the event without its sealed elements (the search query, the
+        // person's name) and a keyed MAC of them; the AuditEvent resource holds them sealed.
+        let (stripped, sealed_mac) = crate::crypto::strip_with_mac("AuditEvent", event)?;
         let (hash,): (Vec<u8>,) = sqlx::query_as(
-            "INSERT INTO audit_log (seq, recorded, resource_id, event, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, sha256($5 || convert_to($1::text || $4::jsonb::text, 'UTF8')))
+            "INSERT INTO audit_log (seq, recorded, resource_id, event, prev_hash, sealed_mac, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, sha256($5 || convert_to($1::text || $4::jsonb::text, 'UTF8') || coalesce($6, ''::bytea)))
              RETURNING hash",
         )
         .bind(seq)
         .bind(now)
         .bind(id.as_str())
-        .bind(&*event)
+        .bind(&stripped)
         .bind(&prev)
+        .bind(&sealed_mac)
         .fetch_one(&mut *tx)
         .await?;
         prev = hash;
@@ -122,7 +126,7 @@ pub struct Broken {
 pub async fn verify(store: &Store) -> FhirResult<Result<i64, Broken>> {
     let mut conn = store.pool().acquire().await?;
     let mut rows = sqlx::query(
-        "SELECT seq, prev_hash, hash, sha256(prev_hash || convert_to(seq::text || event::text, 'UTF8')) = hash AS intact
+        "SELECT seq, prev_hash, hash, sha256(prev_hash || convert_to(seq::text || event::text, 'UTF8') || coalesce(sealed_mac, ''::bytea)) = hash AS intact
            FROM audit_log ORDER BY seq",
     )
     .fetch(&mut *conn);
@@ -157,6 +161,26 @@ pub async fn verify(store: &Store) -> FhirResult<Result<i64, Broken>> {
     .await?;
     if let Some((seq,)) = differing {
         return Ok(Err(Broken { seq, reason: format!("the AuditEvent resource of record {seq} differs from the trail or is gone") }));
+    }
+    // The sealed elements of every AuditEvent still match the MAC the chain covers.
+    let mut sealed = sqlx::query(
+        "SELECT l.seq, l.sealed_mac, r.id, r.version_id, r.sealed, r.key_id FROM audit_log l
+           JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id
+          WHERE l.sealed_mac IS NOT NULL OR r.sealed IS NOT NULL ORDER BY l.seq",
+    )
+    .fetch(&mut *conn);
+    while let Some(row) = sealed.try_next().await? {
+        let seq: i64 = row.get(0);
+        let mac: Option<Vec<u8>> = row.get(1);
+        let ciphertext: Option<Vec<u8>> = row.get(4);
+        let key_id: Option<String> = row.get(5);
+        let matches = match (mac, ciphertext) {
+            (Some(mac), Some(ct)) => crate::crypto::sealed_mac_matches("AuditEvent", &row.get::<String, _>(2), row.get(3), &ct, key_id.as_deref().unwrap_or(""), &mac),
+            _ => false,
+        };
+        if !matches {
+            return Ok(Err(Broken { seq, reason: format!("the sealed elements of record {seq} differ from the trail") }));
+        }
     }
     Ok(Ok(expected_seq - 1))
 }

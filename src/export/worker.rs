@@ -244,7 +244,17 @@ async fn export(service: &ExportService, store: &Store, job: &Job, heartbeat: &H
         let mut file: Option<(String, crate::documents::DocumentWriter, u64)> = None;
         let mut part = 0;
         while let Some(row) = rows.try_next().await? {
-            let text: &str = row.try_get(0)?;
+            // Unsealed rows stream PostgreSQL's jsonb text as is; sealed ones are opened.
+            let opened;
+            let text: &str = match row.try_get::<Option<&str>, _>("text")? {
+                Some(text) => text,
+                None => {
+                    let id: String = row.try_get("id")?;
+                    let content = crate::store::open_row(t, &id, row.try_get("version_id")?, &row)?;
+                    opened = content.map(|c| c.to_string()).unwrap_or_default();
+                    &opened
+                }
+            };
             if file.is_none() {
                 part += 1;
                 let name = format!("{t}-{part}.ndjson");

@@ -434,6 +434,7 @@ fn at_entry(error: FhirError, index: usize) -> FhirError {
         FhirError::Retryable(m) => FhirError::Retryable(p(m)),
         FhirError::Unavailable(m) => FhirError::Unavailable(p(m)),
         FhirError::Internal(m) => FhirError::Internal(m),
+        FhirError::Sealed(m) => FhirError::Sealed(p(m)),
     }
 }
 

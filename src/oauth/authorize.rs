@@ -340,24 +340,32 @@ async fn patient_picker(state: &AppState, request: &AuthRequest, query: &str) ->
 
 /// Up to 50 patients whose name starts with `query` (all patients, most recent first, without
 /// a query), as (id, label).
-async fn find_patients(state: &AppState, query: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
+async fn find_patients(state: &AppState, query: &str) -> Result<Vec<(String, String)>, crate::error::FhirError> {
     let pool = state.store.pool();
-    let rows: Vec<(String, serde_json::Value)> = if query.trim().is_empty() {
-        sqlx::query_as("SELECT id, content FROM resource WHERE resource_type = 'Patient' AND NOT deleted ORDER BY last_updated DESC LIMIT 50")
+    let rows = if query.trim().is_empty() {
+        sqlx::query("SELECT id, version_id, content, sealed, key_id FROM resource WHERE resource_type = 'Patient' AND NOT deleted ORDER BY last_updated DESC LIMIT 50")
             .fetch_all(pool)
             .await?
     } else {
-        let normalized = crate::search::normalize(query.trim());
-        sqlx::query_as(
-            "SELECT r.id, r.content FROM resource r WHERE r.resource_type = 'Patient' AND NOT r.deleted AND r.id IN (
-               SELECT s.id FROM search_string s WHERE s.resource_type = 'Patient' AND s.param = 'name' AND s.value >= $1 AND s.value < $1 || chr(1114111))
+        // Names are sealed: the prefix is looked up in the blind index (crypto::blind).
+        let hash = crate::crypto::blind::search_hash("Patient", "name", "s", &crate::search::normalize(query.trim()))?;
+        sqlx::query(
+            "SELECT r.id, r.version_id, r.content, r.sealed, r.key_id FROM resource r WHERE r.resource_type = 'Patient' AND NOT r.deleted AND r.id IN (
+               SELECT s.id FROM search_blind s WHERE s.resource_type = 'Patient' AND s.param = 'name' AND s.hash = $1)
              ORDER BY r.last_updated DESC LIMIT 50",
         )
-        .bind(normalized)
+        .bind(hash)
         .fetch_all(pool)
         .await?
     };
-    Ok(rows.into_iter().map(|(id, content)| (id.clone(), patient_label(&id, &content))).collect())
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        use sqlx::Row;
+        let id: String = row.get("id");
+        let content = crate::store::open_row("Patient", &id, row.get("version_id"), row)?.unwrap_or_default();
+        found.push((id.clone(), patient_label(&id, &content)));
+    }
+    Ok(found)
 }
 
 fn patient_label(id: &str, patient: &serde_json::Value) -> String {

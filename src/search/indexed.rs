@@ -66,6 +66,9 @@ pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str
     }
     let code = code_of(&clause.name);
     let Some(param_type) = indexed_type(resource_type, code) else { return false };
+    if crate::crypto::policy::is_protected(resource_type, code) {
+        return push_blind(sql, resource_type, code, &clause.kind);
+    }
     let Some(table) = table(&param_type) else { return false };
     match &clause.kind {
         ClauseKind::Missing { missing, .. } => {
@@ -291,4 +294,37 @@ mod tests {
         assert_eq!(code_of("subject.name"), "subject");
         assert_eq!(code_of("value-quantity"), "value-quantity");
     }
+}
+
+/// A clause on a protected parameter, answered from `search_blind` by the keyed hashes of the
+/// searched values (`crypto::blind`; `search::check_protected` admitted only these forms).
+fn push_blind(sql: &mut QueryBuilder<Postgres>, resource_type: &str, code: &str, kind: &ClauseKind) -> bool {
+    let hash = |form: &str, value: &str| crate::crypto::blind::search_hash(resource_type, code, form, value).unwrap_or_default();
+    let hashes: Vec<Vec<u8>> = match kind {
+        ClauseKind::Missing { missing, .. } => {
+            sql.push(if *missing { "NOT EXISTS (SELECT 1 FROM " } else { "EXISTS (SELECT 1 FROM " });
+            sql.push("search_blind s WHERE s.resource_type = r.resource_type AND s.id = r.id AND s.param = ");
+            sql.push_bind(code.to_owned()).push(")");
+            return true;
+        }
+        ClauseKind::String { values, mode: StringMode::StartsWith, .. } => values.iter().map(|v| hash("s", &super::normalize(v))).collect(),
+        ClauseKind::String { values, mode: StringMode::Exact, .. } => values.iter().map(|v| hash("x", v)).collect(),
+        ClauseKind::Token { values, .. } => values
+            .iter()
+            .filter_map(|(system, code)| match (system, code) {
+                (None, Some(code)) => Some(hash("c", code)),
+                (Some(system), Some(code)) => Some(hash("t", &format!("{system}|{code}"))),
+                (Some(system), None) => Some(hash("y", system)),
+                (None, None) => None,
+            })
+            .collect(),
+        ClauseKind::Date { values, .. } => values.iter().map(|(_, v)| hash("d", v)).collect(),
+        ClauseKind::Reference { values, .. } | ClauseKind::Uri { values, mode: UriMode::Exact, .. } => values.iter().map(|v| hash("v", v)).collect(),
+        // Refused when the search was parsed; matching nothing is the safe answer.
+        _ => vec![],
+    };
+    sql.push("r.id IN (SELECT s.id FROM search_blind s WHERE s.resource_type = ").push_bind(resource_type.to_owned());
+    sql.push(" AND s.param = ").push_bind(code.to_owned());
+    sql.push(" AND s.hash = ANY(").push_bind(hashes).push("))");
+    true
 }

@@ -202,6 +202,9 @@ pub fn build_clause(
         let values = plain.iter().map(|v| normalize(v).split_whitespace().map(str::to_owned).collect::<Vec<_>>()).filter(|w| !w.is_empty()).collect();
         return Ok(Clause { name: full_name, kind: ClauseKind::FullText { narrative_only: sp.code == "_text", values }, negate: false });
     }
+    if crate::crypto::policy::is_protected(resource_type.as_str(), &sp.code) {
+        check_protected(&sp.param_type, modifier, &values).map_err(|why| bad(&why))?;
+    }
     let expression = sp.expression.as_deref().ok_or_else(|| bad("not supported by this server"))?;
     // An expression jsonpath cannot express still works for the clauses the index tables
     // answer (FHIRPath extracted it on write); the JSON forms then match nothing.
@@ -759,6 +762,31 @@ fn with_paths(kind: ClauseKind, new: Vec<String>) -> Option<ClauseKind> {
     })
 }
 
+/// What a search may ask of a protected parameter (one that reads sealed elements and is
+/// searched through its blind index, `crypto::blind`): equality forms only.
+fn check_protected(param_type: &str, modifier: Option<&str>, values: &[String]) -> Result<(), String> {
+    const WHY: &str = "it reads sealed PHI and is searched through a blind index";
+    match (param_type, modifier) {
+        (_, Some("missing")) => Ok(()),
+        ("string", None | Some("exact")) => Ok(()),
+        ("string", Some(m)) => Err(format!(":{m} does not work on this parameter ({WHY}: prefix and :exact do)")),
+        ("token", None | Some("not")) => Ok(()),
+        ("token", Some(m)) => Err(format!(":{m} does not work on this parameter ({WHY}: system|code, code and system| do)")),
+        ("reference" | "uri", None) => Ok(()),
+        ("date", None) => {
+            for v in values {
+                let (prefix, date) = params::split_prefix(v)?;
+                let shaped = matches!(date.len(), 4 | 7 | 10) && date.chars().all(|c| c.is_ascii_digit() || c == '-');
+                if prefix != Prefix::Eq || !shaped {
+                    return Err(format!("only equality at year, month or day precision works on this parameter ({WHY}); no ranges, prefixes or times"));
+                }
+            }
+            Ok(())
+        }
+        _ => Err(format!("this search does not work on this parameter ({WHY})")),
+    }
+}
+
 /// How a `_sort` parameter orders resources.
 #[derive(Debug, Clone)]
 pub enum SortKey {
@@ -777,6 +805,10 @@ pub fn sort_key(resource_type: &ResourceType, name: &str) -> Option<SortKey> {
         _ => {}
     }
     let sp = definitions().search_param(resource_type.as_str(), name)?;
+    // Blind-indexed values have no order.
+    if crate::crypto::policy::is_protected(resource_type.as_str(), name) {
+        return None;
+    }
     if !matches!(sp.param_type.as_str(), "string" | "token" | "date" | "number" | "quantity" | "reference" | "uri") {
         return None;
     }
@@ -929,7 +961,7 @@ pub async fn fetch_includes(
                 for code in include_params(&source_type, include.param.as_deref()) {
                     let Some(paths) = reference_paths(&source_type, &code, base) else { continue };
                     let mut sql = QueryBuilder::<Postgres>::new(
-                        "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r WHERE r.resource_type = ",
+                        "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content, r.sealed, r.key_id FROM resource r WHERE r.resource_type = ",
                     );
                     sql.push_bind(source.clone()).push(" AND NOT r.deleted AND (");
                     if !indexed::push_referencing(&mut sql, source, &code, local.clone()) {
@@ -939,7 +971,7 @@ pub async fn fetch_includes(
                     }
                     sql.push(") LIMIT ").push_bind(MAX_COUNT_INCLUDED as i64);
                     for row in sql.build().persistent(false).fetch_all(&mut *conn).await? {
-                        let r = stored_from_row(&row);
+                        let r = stored_from_row(&row)?;
                         if seen.insert(key(&r)) {
                             found.push(r);
                         }
@@ -992,7 +1024,7 @@ pub async fn fetch_includes(
         if !wanted.is_empty() {
             let (types, ids): (Vec<String>, Vec<String>) = wanted.into_iter().unzip();
             let rows = sqlx::query(
-                "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r \
+                "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content, r.sealed, r.key_id FROM resource r \
                  JOIN UNNEST($1::text[], $2::text[]) AS w(resource_type, id) ON r.resource_type = w.resource_type AND r.id = w.id \
                  WHERE NOT r.deleted",
             )
@@ -1001,7 +1033,7 @@ pub async fn fetch_includes(
             .fetch_all(&mut *conn)
             .await?;
             for row in rows {
-                let r = stored_from_row(&row);
+                let r = stored_from_row(&row)?;
                 if seen.insert(key(&r)) {
                     found.push(r);
                 }
@@ -1035,16 +1067,13 @@ fn include_params(resource_type: &ResourceType, param: Option<&str>) -> Vec<Stri
     }
 }
 
-fn stored_from_row(r: &sqlx::postgres::PgRow) -> StoredResource {
-    StoredResource {
-        resource_type: r.get(0),
-        id: r.get(1),
-        version_id: r.get(2),
-        last_updated: r.get(3),
-        deleted: false,
-        content: r.get::<Option<Value>, _>(4),
-        method: None,
-    }
+/// A result row as a complete resource (its sealed elements opened).
+fn stored_from_row(r: &sqlx::postgres::PgRow) -> FhirResult<StoredResource> {
+    let resource_type: String = r.get(0);
+    let id: String = r.get(1);
+    let version_id: i64 = r.get(2);
+    let content = crate::store::open_row(&resource_type, &id, version_id, r)?;
+    Ok(StoredResource { resource_type, id, version_id, last_updated: r.get(3), deleted: false, content, method: None })
 }
 
 /// Runs a search: one page of matches, the total when asked for, and whether more follow.
@@ -1069,7 +1098,7 @@ pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) 
         (_, false, None) if request.offset == 0 || !rows.is_empty() => Some((request.offset + rows.len()) as i64),
         _ => total_of_all(conn, request).await?,
     };
-    Ok((rows.iter().take(request.count).map(stored_from_row).collect(), total, more))
+    Ok((rows.iter().take(request.count).map(stored_from_row).collect::<FhirResult<_>>()?, total, more))
 }
 
 /// `Bundle.total` when it needs a query of its own (see [`TotalMode`]).
@@ -1103,7 +1132,7 @@ async fn estimate_matches(conn: &mut sqlx::PgConnection, criteria: &Criteria) ->
 /// The query of one page of matches (one row more than the page tells whether more follow).
 fn push_page_query(sql: &mut QueryBuilder<Postgres>, request: &SearchRequest) -> FhirResult<()> {
     let criteria = &request.criteria;
-    sql.push("SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r WHERE r.resource_type = ");
+    sql.push("SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content, r.sealed, r.key_id FROM resource r WHERE r.resource_type = ");
     sql.push_bind(criteria.resource_type.as_str().to_owned());
     sql.push(" AND NOT r.deleted");
     push_where(sql, criteria);
@@ -1210,13 +1239,13 @@ pub async fn execute_union(
     if count == 0 {
         return Ok((vec![], total));
     }
-    let mut sql = QueryBuilder::<Postgres>::new("SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM (");
+    let mut sql = QueryBuilder::<Postgres>::new("SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content, r.sealed, r.key_id FROM (");
     push_union(&mut sql, parts, since);
     sql.push(") k JOIN resource r ON r.resource_type = k.resource_type AND r.id = k.id");
     sql.push(" ORDER BY r.resource_type COLLATE \"C\" ASC, r.id COLLATE \"C\" ASC LIMIT ").push_bind(count as i64);
     sql.push(" OFFSET ").push_bind(offset as i64);
     let rows = sql.build().persistent(false).fetch_all(&mut *conn).await?;
-    Ok((rows.iter().map(stored_from_row).collect(), total))
+    Ok((rows.iter().map(stored_from_row).collect::<FhirResult<_>>()?, total))
 }
 
 /// `SELECT resource_type, id … UNION SELECT …` for each criteria (UNION de-duplicates).
@@ -1245,7 +1274,10 @@ pub fn export_query(
     any_of: &[Criteria],
     filters: &[Criteria],
 ) -> QueryBuilder<Postgres> {
-    let mut sql = QueryBuilder::<Postgres>::new("SELECT r.content::text FROM resource r WHERE r.resource_type = ");
+    let mut sql = QueryBuilder::<Postgres>::new(
+        "SELECT r.id, r.version_id, CASE WHEN r.sealed IS NULL THEN r.content::text END AS text, \
+         CASE WHEN r.sealed IS NOT NULL THEN r.content END AS content, r.sealed, r.key_id FROM resource r WHERE r.resource_type = ",
+    );
     sql.push_bind(resource_type.as_str().to_owned());
     sql.push(" AND NOT r.deleted");
     if let Some(since) = since {

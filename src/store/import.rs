@@ -73,7 +73,35 @@ pub async fn write_batch(tx: &mut Tx, rows: &[ImportRow], last_updated: DateTime
     }
     let types: Vec<&str> = rows.iter().map(|r| r.resource_type.as_str()).collect();
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let contents: Vec<&str> = rows.iter().map(|r| r.content.as_str()).collect();
+    // The versions the batch writes, read under row locks: the sealed elements' associated
+    // data names the version, so it is decided here rather than in the upsert.
+    let existing: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT r.resource_type, r.id, r.version_id FROM resource r \
+         JOIN UNNEST($1::text[], $2::text[]) AS k(t, i) ON r.resource_type = k.t AND r.id = k.i FOR UPDATE OF r",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let previous: std::collections::HashMap<(&str, &str), i64> =
+        existing.iter().map(|(t, i, v)| ((t.as_str(), i.as_str()), *v)).collect();
+    let mut versions = Vec::with_capacity(rows.len());
+    let mut contents = Vec::with_capacity(rows.len());
+    let mut ciphertexts = Vec::with_capacity(rows.len());
+    let mut key_ids = Vec::with_capacity(rows.len());
+    for r in rows {
+        let version = previous.get(&(r.resource_type.as_str(), r.id.as_str())).map_or(1, |v| v + 1);
+        let mut content: serde_json::Value =
+            serde_json::from_str(&r.content).map_err(|e| crate::error::FhirError::BadRequest(format!("not JSON: {e}")))?;
+        if let Some(meta) = content.get_mut("meta").and_then(serde_json::Value::as_object_mut) {
+            meta.insert("versionId".into(), serde_json::Value::String(version.to_string()));
+        }
+        let sealed = crate::crypto::seal(&r.resource_type, &r.id, version, &content)?;
+        versions.push(version);
+        contents.push(sealed.content.to_string());
+        ciphertexts.push(sealed.sealed);
+        key_ids.push(sealed.key_id);
+    }
     let methods: Vec<&str> = rows.iter().map(|r| r.method).collect();
     let index: Vec<&serde_json::Value> = rows.iter().flat_map(|r| r.index.iter()).collect();
     // Durability per batch is not needed: the progress row commits with the batch, so a crash
@@ -81,14 +109,15 @@ pub async fn write_batch(tx: &mut Tx, rows: &[ImportRow], last_updated: DateTime
     // commit that flushes everything before it.
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut **tx).await?;
     let done = sqlx::query(
-        "WITH input AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $5::text[]) AS t(resource_type, id, content, method)), \
-         current AS (INSERT INTO resource AS r (resource_type, id, version_id, last_updated, deleted, content) \
-           SELECT resource_type, id, 1, $4, false, content::jsonb FROM input \
-           ON CONFLICT (resource_type, id) DO UPDATE SET version_id = r.version_id + 1, last_updated = EXCLUDED.last_updated, \
-             deleted = false, content = jsonb_set(EXCLUDED.content, '{meta,versionId}', to_jsonb((r.version_id + 1)::text)) \
-           RETURNING r.resource_type, r.id, r.version_id, r.content), \
-         history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
-           SELECT c.resource_type, c.id, c.version_id, $4, i.method, false, c.content FROM current c \
+        "WITH input AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $5::text[], $7::bigint[], $8::bytea[], $9::text[]) \
+           AS t(resource_type, id, content, method, version_id, sealed, key_id)), \
+         current AS (INSERT INTO resource AS r (resource_type, id, version_id, last_updated, deleted, content, sealed, key_id) \
+           SELECT resource_type, id, version_id, $4, false, content::jsonb, sealed, key_id FROM input \
+           ON CONFLICT (resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, last_updated = EXCLUDED.last_updated, \
+             deleted = false, content = EXCLUDED.content, sealed = EXCLUDED.sealed, key_id = EXCLUDED.key_id \
+           RETURNING r.resource_type, r.id, r.version_id, r.content, r.sealed, r.key_id), \
+         history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content, sealed, key_id) \
+           SELECT c.resource_type, c.id, c.version_id, $4, i.method, false, c.content, c.sealed, c.key_id FROM current c \
            JOIN input i ON i.resource_type = c.resource_type AND i.id = c.id RETURNING 1), \
          written AS (SELECT count(*) AS n FROM history) \
          SELECT n, search_index_replace($1, $2, $6, false) FROM written",
@@ -99,6 +128,9 @@ pub async fn write_batch(tx: &mut Tx, rows: &[ImportRow], last_updated: DateTime
     .bind(last_updated)
     .bind(&methods)
     .bind(sqlx::types::Json(&index))
+    .bind(&versions)
+    .bind(&ciphertexts)
+    .bind(&key_ids)
     .fetch_one(&mut **tx)
     .await?;
     Ok(done.get::<i64, _>(0) as u64)

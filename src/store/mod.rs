@@ -132,7 +132,7 @@ impl Store {
     /// neither repeat nor skip entries while writes continue.
     pub async fn history(&self, q: &HistoryQuery<'_>) -> FhirResult<(Vec<StoredResource>, Option<i64>)> {
         let mut sql = sqlx::QueryBuilder::<Postgres>::new(
-            "SELECT seq, resource_type, id, version_id, last_updated, deleted, content, method FROM resource_history WHERE true",
+            "SELECT seq, resource_type, id, version_id, last_updated, deleted, content, method, sealed, key_id FROM resource_history WHERE true",
         );
         q.push_filters(&mut sql);
         if let Some(before) = q.before_seq {
@@ -147,7 +147,7 @@ impl Store {
                 next = Some(rows[i - 1].get::<i64, _>("seq"));
                 break;
             }
-            out.push(history_from_row(row));
+            out.push(history_from_row(row)?);
         }
         Ok((out, next))
     }
@@ -214,12 +214,12 @@ pub async fn vread_in(tx: &mut Tx, resource_type: &str, id: &str, version: i64) 
 }
 
 async fn read_current<'e, E: sqlx::PgExecutor<'e>>(executor: E, resource_type: &str, id: &str) -> FhirResult<Option<StoredResource>> {
-    let row = sqlx::query("SELECT version_id, last_updated, deleted, content FROM resource WHERE resource_type = $1 AND id = $2")
+    let row = sqlx::query("SELECT version_id, last_updated, deleted, content, sealed, key_id FROM resource WHERE resource_type = $1 AND id = $2")
         .bind(resource_type)
         .bind(id)
         .fetch_optional(executor)
         .await?;
-    Ok(row.map(|r| current_from_row(resource_type, id, &r)))
+    row.map(|r| current_from_row(resource_type, id, &r)).transpose()
 }
 
 async fn read_version<'e, E: sqlx::PgExecutor<'e>>(
@@ -229,7 +229,7 @@ async fn read_version<'e, E: sqlx::PgExecutor<'e>>(
     version: i64,
 ) -> FhirResult<Option<StoredResource>> {
     let row = sqlx::query(
-        "SELECT resource_type, id, version_id, last_updated, deleted, content, method FROM resource_history \
+        "SELECT resource_type, id, version_id, last_updated, deleted, content, method, sealed, key_id FROM resource_history \
          WHERE resource_type = $1 AND id = $2 AND version_id = $3",
     )
     .bind(resource_type)
@@ -237,31 +237,44 @@ async fn read_version<'e, E: sqlx::PgExecutor<'e>>(
     .bind(version)
     .fetch_optional(executor)
     .await?;
-    Ok(row.map(|r| history_from_row(&r)))
+    row.map(|r| history_from_row(&r)).transpose()
 }
 
-fn current_from_row(resource_type: &str, id: &str, r: &sqlx::postgres::PgRow) -> StoredResource {
-    StoredResource {
+fn current_from_row(resource_type: &str, id: &str, r: &sqlx::postgres::PgRow) -> FhirResult<StoredResource> {
+    let version_id: i64 = r.get("version_id");
+    Ok(StoredResource {
         resource_type: resource_type.to_owned(),
         id: id.to_owned(),
-        version_id: r.get("version_id"),
+        version_id,
         last_updated: r.get("last_updated"),
         deleted: r.get("deleted"),
-        content: r.get("content"),
+        content: open_row(resource_type, id, version_id, r)?,
         method: None,
-    }
+    })
 }
 
-fn history_from_row(r: &sqlx::postgres::PgRow) -> StoredResource {
-    StoredResource {
-        resource_type: r.get("resource_type"),
-        id: r.get("id"),
-        version_id: r.get("version_id"),
+fn history_from_row(r: &sqlx::postgres::PgRow) -> FhirResult<StoredResource> {
+    let resource_type: String = r.get("resource_type");
+    let id: String = r.get("id");
+    let version_id: i64 = r.get("version_id");
+    let content = open_row(&resource_type, &id, version_id, r)?;
+    Ok(StoredResource {
+        resource_type,
+        id,
+        version_id,
         last_updated: r.get("last_updated"),
         deleted: r.get("deleted"),
-        content: r.get("content"),
+        content,
         method: r.get("method"),
-    }
+    })
+}
+
+/// The complete resource of a row selected with `content`, `sealed` and `key_id` columns: its
+/// sealed elements decrypted and put back ([`crate::crypto::open`]).
+pub fn open_row(resource_type: &str, id: &str, version_id: i64, r: &sqlx::postgres::PgRow) -> FhirResult<Option<Value>> {
+    let sealed: Option<Vec<u8>> = r.get("sealed");
+    let key_id: Option<String> = r.get("key_id");
+    crate::crypto::open(resource_type, id, version_id, r.get("content"), sealed.as_deref(), key_id.as_deref())
 }
 
 /// The current version and deleted flag of a resource, locked until the transaction ends so
@@ -285,12 +298,15 @@ pub async fn current_content(
     resource_type: &str,
     id: &str,
 ) -> FhirResult<Option<Value>> {
-    let row = sqlx::query("SELECT content FROM resource WHERE resource_type = $1 AND id = $2")
+    let row = sqlx::query("SELECT version_id, content, sealed, key_id FROM resource WHERE resource_type = $1 AND id = $2")
         .bind(resource_type)
         .bind(id)
         .fetch_optional(&mut **tx)
         .await?;
-    Ok(row.and_then(|r| r.get(0)))
+    match row {
+        Some(r) => open_row(resource_type, id, r.get("version_id"), &r),
+        None => Ok(None),
+    }
 }
 
 /// Serialises conditional operations on the same criteria (two concurrent conditional creates
@@ -318,23 +334,30 @@ pub async fn write_version(
     base: &str,
 ) -> FhirResult<()> {
     let deleted = content.is_none();
+    let sealed = content.map(|c| crate::crypto::seal(resource_type, id, version_id, c)).transpose()?;
+    let (stored, ciphertext, key_id) = match &sealed {
+        Some(s) => (Some(&s.content), s.sealed.as_deref(), s.key_id.as_deref()),
+        None => (None, None, None),
+    };
     sqlx::query(
-        "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) VALUES ($1, $2, $3, $4, $5, $6) \
+        "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content, sealed, key_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, last_updated = EXCLUDED.last_updated, \
-         deleted = EXCLUDED.deleted, content = EXCLUDED.content",
+         deleted = EXCLUDED.deleted, content = EXCLUDED.content, sealed = EXCLUDED.sealed, key_id = EXCLUDED.key_id",
     )
     .bind(resource_type)
     .bind(id)
     .bind(version_id)
     .bind(last_updated)
     .bind(deleted)
-    .bind(content)
+    .bind(stored)
+    .bind(ciphertext)
+    .bind(key_id)
     .execute(&mut **tx)
     .await?;
     let index = index::rows_json(content.map(|c| (resource_type, id, c)), base);
     sqlx::query(
-        "WITH history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)) \
+        "WITH history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content, sealed, key_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10)) \
          SELECT search_index_replace(ARRAY[$1], ARRAY[$2], $8, false)",
     )
     .bind(resource_type)
@@ -343,8 +366,10 @@ pub async fn write_version(
     .bind(last_updated)
     .bind(method)
     .bind(deleted)
-    .bind(content)
+    .bind(stored)
     .bind(&index)
+    .bind(ciphertext)
+    .bind(key_id)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -371,14 +396,18 @@ pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_up
     }
     let types: Vec<&str> = rows.iter().map(|r| r.0).collect();
     let ids: Vec<&str> = rows.iter().map(|r| r.1).collect();
-    let contents: Vec<String> = rows.iter().map(|r| r.2.to_string()).collect();
+    let sealed: Vec<crate::crypto::SealedResource> =
+        rows.iter().map(|(rt, id, c)| crate::crypto::seal(rt, id, 1, c)).collect::<FhirResult<_>>()?;
+    let contents: Vec<String> = sealed.iter().map(|s| s.content.to_string()).collect();
+    let ciphertexts: Vec<Option<&[u8]>> = sealed.iter().map(|s| s.sealed.as_deref()).collect();
+    let key_ids: Vec<Option<&str>> = sealed.iter().map(|s| s.key_id.as_deref()).collect();
     let index = index::rows_json(rows.iter().copied(), base);
     sqlx::query(
-        "WITH input AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(resource_type, id, content)), \
-         current AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) \
-           SELECT resource_type, id, 1, $4, false, content::jsonb FROM input RETURNING resource_type, id, content), \
-         history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
-           SELECT resource_type, id, 1, $4, 'POST', false, content FROM current RETURNING 1) \
+        "WITH input AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $6::bytea[], $7::text[]) AS t(resource_type, id, content, sealed, key_id)), \
+         current AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content, sealed, key_id) \
+           SELECT resource_type, id, 1, $4, false, content::jsonb, sealed, key_id FROM input RETURNING resource_type, id, content, sealed, key_id), \
+         history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content, sealed, key_id) \
+           SELECT resource_type, id, 1, $4, 'POST', false, content, sealed, key_id FROM current RETURNING 1) \
          SELECT search_index_replace($1, $2, $5, true) FROM (SELECT count(*) FROM history) written",
     )
     .bind(&types)
@@ -386,6 +415,8 @@ pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_up
     .bind(&contents)
     .bind(last_updated)
     .bind(&index)
+    .bind(&ciphertexts)
+    .bind(&key_ids)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -395,28 +426,31 @@ pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_up
 /// commit): the current row and its history row are written by the same atomic statement.
 pub async fn create_one(store: &Store, resource_type: &str, id: &str, last_updated: DateTime<Utc>, content: &Value, base: &str) -> FhirResult<()> {
     let index = index::rows_json([(resource_type, id, content)], base);
+    let sealed = crate::crypto::seal(resource_type, id, 1, content)?;
     sqlx::query(
-        "WITH current AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) \
-         VALUES ($1, $2, 1, $3, false, $4) RETURNING 1), \
-         history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
-         SELECT $1, $2, 1, $3, 'POST', false, $4 FROM current RETURNING 1) \
+        "WITH current AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content, sealed, key_id) \
+         VALUES ($1, $2, 1, $3, false, $4, $6, $7) RETURNING 1), \
+         history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content, sealed, key_id) \
+         SELECT $1, $2, 1, $3, 'POST', false, $4, $6, $7 FROM current RETURNING 1) \
          SELECT search_index_replace(ARRAY[$1], ARRAY[$2], $5, true) FROM history",
     )
     .bind(resource_type)
     .bind(id)
     .bind(last_updated)
-    .bind(content)
+    .bind(&sealed.content)
     .bind(&index)
+    .bind(&sealed.sealed)
+    .bind(&sealed.key_id)
     .execute(&store.pool)
     .await?;
     Ok(())
 }
 
-/// Writes the next version of `resource_type/id` (or its first) in one atomic statement: the
-/// upsert takes the row lock and derives the version from the row it locked, so concurrent
-/// writers of one resource get consecutive versions. `content` carries `meta.versionId` "1",
-/// which the statement corrects for updates. Returns the version written and whether the
-/// resource was created (new, or revived after a delete).
+/// Writes the next version of `resource_type/id` (or its first) in one transaction: the current
+/// row is locked, so concurrent writers of one resource get consecutive versions, and the
+/// version is known before the write (the sealed elements' associated data names it).
+/// `content` carries `meta.versionId` "1", corrected here for updates. Returns the version
+/// written and whether the resource was created (new, or revived after a delete).
 pub async fn upsert_one(
     store: &Store,
     resource_type: &str,
@@ -426,35 +460,22 @@ pub async fn upsert_one(
     content: &Value,
     base: &str,
 ) -> FhirResult<(i64, bool)> {
-    let index = index::rows_json([(resource_type, id, content)], base);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = sqlx::query(
-            "WITH previous AS (SELECT deleted FROM resource WHERE resource_type = $1 AND id = $2), \
-             current AS (INSERT INTO resource AS r (resource_type, id, version_id, last_updated, deleted, content) \
-               VALUES ($1, $2, 1, $3, false, $4) \
-               ON CONFLICT (resource_type, id) DO UPDATE SET version_id = r.version_id + 1, last_updated = EXCLUDED.last_updated, \
-                 deleted = false, content = jsonb_set(EXCLUDED.content, '{meta,versionId}', to_jsonb((r.version_id + 1)::text)) \
-               RETURNING r.version_id, r.content), \
-             history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content) \
-               SELECT $1, $2, version_id, $3, $5, false, content FROM current) \
-             SELECT version_id, coalesce((SELECT deleted FROM previous), true) AS created, \
-               search_index_replace(ARRAY[$1], ARRAY[$2], $6, false) FROM current",
-        )
-        .bind(resource_type)
-        .bind(id)
-        .bind(last_updated)
-        .bind(content)
-        .bind(method)
-        .bind(&index)
-        .fetch_one(&store.pool)
-        .await;
-        match result.map_err(FhirError::from) {
-            Ok(row) => return Ok((row.get(0), row.get(1))),
-            // Two first writes of one id race on the history key: the loser retries as an update.
-            Err(FhirError::Retryable(_)) if attempt < 4 => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    store
+        .with_transaction(|mut tx| {
+            Box::pin(async move {
+                let result = async {
+                    let current = lock_current(&mut tx, resource_type, id).await?;
+                    let version = current.map_or(1, |(v, _)| v + 1);
+                    let mut versioned = content.clone();
+                    if let Some(meta) = versioned.get_mut("meta").and_then(Value::as_object_mut) {
+                        meta.insert("versionId".into(), Value::String(version.to_string()));
+                    }
+                    write_version(&mut tx, resource_type, id, version, last_updated, method, Some(&versioned), base).await?;
+                    Ok((version, current.is_none_or(|(_, deleted)| deleted)))
+                }
+                .await;
+                (tx, result)
+            })
+        })
+        .await
 }

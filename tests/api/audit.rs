@@ -10,13 +10,27 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 /// The AuditEvents of one token subject (`agent.altId`), oldest first.
+/// The complete AuditEvents (sealed elements opened) of the trail's records of `subject`, in
+/// chain order. The trail itself holds them without their sealed elements (the query).
 async fn events_of(app: &TestApp, subject: &str) -> Vec<Value> {
-    let rows: Vec<(Value,)> = sqlx::query_as("SELECT event FROM audit_log WHERE event -> 'agent' -> 0 ->> 'altId' = $1 ORDER BY seq")
-        .bind(subject)
-        .fetch_all(app.store.pool())
-        .await
-        .unwrap();
-    rows.into_iter().map(|(e,)| e).collect()
+    let rows = sqlx::query(
+        "SELECT r.id, r.version_id, r.content, r.sealed, r.key_id, l.event FROM audit_log l \
+           JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id \
+          WHERE l.event -> 'agent' -> 0 ->> 'altId' = $1 ORDER BY l.seq",
+    )
+    .bind(subject)
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|row| {
+            use sqlx::Row;
+            let trail: Value = row.get("event");
+            assert!(!trail.to_string().contains("\"query\""), "the trail holds no search query in the clear: {trail}");
+            let id: String = row.get("id");
+            ironfhir::store::open_row("AuditEvent", &id, row.get("version_id"), row).unwrap().unwrap()
+        })
+        .collect()
 }
 
 fn subtype(event: &Value) -> &str {
@@ -115,7 +129,7 @@ async fn verify_names_the_first_edited_deleted_or_reordered_record() {
     assert_eq!(broken.seq, 2, "{broken:?}");
     assert!(broken.reason.contains("edited"), "{broken:?}");
     // Even with its hash recomputed, the next record no longer follows it.
-    tamper(&app, "UPDATE audit_log SET hash = sha256(prev_hash || convert_to(seq::text || event::text, 'UTF8')) WHERE seq = 2").await;
+    tamper(&app, "UPDATE audit_log SET hash = sha256(prev_hash || convert_to(seq::text || event::text, 'UTF8') || coalesce(sealed_mac, ''::bytea)) WHERE seq = 2").await;
     let broken = verify(&app.store).await.unwrap().unwrap_err();
     assert_eq!(broken.seq, 3, "{broken:?}");
     tamper(&app, "DELETE FROM audit_log; INSERT INTO audit_log SELECT * FROM saved").await;
@@ -144,6 +158,8 @@ fn verify_cli(app: &TestApp) -> std::process::Output {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironfhir"))
         .args(["audit", "verify", "--data-dir"])
         .arg(&dir)
+        .arg("--kek-file")
+        .arg(app.data_dir.join("kek.key"))
         .env("DATABASE_URL", &app.database_url)
         .output()
         .unwrap();

@@ -75,7 +75,7 @@ async fn system_search_spans_the_listed_types_and_refuses_parameters_they_do_not
 
 #[tokio::test]
 async fn token_text_identifier_of_type_and_reference_identifier_modifiers() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_sealing_nothing().await;
     fixture(&app).await;
     assert_eq!(ids(&app, "Observation?code:text=BODY").await, ["Observation/o2", "Observation/o3"]);
     assert_eq!(ids(&app, "Observation?code:text=heart rate disp").await, ["Observation/o1"], "Coding.display counts");
@@ -89,7 +89,7 @@ async fn token_text_identifier_of_type_and_reference_identifier_modifiers() {
 
 #[tokio::test]
 async fn string_search_ignores_case_and_accents() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_sealing_nothing().await;
     fixture(&app).await;
     assert_eq!(ids(&app, "Patient?family=muller").await, ["Patient/p1"]);
     assert_eq!(ids(&app, "Patient?family=MÜLLER").await, ["Patient/p1"]);
@@ -109,7 +109,7 @@ async fn ordered(app: &TestApp, query: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn sort_orders_by_any_parameter_with_several_keys_and_missing_values_last() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_sealing_nothing().await;
     for (id, family, birth) in [("a", "Brown", Some("1990-05-01")), ("b", "adams", Some("1985")), ("c", "Ćwik", None), ("d", "Brown", Some("1970-01-01"))] {
         let mut p = json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]});
         if let Some(b) = birth {
@@ -191,7 +191,7 @@ async fn walk(app: &TestApp, first: &str, between_pages: impl AsyncFn(usize)) ->
 
 #[tokio::test]
 async fn paging_neither_repeats_nor_skips_matches_while_resources_are_created_and_deleted() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_sealing_nothing().await;
     for i in 0..30 {
         app.put(json!({"resourceType": "Patient", "id": format!("m{i:02}"), "gender": "female"})).await;
     }
@@ -220,7 +220,7 @@ async fn paging_neither_repeats_nor_skips_matches_while_resources_are_created_an
 
 #[tokio::test]
 async fn text_searches_the_narrative_and_content_searches_every_string() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_sealing_nothing().await;
     app.put(json!({"resourceType": "Patient", "id": "t1", "name": [{"family": "Narrativeperson"}],
         "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Allergic to <b>penicillin</b>, prefers mornings</p></div>"}}))
     .await;

@@ -39,6 +39,19 @@ fn template_name() -> String {
     format!("ironfhir_tpl_{hash:016x}")
 }
 
+/// The configuration a command-line tool would be given for a test's database and keys.
+pub fn config(database_url: &str, data_dir: &std::path::Path) -> ironfhir::config::Config {
+    ironfhir::config::Config {
+        data_dir: data_dir.to_owned(),
+        database_url: Some(database_url.to_owned()),
+        signing_key: None,
+        issuer: "ironfhir".into(),
+        kek_file: None,
+        phi_policy: None,
+        blind_prefix_length: 32,
+    }
+}
+
 /// Creates a fresh database cloned from the migrated template and returns its URL.
 pub async fn fresh_database() -> (String, String) {
     let admin = admin_url();
@@ -78,6 +91,8 @@ pub struct TestApp {
     /// The test database, for tests that run the binary against it.
     pub database_url: String,
     db_name: String,
+    /// The data directory holding the test's key-encryption key (`--data-dir` for the binary).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Options for [`TestApp::spawn_with`].
@@ -99,6 +114,15 @@ impl TestApp {
         Self::spawn_with(Options::default()).await
     }
 
+    /// Spawns the app under an operator PHI policy that seals nothing, so that every search
+    /// parameter is a plain one: what tests of the search engine's own grammar (`:contains`,
+    /// date prefixes, `_sort`, `_text` on Patient) need. Under the default policy those
+    /// parameters are blind-indexed and refuse such searches (tests/api/sealing.rs).
+    pub async fn spawn_sealing_nothing() -> TestApp {
+        ironfhir::crypto::policy::install_policy(Default::default()).unwrap();
+        Self::spawn().await
+    }
+
     /// Spawns the app with options.
     pub async fn spawn_with(options: Options) -> TestApp {
         Self::spawn_with_bundle_limit(options, 10_000).await
@@ -115,6 +139,9 @@ impl TestApp {
         let (url, db_name) = fresh_database().await;
         definitions.await.unwrap();
         let store = Store::connect(&url, 5, Duration::from_secs(10)).await.unwrap();
+        // The keys that seal PHI: a key-encryption key generated into a per-test directory.
+        let data_dir = std::env::temp_dir().join(format!("ironfhir-test-keys-{db_name}"));
+        ironfhir::crypto::keys::open(&store, &config(&url, &data_dir)).await.unwrap();
         let pem = keys::generate_pem().unwrap();
         let tokens = TokenAuthority::from_pem(&pem, "ironfhir").unwrap();
         let token = tokens.issue("test-operator", "system/*.*", 600).unwrap();
@@ -152,6 +179,7 @@ impl TestApp {
             exports,
             database_url: url,
             db_name,
+            data_dir,
         }
     }
 
@@ -215,6 +243,7 @@ impl Drop for TestApp {
         // `WITH (FORCE)` ends its connections.
         drop_database(&self.db_name);
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("ironfhir-test-docs-{}", self.db_name)));
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 

@@ -62,14 +62,20 @@ async fn counts(db: &mut PgConnection) -> (i64, i64, i64) {
     )
 }
 
-async fn content(db: &mut PgConnection, rt: &str, id: &str) -> Value {
-    sqlx::query("SELECT content FROM resource WHERE resource_type = $1 AND id = $2")
+/// The complete stored resource: its sealed elements opened with the keys `import` created in
+/// `data_dir` (the first call opens them).
+async fn content(db: &mut PgConnection, rt: &str, id: &str, url: &str, data_dir: &Path) -> Value {
+    if ironfhir::crypto::keyring().is_err() {
+        let store = ironfhir::store::Store::connect(url, 1, std::time::Duration::from_secs(10)).await.unwrap();
+        ironfhir::crypto::keys::open(&store, &crate::helpers::config(url, data_dir)).await.unwrap();
+    }
+    let row = sqlx::query("SELECT version_id, content, sealed, key_id FROM resource WHERE resource_type = $1 AND id = $2")
         .bind(rt)
         .bind(id)
         .fetch_one(db)
         .await
-        .unwrap()
-        .get::<Value, _>(0)
+        .unwrap();
+    ironfhir::store::open_row(rt, id, row.get("version_id"), &row).unwrap().unwrap()
 }
 
 fn transaction_bundle() -> Value {
@@ -110,12 +116,15 @@ async fn import_loads_ndjson_files_and_a_transaction_bundle_whose_urn_uuid_refer
         .await
         .unwrap();
     assert_eq!(stale, Some(false));
-    let indexed: i64 = sqlx::query_scalar("SELECT count(*) FROM search_string WHERE resource_type = 'Patient' AND param = 'given' AND normalized = 'synth7'")
+    // Given names are sealed: imported patients get blind index rows, never the name itself.
+    let indexed: i64 = sqlx::query_scalar("SELECT count(*) FROM search_blind WHERE resource_type = 'Patient' AND id = 'imp-7' AND param = 'given'")
         .fetch_one(&mut db)
         .await
         .unwrap();
-    assert_eq!(indexed, 1, "imported resources are indexed");
-    let p = content(&mut db, "Patient", "imp-7").await;
+    assert_eq!(indexed, "synth7".len() as i64 + 1, "imported resources are indexed");
+    let clear: i64 = sqlx::query_scalar("SELECT count(*) FROM search_string WHERE resource_type = 'Patient' AND normalized LIKE 'synth%'").fetch_one(&mut db).await.unwrap();
+    assert_eq!(clear, 0, "no sealed value in the clear index");
+    let p = content(&mut db, "Patient", "imp-7", &url, &dir).await;
     assert_eq!(p["meta"]["versionId"], "1");
     assert_eq!(p["name"][0]["given"][0], "Synth7");
     // The Observation of the transaction points at the Patient it created.
@@ -123,7 +132,7 @@ async fn import_loads_ndjson_files_and_a_transaction_bundle_whose_urn_uuid_refer
     let obs: Value = obs.get(0);
     let reference = obs["subject"]["reference"].as_str().unwrap().to_owned();
     let patient_id = reference.strip_prefix("Patient/").expect("rewritten to Patient/<id>");
-    assert_eq!(content(&mut db, "Patient", patient_id).await["name"][0]["family"], "Bundleperson");
+    assert_eq!(content(&mut db, "Patient", patient_id, &url, &dir).await["name"][0]["family"], "Bundleperson");
     assert_ne!(obs["id"], "ignored", "POST in a transaction assigns the id");
     let done: i64 = sqlx::query("SELECT count(*) FROM import_progress WHERE completed").fetch_one(&mut db).await.unwrap().get(0);
     assert_eq!(done, 3);
@@ -155,7 +164,7 @@ async fn an_invalid_line_is_reported_with_file_and_line_without_its_content_and_
     assert_eq!(numbers, ["2", "2"], "resources and errors of the file: {row}");
     let mut db = connect(&url).await;
     assert_eq!(counts(&mut db).await, (2, 2, 1));
-    assert_eq!(content(&mut db, "Patient", "ok-2").await["gender"], "female");
+    assert_eq!(content(&mut db, "Patient", "ok-2", &url, &dir).await["gender"], "female");
 }
 
 #[tokio::test]
@@ -268,7 +277,7 @@ async fn transaction_bundles_import_all_or_nothing_on_the_fast_path_and_through_
         .unwrap()
         .get::<Value, _>(0);
     let patient_id = obs["subject"]["reference"].as_str().unwrap().strip_prefix("Patient/").unwrap().to_owned();
-    assert_eq!(content(&mut db, "Patient", &patient_id).await["identifier"][0]["value"], "cond-1");
+    assert_eq!(content(&mut db, "Patient", &patient_id, &url, &dir).await["identifier"][0]["value"], "cond-1");
     // Re-running writes nothing again (the broken file is retried and fails again).
     let again = import(&url, &dir, &[&dir], &["--parallel", "1"]);
     assert!(!again.status.success());
@@ -297,7 +306,7 @@ async fn a_bundle_whose_conditional_reference_targets_a_later_file_is_imported_i
     let mut db = connect(&url).await;
     let p = sqlx::query("SELECT content FROM resource WHERE resource_type = 'Patient'").fetch_one(&mut db).await.unwrap().get::<Value, _>(0);
     let org = p["managingOrganization"]["reference"].as_str().unwrap().strip_prefix("Organization/").unwrap().to_owned();
-    assert_eq!(content(&mut db, "Organization", &org).await["name"], "Synthetic Hospital");
+    assert_eq!(content(&mut db, "Organization", &org, &url, &dir).await["name"], "Synthetic Hospital");
 
     // A reference that nothing satisfies still fails, after the second pass.
     let (url, name) = fresh_database().await;

@@ -72,7 +72,7 @@ async fn token_search_matches_system_and_code_as_written() {
 
 #[tokio::test]
 async fn string_search_is_a_case_insensitive_prefix_match_with_exact_and_contains_modifiers() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_sealing_nothing().await;
     app.put_new(json!({"resourceType": "Patient", "id": "s1", "name": [{"family": "Testperson", "given": ["Ann"]}]})).await;
     app.put_new(json!({"resourceType": "Patient", "id": "s2", "name": [{"family": "Othertest", "given": ["Bob"]}]})).await;
     app.put_new(json!({"resourceType": "Patient", "id": "s3", "name": [{"family": "Testperson,Alpha"}]})).await;
@@ -144,7 +144,7 @@ async fn reference_search_does_not_match_references_to_other_servers() {
 
 #[tokio::test]
 async fn date_search_compares_partial_dates_as_ranges_with_every_prefix() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_sealing_nothing().await;
     for (id, birth) in [("a", Some("1980-02-03")), ("b", Some("1980-12-31")), ("c", Some("1979-06-15")), ("d", Some("1981-01-01")), ("e", None)] {
         let mut p = json!({"resourceType": "Patient", "id": id});
         if let Some(birth) = birth {

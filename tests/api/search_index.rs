@@ -39,7 +39,14 @@ async fn every_write_path_keeps_the_index_in_step_with_the_resource() {
     // create (one statement)
     let created = app.create(&json!({"resourceType": "Patient", "name": [{"family": "Alvarez"}], "gender": "female"})).await;
     let id = created["id"].as_str().unwrap().to_owned();
-    assert!(index_rows(&app, "Patient", &id).await.contains(&"family=alvarez".to_owned()));
+    // A sealed name has blind rows only (crypto::blind), never its value in the index tables.
+    assert!(!index_rows(&app, "Patient", &id).await.iter().any(|row| row.contains("alvarez")));
+    let blind: i64 = sqlx::query_scalar("SELECT count(*) FROM search_blind WHERE resource_type = 'Patient' AND id = $1 AND param = 'family'")
+        .bind(&id)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(blind, "alvarez".len() as i64 + 1, "one row per prefix and one for :exact");
     assert_eq!(ids(&app, "Patient?family=alva").await, vec![id.clone()]);
 
     // update: the old value's rows are gone
@@ -123,8 +130,13 @@ async fn concurrent_updates_of_one_resource_leave_only_the_last_versions_rows() 
     }
     let current = app.get_json("Patient/race").await;
     let family = current["name"][0]["family"].as_str().unwrap().to_lowercase();
-    let rows: Vec<String> = index_rows(&app, "Patient", "race").await.into_iter().filter(|r| r.starts_with("family=")).collect();
-    assert_eq!(rows, vec![format!("family={family}")], "exactly the current version is indexed");
+    // Names are blind-indexed: one row per prefix plus one for :exact, of the current version only.
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM search_blind WHERE resource_type = 'Patient' AND id = 'race' AND param = 'family'")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, family.chars().count() as i64 + 1, "exactly the current version is indexed");
+    assert_eq!(ids(&app, &format!("Patient?family={family}")).await, vec!["race".to_owned()]);
 }
 
 #[tokio::test]
@@ -137,7 +149,7 @@ async fn reindex_rebuilds_wiped_index_tables_from_the_resources() {
     }
     app.put(json!({"resourceType": "Patient", "id": "gone", "name": [{"family": "Reindexed-deleted"}]})).await;
     assert!(app.req(Method::DELETE, "Patient/gone").send().await.unwrap().status().is_success());
-    for table in ["search_string", "search_token", "search_reference", "search_date", "search_number", "search_uri"] {
+    for table in ["search_string", "search_token", "search_reference", "search_date", "search_number", "search_uri", "search_blind"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(app.store.pool()).await.unwrap();
     }
     assert!(ids(&app, "Patient?family=reindexed").await.is_empty(), "searches read the index tables");
@@ -146,13 +158,16 @@ async fn reindex_rebuilds_wiped_index_tables_from_the_resources() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironfhir"))
         .args(["reindex", "--batch-size", "3", "--data-dir"])
         .arg(std::env::temp_dir().join("ironfhir-reindex-test"))
+        .arg("--kek-file")
+        .arg(app.data_dir.join("kek.key"))
         .env("DATABASE_URL", &url)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("7 resources re-indexed"), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(ids(&app, "Patient?family=reindexed").await.len(), 7, "the deleted one stays unfound");
-    assert_eq!(ids(&app, "Patient?birthdate=ge1980-02-05").await, vec!["re-4", "re-5", "re-6"]);
+    assert_eq!(ids(&app, "Patient?birthdate=1980-02-05").await, vec!["re-4"]);
+    assert_eq!(ids(&app, "Patient?birthdate=1980-02").await.len(), 7, "month precision of the blind date index");
     let state = ironfhir::reindex::state(&app.store).await.unwrap();
     assert!(state.current, "the rebuild recorded the definitions it used and no resume point");
 }
@@ -242,9 +257,11 @@ async fn the_benchmark_searches_use_index_scans_on_a_populated_database() {
         "INSERT INTO resource (resource_type, id, version_id, last_updated, content) \
            SELECT 'Observation', 'Observation-' || g, 1, now(), jsonb_build_object('resourceType', 'Observation', 'id', 'Observation-' || g) \
            FROM generate_series(1, 100000) g",
-        "INSERT INTO search_string SELECT 'Patient', 'Patient-' || g, p, 'name' || (g % 5000), 'Name' || (g % 5000) \
-           FROM generate_series(1, 20000) g, unnest(ARRAY['name', 'family']) p",
-        "INSERT INTO search_token SELECT 'Patient', 'Patient-' || g, 'identifier', 'urn:mrn', 'mrn-' || g FROM generate_series(1, 20000) g",
+        // Names and identifiers of patients are sealed: their rows are blind (keyed hashes).
+        "INSERT INTO search_blind SELECT 'Patient', 'Patient-' || g, p, decode(md5('name' || (g % 5000) || h), 'hex') \
+           FROM generate_series(1, 20000) g, unnest(ARRAY['name', 'family']) p, generate_series(1, 8) h",
+        "INSERT INTO search_blind SELECT 'Patient', 'Patient-' || g, 'identifier', decode(md5('mrn-' || g || h), 'hex') \
+           FROM generate_series(1, 20000) g, generate_series(1, 3) h",
         "INSERT INTO search_reference SELECT 'Observation', 'Observation-' || g, p, 'Patient/Patient-' || (g % 20000) \
            FROM generate_series(1, 100000) g, unnest(ARRAY['subject', 'patient']) p",
         "INSERT INTO search_token SELECT 'Observation', 'Observation-' || g, 'code', 'http://loinc.org', 'code-' || (g % 40) FROM generate_series(1, 100000) g",
