@@ -137,18 +137,21 @@ def test_chain_and_reverse_chain(http, base):
 
 
 def test_date_prefixes_follow_the_precision_of_the_value(http, base):
-    """search.html#date: `birthdate=1970-05` covers the month; `ge`/`lt` compare ranges, so a
-    day inside the month is `eq1970-05` but neither `lt1970-05` nor `gt1970-05`."""
-    family = unique("Dates")
-    born = create(http, base, {**patient(family=family), "birthDate": "1970-05-17"})
-    q = lambda v: entry_ids(search(http, base, "Patient", {"family": family, "birthdate": v}))
-    assert q("1970-05") == [born["id"]]
-    assert q("eq1970") == [born["id"]]
+    """search.html#date: `date=1970-05` covers the month; `ge`/`lt` compare ranges, so a day
+    inside the month is `eq1970-05` but neither `lt1970-05` nor `gt1970-05`. (Observation's
+    date: a Patient's birthdate is sealed PHI, searched by equality only — test_phi_sealing.)"""
+    code = unique("Dates")
+    seen = create(http, base, {"resourceType": "Observation", "status": "final",
+                               "code": {"coding": [{"system": "urn:example:dates", "code": code}]},
+                               "effectiveDateTime": "1970-05-17"})
+    q = lambda v: entry_ids(search(http, base, "Observation", {"code": f"urn:example:dates|{code}", "date": v}))
+    assert q("1970-05") == [seen["id"]]
+    assert q("eq1970") == [seen["id"]]
     assert q("lt1970-05") == []
     assert q("gt1970-05") == []
-    assert q("ge1970-05-17") == [born["id"]]
-    assert q("lt1970-05-18") == [born["id"]]
-    assert q("sa1970-04") == [born["id"]]
+    assert q("ge1970-05-17") == [seen["id"]]
+    assert q("lt1970-05-18") == [seen["id"]]
+    assert q("sa1970-04") == [seen["id"]]
 
 
 def test_a_search_parameter_defined_by_a_client_becomes_searchable(http, base):

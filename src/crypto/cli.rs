@@ -64,6 +64,9 @@ async fn rotate(store: &crate::store::Store, config: &crate::config::Config, no_
     if no_wait {
         return Ok(());
     }
+    // Running servers learn new keys every 2 s (keys::spawn_key_poller): rows are moved to the
+    // new key only once every server can read it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let bar = indicatif::ProgressBar::new_spinner();
     let mut total = 0;
     loop {

@@ -141,7 +141,10 @@ impl TestApp {
         let store = Store::connect(&url, 5, Duration::from_secs(10)).await.unwrap();
         // The keys that seal PHI: a key-encryption key generated into a per-test directory.
         let data_dir = std::env::temp_dir().join(format!("ironfhir-test-keys-{db_name}"));
-        ironfhir::crypto::keys::open(&store, &config(&url, &data_dir)).await.unwrap();
+        let keyring = ironfhir::crypto::keys::open(&store, &config(&url, &data_dir)).await.unwrap();
+        // As `serve` does: learn data keys that `ironfhir keys rotate` creates.
+        let kek = ironfhir::crypto::keys::configured_provider(&config(&url, &data_dir)).unwrap();
+        ironfhir::crypto::keys::spawn_key_poller(store.clone(), keyring, kek);
         let pem = keys::generate_pem().unwrap();
         let tokens = TokenAuthority::from_pem(&pem, "ironfhir").unwrap();
         let token = tokens.issue("test-operator", "system/*.*", 600).unwrap();

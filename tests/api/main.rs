@@ -19,6 +19,7 @@ mod formats;
 mod history;
 mod import;
 mod metadata;
+mod sealing;
 mod search;
 mod search_index;
 mod validation;
