@@ -15,6 +15,8 @@
 #   CARGO_TARGET_DIR         honoured for the release build
 #   BENCH_OUT [bench/out/<time>]  where data, logs and report.md go
 #   BENCH_KEEP=1             keep the database afterwards
+#   BENCH_SERVER_ARGS        extra `serve` flags (bench/phi.sh: --no-seal --no-audit)
+#   BENCH_SKIP_PGBENCH=1     skip the PostgreSQL-limits phase and the report (bench/phi.sh)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -92,7 +94,7 @@ BASE="http://127.0.0.1:$PORT/fhir"
 mkdir -p "$OUT/server"
 log "starting $BIN on $BASE (log: $OUT/server.log)"
 DATABASE_URL="$DBURL" RUST_LOG="${RUST_LOG:-warn}" \
-  "$BIN" serve --data-dir "$OUT/server" --listen "127.0.0.1:$PORT" >"$OUT/server.log" 2>&1 &
+  "$BIN" serve --data-dir "$OUT/server" --listen "127.0.0.1:$PORT" ${BENCH_SERVER_ARGS:-} >"$OUT/server.log" 2>&1 &
 SERVER_PID=$!
 for i in $(seq 600); do
   if curl -fsS -o /dev/null "$BASE/metadata" 2>/dev/null \
@@ -136,6 +138,11 @@ log "read by id: warm-up 5 s, then ${DURATION}s"
 "${WRK[@]}" -d"${DURATION}s" -s "$HERE/urls.lua" "$BASE" -- "$TOKEN" "$DATA/ids.tsv" \
   > "$OUT/wrk_read.txt"
 result < "$OUT/wrk_read.txt" > "$OUT/read.json"
+
+if [[ "${BENCH_SKIP_PGBENCH:-0}" == 1 ]]; then
+  log "results in $OUT (pgbench phase and report skipped)"
+  exit 0
+fi
 
 # ------------------------------------------------------------------ 4. PostgreSQL limits (pgbench)
 log "pgbench: preparing scratch tables"

@@ -92,3 +92,19 @@ CREATE TRIGGER audit_event_resource_no_change BEFORE UPDATE ON resource
 -- blind-index key) of the sealed elements' plaintext, so the hash stays valid when rotation
 -- re-encrypts them, and `audit verify` checks it against the decrypted AuditEvent.
 ALTER TABLE audit_log ADD COLUMN sealed_mac bytea;
+
+-- Audit intents: every write inserts one row here in its own transaction (type, id, version and
+-- who wrote it, no content), so a committed write always has an audit record even if the server
+-- stops before the request's AuditEvent joins the chain. The chain writer deletes a request's
+-- intents in the transaction that appends its AuditEvent; intents left behind are turned into
+-- AuditEvents by the recovery pass (src/audit/intent.rs).
+CREATE TABLE audit_intent (
+    request_id    uuid        NOT NULL,
+    resource_type text        NOT NULL,
+    id            text        NOT NULL,
+    version_id    bigint      NOT NULL,
+    agent         jsonb       NOT NULL,
+    recorded      timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX audit_intent_request ON audit_intent (request_id);
+CREATE INDEX audit_intent_recorded ON audit_intent (recorded);

@@ -141,6 +141,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         role_grants: Default::default(),
         audit: if args.no_audit { Default::default() } else { crate::audit::trail::AuditTrail::start(db.store.clone()) },
     });
+    if state.audit.enabled() {
+        crate::audit::intent::spawn_recovery(db.store.clone(), state.audit.clone());
+    }
     crate::oauth::spawn_revocation_poller(state.clone());
     // Preload the FHIR definitions so the first request does not pay for parsing them.
     let _ = crate::fhir::definitions::definitions();

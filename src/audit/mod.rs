@@ -5,6 +5,7 @@
 //! address), what (the resource, the patient concerned, the query of a search) and how it
 //! ended; never a token, secret or password.
 
+pub mod intent;
 pub mod trail;
 
 use axum::http::{Method, StatusCode};
@@ -28,6 +29,23 @@ pub struct Access<'a> {
     pub network: Option<String>,
     /// `Type/ID` of the resource a create made.
     pub created: Option<String>,
+}
+
+/// The requesting agent of a request's AuditEvent: the token's subject, the acting role or
+/// user, the client and the network address (also what a write's audit intent records).
+pub fn requesting_agent(principal: &Principal, network: Option<&str>) -> Value {
+    let mut agent = json!({"requestor": true, "altId": principal.subject});
+    let who = principal.role.as_deref().filter(|r| r.starts_with("PractitionerRole/")).or(principal.fhir_user.as_deref());
+    if let Some(who) = who {
+        agent["who"] = json!({"reference": who});
+    }
+    if let Some(client) = &principal.client_id {
+        agent["name"] = json!(format!("client {client}"));
+    }
+    if let Some(address) = network {
+        agent["network"] = json!({"address": address, "type": "2"});
+    }
+    agent
 }
 
 /// The interaction (restful-interaction code) and action (C/R/U/D/E) of a request.
@@ -64,7 +82,7 @@ fn outcome(status: StatusCode) -> &'static str {
     }
 }
 
-fn source() -> Value {
+pub(crate) fn source() -> Value {
     json!({"observer": {"display": "ironfhir"}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]})
 }
 
@@ -82,18 +100,7 @@ fn object_entity(reference: &str) -> Value {
 pub fn rest_events(access: &Access<'_>) -> Vec<Value> {
     let principal = access.principal;
     let (subtype, action) = interaction(access.method, access.path);
-    let mut agent = json!({"requestor": true, "altId": principal.subject});
-    let who = principal.role.as_deref().filter(|r| r.starts_with("PractitionerRole/")).or(principal.fhir_user.as_deref());
-    if let Some(who) = who {
-        agent["who"] = json!({"reference": who});
-    }
-    if let Some(client) = &principal.client_id {
-        agent["name"] = json!(format!("client {client}"));
-    }
-    if let Some(address) = &access.network {
-        agent["network"] = json!({"address": address, "type": "2"});
-    }
-    let mut agents = vec![agent];
+    let mut agents = vec![requesting_agent(principal, access.network.as_deref())];
     if let (Some(user), Some(role)) = (principal.fhir_user.as_deref(), principal.role.as_deref().filter(|r| r.starts_with("PractitionerRole/"))) {
         // The person behind the role, as a second agent.
         agents.push(json!({"who": {"reference": user}, "requestor": false, "role": [{"text": format!("acting in {role}")}]}));

@@ -21,11 +21,15 @@ const MAX_BATCH: usize = 512;
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
+/// An event, the request whose audit intents it completes (see [`super::intent`]), and who
+/// waits for it.
+type Queued = (Value, Option<uuid::Uuid>, Ack);
+
 /// Handle to the writer task; cloned into the application state. `Default` is a trail that
 /// records nothing (benchmarks with auditing off, tests that do not look at it).
 #[derive(Clone, Default)]
 pub struct AuditTrail {
-    sender: Option<mpsc::Sender<(Value, Ack)>>,
+    sender: Option<mpsc::Sender<Queued>>,
 }
 
 impl AuditTrail {
@@ -44,10 +48,16 @@ impl AuditTrail {
     /// Appends `event` (an AuditEvent without id and meta) and waits until it is committed;
     /// 503 when it could not be.
     pub async fn record(&self, event: Value) -> FhirResult<()> {
+        self.record_for(event, None).await
+    }
+
+    /// [`Self::record`] for the request `request_id`, whose audit intents are deleted in the
+    /// same transaction as the event is appended.
+    pub async fn record_for(&self, event: Value, request_id: Option<uuid::Uuid>) -> FhirResult<()> {
         let Some(sender) = &self.sender else { return Ok(()) };
         let (ack, done) = oneshot::channel();
         let unavailable = || FhirError::Unavailable("the audit trail cannot be written; the request was not completed".into());
-        sender.send((event, ack)).await.map_err(|_| unavailable())?;
+        sender.send((event, request_id, ack)).await.map_err(|_| unavailable())?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
@@ -59,7 +69,7 @@ impl AuditTrail {
     }
 }
 
-async fn writer(store: Store, mut receiver: mpsc::Receiver<(Value, Ack)>) {
+async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -68,16 +78,24 @@ async fn writer(store: Store, mut receiver: mpsc::Receiver<(Value, Ack)>) {
                 Err(_) => break,
             }
         }
-        let (events, acks): (Vec<Value>, Vec<Ack>) = batch.into_iter().unzip();
-        let result = append(&store, events).await.map_err(|e| format!("{e:?}"));
+        let mut events = Vec::with_capacity(batch.len());
+        let mut requests = Vec::new();
+        let mut acks = Vec::with_capacity(batch.len());
+        for (event, request, ack) in batch {
+            events.push(event);
+            requests.extend(request);
+            acks.push(ack);
+        }
+        let result = append(&store, events, &requests).await.map_err(|e| format!("{e:?}"));
         for ack in acks {
             let _ = ack.send(result.clone());
         }
     }
 }
 
-/// Appends events to the chain and stores them as AuditEvent resources, in one transaction.
-async fn append(store: &Store, mut events: Vec<Value>) -> FhirResult<()> {
+/// Appends events to the chain and stores them as AuditEvent resources, in one transaction,
+/// which also deletes the audit intents of `requests` (their events are now in the chain).
+async fn append(store: &Store, mut events: Vec<Value>, requests: &[uuid::Uuid]) -> FhirResult<()> {
     let mut tx = store.pool().begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
     let head: Option<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
@@ -109,6 +127,9 @@ async fn append(store: &Store, mut events: Vec<Value>) -> FhirResult<()> {
     }
     let rows: Vec<(&str, &str, &Value)> = ids.iter().zip(&events).map(|(id, e)| ("AuditEvent", id.as_str(), e)).collect();
     crate::store::insert_many_new(&mut tx, &rows, now, "").await?;
+    if !requests.is_empty() {
+        sqlx::query("DELETE FROM audit_intent WHERE request_id = ANY($1)").bind(requests).execute(&mut *tx).await?;
+    }
     tx.commit().await?;
     Ok(())
 }

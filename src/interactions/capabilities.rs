@@ -42,7 +42,17 @@ fn build() -> Value {
                 .search_params(rt)
                 .into_iter()
                 .filter(|sp| search::is_supported(sp, rt))
-                .map(|sp| json!({"name": sp.code, "definition": sp.url, "type": sp.param_type}))
+                .map(|sp| {
+                    let mut entry = json!({"name": sp.code, "definition": sp.url, "type": sp.param_type});
+                    if crate::crypto::policy::is_protected(rt, &sp.code) {
+                        entry["documentation"] = json!(
+                            "Reads sealed PHI: searched through a blind index, by equality only (string prefix and :exact, \
+                             token system|code, code and system|, dates at year, month or day precision, :missing); \
+                             :contains, date comparisons and _sort are refused with 400."
+                        );
+                    }
+                    entry
+                })
                 .collect();
             let mut resource = json!({
                 "type": rt,

@@ -188,7 +188,18 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     {
         let _ = ctx.mask.set(acting.mask.clone());
     }
-    let result = route_as(state, ctx, method, &s, body, &principal).await;
+    // Writes record an audit intent in their own transaction (audit::intent), completed below
+    // by the request's AuditEvent.
+    let request_id = uuid::Uuid::new_v4();
+    let result = if state.audit.enabled() {
+        let intent = crate::audit::intent::Intent {
+            request_id,
+            agent: crate::audit::requesting_agent(&principal, ctx.network.as_deref()),
+        };
+        crate::audit::intent::scope(intent, route_as(state, ctx, method, &s, body, &principal)).await
+    } else {
+        route_as(state, ctx, method, &s, body, &principal).await
+    };
     if state.audit.enabled() {
         // Every request leaves its AuditEvent, committed before the response is sent.
         let (status, reason) = match &result {
@@ -223,7 +234,7 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             created,
         };
         for event in crate::audit::rest_events(&access) {
-            state.audit.record(event).await?;
+            state.audit.record_for(event, Some(request_id)).await?;
         }
     }
     result

@@ -334,6 +334,7 @@ pub async fn write_version(
     base: &str,
 ) -> FhirResult<()> {
     let deleted = content.is_none();
+    let intent = crate::audit::intent::current();
     let sealed = content.map(|c| crate::crypto::seal(resource_type, id, version_id, c)).transpose()?;
     let (stored, ciphertext, key_id) = match &sealed {
         Some(s) => (Some(&s.content), s.sealed.as_deref(), s.key_id.as_deref()),
@@ -357,7 +358,9 @@ pub async fn write_version(
     let index = index::rows_json(content.map(|c| (resource_type, id, c)), base);
     sqlx::query(
         "WITH history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content, sealed, key_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10)) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10)), \
+         intent AS (INSERT INTO audit_intent (request_id, resource_type, id, version_id, agent) \
+           SELECT $11, $1, $2, $3, $12 WHERE $11::uuid IS NOT NULL) \
          SELECT search_index_replace(ARRAY[$1], ARRAY[$2], $8, false)",
     )
     .bind(resource_type)
@@ -370,6 +373,8 @@ pub async fn write_version(
     .bind(&index)
     .bind(ciphertext)
     .bind(key_id)
+    .bind(intent.as_ref().map(|i| i.request_id))
+    .bind(intent.as_ref().map(|i| &i.agent))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -401,13 +406,16 @@ pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_up
     let contents: Vec<String> = sealed.iter().map(|s| s.content.to_string()).collect();
     let ciphertexts: Vec<Option<&[u8]>> = sealed.iter().map(|s| s.sealed.as_deref()).collect();
     let key_ids: Vec<Option<&str>> = sealed.iter().map(|s| s.key_id.as_deref()).collect();
+    let intent = crate::audit::intent::current();
     let index = index::rows_json(rows.iter().copied(), base);
     sqlx::query(
         "WITH input AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $6::bytea[], $7::text[]) AS t(resource_type, id, content, sealed, key_id)), \
          current AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content, sealed, key_id) \
            SELECT resource_type, id, 1, $4, false, content::jsonb, sealed, key_id FROM input RETURNING resource_type, id, content, sealed, key_id), \
          history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content, sealed, key_id) \
-           SELECT resource_type, id, 1, $4, 'POST', false, content, sealed, key_id FROM current RETURNING 1) \
+           SELECT resource_type, id, 1, $4, 'POST', false, content, sealed, key_id FROM current RETURNING 1), \
+         intent AS (INSERT INTO audit_intent (request_id, resource_type, id, version_id, agent) \
+           SELECT $8, resource_type, id, 1, $9 FROM input WHERE $8::uuid IS NOT NULL) \
          SELECT search_index_replace($1, $2, $5, true) FROM (SELECT count(*) FROM history) written",
     )
     .bind(&types)
@@ -417,6 +425,8 @@ pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_up
     .bind(&index)
     .bind(&ciphertexts)
     .bind(&key_ids)
+    .bind(intent.as_ref().map(|i| i.request_id))
+    .bind(intent.as_ref().map(|i| &i.agent))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -427,11 +437,14 @@ pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_up
 pub async fn create_one(store: &Store, resource_type: &str, id: &str, last_updated: DateTime<Utc>, content: &Value, base: &str) -> FhirResult<()> {
     let index = index::rows_json([(resource_type, id, content)], base);
     let sealed = crate::crypto::seal(resource_type, id, 1, content)?;
+    let intent = crate::audit::intent::current();
     sqlx::query(
         "WITH current AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content, sealed, key_id) \
          VALUES ($1, $2, 1, $3, false, $4, $6, $7) RETURNING 1), \
          history AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, content, sealed, key_id) \
-         SELECT $1, $2, 1, $3, 'POST', false, $4, $6, $7 FROM current RETURNING 1) \
+         SELECT $1, $2, 1, $3, 'POST', false, $4, $6, $7 FROM current RETURNING 1), \
+         intent AS (INSERT INTO audit_intent (request_id, resource_type, id, version_id, agent) \
+           SELECT $8, $1, $2, 1, $9 WHERE $8::uuid IS NOT NULL) \
          SELECT search_index_replace(ARRAY[$1], ARRAY[$2], $5, true) FROM history",
     )
     .bind(resource_type)
@@ -441,6 +454,8 @@ pub async fn create_one(store: &Store, resource_type: &str, id: &str, last_updat
     .bind(&index)
     .bind(&sealed.sealed)
     .bind(&sealed.key_id)
+    .bind(intent.as_ref().map(|i| i.request_id))
+    .bind(intent.as_ref().map(|i| &i.agent))
     .execute(&store.pool)
     .await?;
     Ok(())

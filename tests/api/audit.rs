@@ -182,3 +182,41 @@ async fn the_audit_verify_command_exits_non_zero_and_names_the_first_bad_record(
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("record 2"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_write_commits_an_audit_intent_that_its_event_completes_or_recovery_turns_into_an_event() {
+    let app = TestApp::spawn().await;
+    let created = app.create(&json!({"resourceType": "Patient", "gender": "other"})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_intent").fetch_one(app.store.pool()).await.unwrap();
+    assert_eq!(pending, 0, "the request's AuditEvent completed its intent");
+
+    // A transaction that fails leaves no intent: the intent shares the write's transaction.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:6f1c1c8e-0000-4000-8000-000000000001", "resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "id": "x", "gender": "not-a-gender"}, "request": {"method": "PUT", "url": "Patient/x"}}]});
+    assert!(app.send_json(Method::POST, "", &bundle).await.status().is_client_error());
+    let after_failure: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_intent").fetch_one(app.store.pool()).await.unwrap();
+    assert_eq!(after_failure, 0);
+
+    // The server stopped between a write's commit and its AuditEvent: the intent is left.
+    sqlx::query(
+        "INSERT INTO audit_intent (request_id, resource_type, id, version_id, agent, recorded) \
+         VALUES (gen_random_uuid(), 'Patient', $1, 1, '{\"requestor\": true, \"altId\": \"crashed-client\"}', now() - interval '5 minutes')",
+    )
+    .bind(&id)
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    let trail = ironfhir::audit::trail::AuditTrail::start(app.store.clone());
+    assert_eq!(ironfhir::audit::intent::recover(&app.store, &trail).await.unwrap(), 1);
+    let recovered = events_of(&app, "crashed-client").await;
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0]["outcome"], "0");
+    assert_eq!(entity_refs(&recovered[0]), [format!("Patient/{id}/_history/1")]);
+    assert!(recovered[0]["outcomeDesc"].as_str().unwrap().contains("recovered"));
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_intent").fetch_one(app.store.pool()).await.unwrap();
+    assert_eq!(pending, 0);
+    assert_eq!(ironfhir::audit::intent::recover(&app.store, &trail).await.unwrap(), 0, "recovered once");
+    assert!(verify(&app.store).await.unwrap().is_ok());
+}

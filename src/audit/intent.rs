@@ -1,0 +1,88 @@
+//! Audit intents: the part of a write's audit record that commits in the write's own
+//! transaction (ARCHITECTURE.md invariant 6).
+//!
+//! The complete AuditEvent of a request is built after its response (status, Location) and
+//! appended to the hash chain by the group-commit writer, which needs the chain lock and so
+//! cannot run inside every write transaction. Instead, each store write inserts an intent row
+//! (`audit_intent`: request id, type, id, version, agent — no content) in its own statement or
+//! transaction, reading the request from a task-local [`scope`]. The chain writer deletes a
+//! request's intents in the transaction that appends its AuditEvent; if the server stops in
+//! between, [`spawn_recovery`] turns the intents left behind into AuditEvents. A committed write
+//! therefore never lacks an audit record.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::store::Store;
+
+/// The request a write belongs to.
+#[derive(Clone, Debug)]
+pub struct Intent {
+    pub request_id: uuid::Uuid,
+    /// The requesting agent as the AuditEvent will name it (no PHI: subject, role, client).
+    pub agent: Value,
+}
+
+tokio::task_local! {
+    static CURRENT: Intent;
+}
+
+/// Runs `future` (a request's handling) with `intent` visible to the store's writes.
+pub async fn scope<F: std::future::Future>(intent: Intent, future: F) -> F::Output {
+    CURRENT.scope(intent, future).await
+}
+
+/// The current request's intent, inside [`scope`].
+pub fn current() -> Option<Intent> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Intents older than this are taken to belong to a request that will never record its event.
+const ORPHANED_AFTER: Duration = Duration::from_secs(60);
+
+/// Every 30 s: intents whose request never appended its AuditEvent (the server stopped between
+/// commit and response) become AuditEvents (outcome 0, the resources written, marked as
+/// recovered), appended through the chain like any other event.
+pub fn spawn_recovery(store: Store, trail: super::trail::AuditTrail) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            if let Err(e) = recover(&store, &trail).await {
+                tracing::error!(error = %e, "audit intent recovery failed");
+            }
+        }
+    });
+}
+
+/// One recovery pass; returns the number of AuditEvents recorded.
+pub async fn recover(store: &Store, trail: &super::trail::AuditTrail) -> crate::error::FhirResult<usize> {
+    let rows = sqlx::query(
+        "SELECT request_id, min(recorded) AS recorded, (array_agg(agent))[1] AS agent, \
+           array_agg(resource_type || '/' || id || '/_history/' || version_id ORDER BY resource_type, id) AS written \
+         FROM audit_intent GROUP BY request_id HAVING max(recorded) < now() - make_interval(secs => $1) LIMIT 500",
+    )
+    .bind(ORPHANED_AFTER.as_secs_f64())
+    .fetch_all(store.pool())
+    .await?;
+    for row in &rows {
+        let request_id: uuid::Uuid = row.get("request_id");
+        let written: Vec<String> = row.get("written");
+        let recorded: chrono::DateTime<chrono::Utc> = row.get("recorded");
+        let event = json!({
+            "resourceType": "AuditEvent",
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
+            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "update"}],
+            "action": "U",
+            "recorded": crate::interactions::instant(&recorded),
+            "outcome": "0",
+            "outcomeDesc": "recovered from the write's audit intent: the server stopped before the request's audit record was complete",
+            "agent": [row.get::<Value, _>("agent")],
+            "source": super::source(),
+            "entity": written.iter().map(|w| json!({"what": {"reference": w}})).collect::<Vec<_>>(),
+        });
+        trail.record_for(event, Some(request_id)).await?;
+    }
+    Ok(rows.len())
+}
