@@ -309,6 +309,8 @@ pub fn definitions_hash() -> String {
             hasher.update(rt.as_bytes());
             hasher.update(code.as_bytes());
             hasher.update(param_type.as_bytes());
+            // A PHI policy that protects other parameters needs other (blind or plain) rows.
+            hasher.update([u8::from(crate::crypto::policy::is_protected(rt, code))]);
         }
         for sp in definitions().search_params(rt) {
             hasher.update(sp.expression.as_deref().unwrap_or("").as_bytes());

@@ -254,18 +254,48 @@ pub fn is_protected(resource_type: &str, code: &str) -> bool {
     let protected = crate::index::param_paths(resource_type, code).is_some_and(|sources| {
         sources.iter().any(|source| match source {
             crate::index::ParamSource::Path(keys) => path_is_sealed(resource_type, keys),
-            // An expression the engine evaluates: protected when any name in it reaches a
-            // sealed top-level element (over-protecting only narrows the search modifiers).
-            crate::index::ParamSource::Expression(text) => text
-                .split(|c: char| !c.is_ascii_alphanumeric())
-                .filter(|w| !w.is_empty() && w.starts_with(|c: char| c.is_ascii_lowercase()))
-                .any(|w| path_is_sealed(resource_type, &[w.to_owned()]) && plan(resource_type).keys().any(|k| k.starts_with(w))),
+            // An expression the engine evaluates: protected when any of its paths (function
+            // calls and their arguments left out) reaches sealed data.
+            crate::index::ParamSource::Expression(text) => expression_paths(resource_type, text).iter().any(|keys| path_is_sealed(resource_type, keys)),
         })
     });
     if let Ok(mut m) = cache.lock() {
         m.insert(key, protected);
     }
     protected
+}
+
+/// The element paths below `resource_type` that an expression navigates: parenthesised groups
+/// (function arguments, `where(…)` criteria) are dropped, then every dotted chain starting at
+/// the type becomes its element names (`Patient.telecom.where(system='email')` → `telecom`,
+/// `where`; the first sealed name decides).
+fn expression_paths(resource_type: &str, text: &str) -> Vec<Vec<String>> {
+    // A call's parentheses (after a name) hide their content; grouping parentheses do not.
+    let mut flat = String::new();
+    let mut stack: Vec<bool> = vec![];
+    let mut brackets = 0;
+    for c in text.chars() {
+        let hidden = stack.iter().any(|call| *call) || brackets > 0;
+        match c {
+            '(' => {
+                let call = !hidden && flat.ends_with(|p: char| p.is_ascii_alphanumeric());
+                stack.push(call);
+                flat.push(' ');
+            }
+            ')' => {
+                stack.pop();
+            }
+            '[' => brackets += 1,
+            ']' => brackets -= 1,
+            _ if !hidden => flat.push(c),
+            _ => {}
+        }
+    }
+    flat.split(|c: char| c.is_whitespace() || c == '|')
+        .filter_map(|token| token.strip_prefix(resource_type)?.strip_prefix('.').map(str::to_owned))
+        .map(|rest| rest.split('.').filter(|s| !s.is_empty()).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|keys| !keys.is_empty())
+        .collect()
 }
 
 /// Removes the sealed elements of `resource` (per `plan`) and returns them as (JSON pointer,
@@ -391,7 +421,11 @@ mod tests {
         for p in ["gender", "organization", "general-practitioner", "_id", "active", "link"] {
             assert!(!is_protected("Patient", p), "{p}");
         }
+        assert!(is_protected("Patient", "death-date"), "through a grouped cast of a sealed choice");
+        assert!(is_protected("Bundle", "composition"), "entry[0].resource is sealed");
         assert!(!is_protected("Observation", "code"));
+        assert!(!is_protected("Observation", "value-string"), "words inside casts and calls do not count");
+        assert!(!is_protected("ActivityDefinition", "composed-of"), "relatedArtifact.where(…).resource is a canonical");
         assert!(!is_protected("Organization", "identifier"));
     }
 }
