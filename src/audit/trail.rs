@@ -14,8 +14,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{FhirError, FhirResult};
 use crate::store::Store;
 
-/// Advisory lock key of the chain head (any constant unique to this use).
-const CHAIN_LOCK: i64 = 0x6972_6f6e_6175_6474; // "ironaudt"
 /// Most events appended in one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -96,40 +94,34 @@ async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>) {
 /// Appends events to the chain and stores them as AuditEvent resources, in one transaction,
 /// which also deletes the audit intents of `requests` (their events are now in the chain).
 async fn append(store: &Store, mut events: Vec<Value>, requests: &[uuid::Uuid]) -> FhirResult<()> {
-    let mut tx = store.pool().begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
-    let head: Option<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
-    let (mut seq, mut prev) = head.unwrap_or((0, vec![0u8; 32]));
     let now = crate::interactions::now();
     let mut ids = Vec::with_capacity(events.len());
+    let mut stripped = Vec::with_capacity(events.len());
+    let mut macs = Vec::with_capacity(events.len());
     for event in &mut events {
         let id = crate::fhir::types::Id::generate();
         crate::interactions::stamp(event, id.as_str(), 1, &now);
-        seq += 1;
-        // The trail holds the event without its sealed elements (the search query, the
-        // person's name) and a keyed MAC of them; the AuditEvent resource holds them sealed.
-        let (stripped, sealed_mac) = crate::crypto::strip_with_mac("AuditEvent", event)?;
-        let (hash,): (Vec<u8>,) = sqlx::query_as(
-            "INSERT INTO audit_log (seq, recorded, resource_id, event, prev_hash, sealed_mac, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, sha256($5 || convert_to($1::text || $4::jsonb::text, 'UTF8') || coalesce($6, ''::bytea)))
-             RETURNING hash",
-        )
-        .bind(seq)
-        .bind(now)
-        .bind(id.as_str())
-        .bind(&stripped)
-        .bind(&prev)
-        .bind(&sealed_mac)
-        .fetch_one(&mut *tx)
-        .await?;
-        prev = hash;
+        // The trail holds the event without its sealed elements (the search query) and a keyed
+        // MAC of them; the AuditEvent resource holds them sealed.
+        let (without, mac) = crate::crypto::strip_with_mac("AuditEvent", event)?;
+        stripped.push(without.to_string());
+        macs.push(mac);
         ids.push(id);
     }
+    let id_texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+    let mut tx = store.pool().begin().await?;
+    // Chain lock, head, one row per event and the requests' audit intents, in one statement
+    // (migrations/0010_audit_append.sql).
+    sqlx::query("SELECT audit_append($1, $2, $3, $4, $5)")
+        .bind(now)
+        .bind(&id_texts)
+        .bind(&stripped)
+        .bind(&macs)
+        .bind(requests)
+        .execute(&mut *tx)
+        .await?;
     let rows: Vec<(&str, &str, &Value)> = ids.iter().zip(&events).map(|(id, e)| ("AuditEvent", id.as_str(), e)).collect();
     crate::store::insert_many_new(&mut tx, &rows, now, "").await?;
-    if !requests.is_empty() {
-        sqlx::query("DELETE FROM audit_intent WHERE request_id = ANY($1)").bind(requests).execute(&mut *tx).await?;
-    }
     tx.commit().await?;
     Ok(())
 }
