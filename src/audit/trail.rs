@@ -34,7 +34,9 @@ impl AuditTrail {
     /// Starts the writer on `store`.
     pub fn start(store: Store) -> Self {
         let (sender, receiver) = mpsc::channel(8192);
-        tokio::spawn(writer(store, receiver));
+        let projector = std::sync::Arc::new(tokio::sync::Notify::new());
+        super::projection::spawn(store.clone(), projector.clone());
+        tokio::spawn(writer(store, receiver, projector));
         AuditTrail { sender: Some(sender) }
     }
 
@@ -67,7 +69,7 @@ impl AuditTrail {
     }
 }
 
-async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>) {
+async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>, projector: std::sync::Arc<tokio::sync::Notify>) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -85,44 +87,48 @@ async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>) {
             acks.push(ack);
         }
         let result = append(&store, events, &requests).await.map_err(|e| format!("{e:?}"));
+        projector.notify_one();
         for ack in acks {
             let _ = ack.send(result.clone());
         }
     }
 }
 
-/// Appends events to the chain and stores them as AuditEvent resources, in one transaction,
-/// which also deletes the audit intents of `requests` (their events are now in the chain).
+/// Appends events to the chain in one transaction, which also deletes the audit intents of
+/// `requests` (their events are now in the chain). The chain row is the durable record; the
+/// searchable AuditEvent resources are projected from it ([`super::projection`]).
 async fn append(store: &Store, mut events: Vec<Value>, requests: &[uuid::Uuid]) -> FhirResult<()> {
     let now = crate::interactions::now();
     let mut ids = Vec::with_capacity(events.len());
     let mut stripped = Vec::with_capacity(events.len());
     let mut macs = Vec::with_capacity(events.len());
+    let mut sealed = Vec::with_capacity(events.len());
+    let mut key_ids = Vec::with_capacity(events.len());
     for event in &mut events {
         let id = crate::fhir::types::Id::generate();
         crate::interactions::stamp(event, id.as_str(), 1, &now);
-        // The trail holds the event without its sealed elements (the search query) and a keyed
-        // MAC of them; the AuditEvent resource holds them sealed.
-        let (without, mac) = crate::crypto::strip_with_mac("AuditEvent", event)?;
-        stripped.push(without.to_string());
+        // The event without its sealed elements (the search query), those elements sealed as
+        // the resource's would be, and a keyed MAC of them that the hash covers.
+        let (seal, mac) = crate::crypto::seal_with_mac("AuditEvent", id.as_str(), 1, event)?;
+        stripped.push(seal.content.to_string());
+        sealed.push(seal.sealed);
+        key_ids.push(seal.key_id);
         macs.push(mac);
         ids.push(id);
     }
     let id_texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-    let mut tx = store.pool().begin().await?;
     // Chain lock, head, one row per event and the requests' audit intents, in one statement
-    // (migrations/0010_audit_append.sql).
-    sqlx::query("SELECT audit_append($1, $2, $3, $4, $5)")
+    // (migrations/0011_audit_projection.sql).
+    sqlx::query("SELECT audit_append($1, $2, $3, $4, $5, $6, $7)")
         .bind(now)
         .bind(&id_texts)
         .bind(&stripped)
         .bind(&macs)
         .bind(requests)
-        .execute(&mut *tx)
+        .bind(&sealed)
+        .bind(&key_ids)
+        .execute(store.pool())
         .await?;
-    let rows: Vec<(&str, &str, &Value)> = ids.iter().zip(&events).map(|(id, e)| ("AuditEvent", id.as_str(), e)).collect();
-    crate::store::insert_many_new(&mut tx, &rows, now, "").await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -138,6 +144,9 @@ pub struct Broken {
 /// equal to its record. Returns the number of records, or the first one that fails.
 pub async fn verify(store: &Store) -> FhirResult<Result<i64, Broken>> {
     let mut conn = store.pool().acquire().await?;
+    // Records not projected yet have no AuditEvent resource to compare (no lock is taken: a
+    // running server's projector is never waited for).
+    let (projected,): (i64,) = sqlx::query_as("SELECT projected_seq FROM audit_projection").fetch_one(&mut *conn).await?;
     let mut rows = sqlx::query(
         "SELECT seq, prev_hash, hash, sha256(prev_hash || convert_to(seq::text || event::text, 'UTF8') || coalesce(sealed_mac, ''::bytea)) = hash AS intact
            FROM audit_log ORDER BY seq",
@@ -167,31 +176,34 @@ pub async fn verify(store: &Store) -> FhirResult<Result<i64, Broken>> {
     let differing: Option<(i64,)> = sqlx::query_as(
         "SELECT l.seq FROM audit_log l
            LEFT JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id
-          WHERE r.id IS NULL OR r.deleted OR (r.content - 'meta') IS DISTINCT FROM (l.event - 'meta')
+          WHERE l.seq <= $1 AND (r.id IS NULL OR r.deleted OR (r.content - 'meta') IS DISTINCT FROM (l.event - 'meta'))
           ORDER BY l.seq LIMIT 1",
     )
+    .bind(projected)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some((seq,)) = differing {
         return Ok(Err(Broken { seq, reason: format!("the AuditEvent resource of record {seq} differs from the trail or is gone") }));
     }
-    // The sealed elements of every AuditEvent still match the MAC the chain covers.
+    // The sealed elements of every record and of its AuditEvent still match the MAC the chain
+    // covers.
     let mut sealed = sqlx::query(
-        "SELECT l.seq, l.sealed_mac, r.id, r.version_id, r.sealed, r.key_id FROM audit_log l
-           JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id
-          WHERE l.sealed_mac IS NOT NULL OR r.sealed IS NOT NULL ORDER BY l.seq",
+        "SELECT l.seq, l.sealed_mac, l.resource_id, l.sealed, l.key_id, r.version_id, r.sealed AS r_sealed, r.key_id AS r_key_id
+           FROM audit_log l LEFT JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id AND l.seq <= $1
+          WHERE l.sealed_mac IS NOT NULL OR l.sealed IS NOT NULL OR r.sealed IS NOT NULL ORDER BY l.seq",
     )
+    .bind(projected)
     .fetch(&mut *conn);
     while let Some(row) = sealed.try_next().await? {
         let seq: i64 = row.get(0);
         let mac: Option<Vec<u8>> = row.get(1);
-        let ciphertext: Option<Vec<u8>> = row.get(4);
-        let key_id: Option<String> = row.get(5);
-        let matches = match (mac, ciphertext) {
-            (Some(mac), Some(ct)) => crate::crypto::sealed_mac_matches("AuditEvent", &row.get::<String, _>(2), row.get(3), &ct, key_id.as_deref().unwrap_or(""), &mac),
+        let id: String = row.get(2);
+        let matches = |ct: Option<Vec<u8>>, key: Option<String>, version: i64| match (&mac, ct) {
+            (Some(mac), Some(ct)) => crate::crypto::sealed_mac_matches("AuditEvent", &id, version, &ct, key.as_deref().unwrap_or(""), mac),
             _ => false,
         };
-        if !matches {
+        let projected_row = row.get::<Option<i64>, _>(5);
+        if !matches(row.get(3), row.get(4), 1) || projected_row.is_some_and(|version| !matches(row.get(6), row.get(7), version)) {
             return Ok(Err(Broken { seq, reason: format!("the sealed elements of record {seq} differ from the trail") }));
         }
     }

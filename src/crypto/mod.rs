@@ -200,21 +200,22 @@ pub fn reseal(resource_type: &str, id: &str, version: i64, sealed: &[u8], key_id
     Ok((encrypt(&keyring, &active, &aad, &plaintext)?, active))
 }
 
-/// The audit trail's view of an event: the document without its sealed elements, and a MAC
-/// (HMAC-SHA256 under the blind-index key) of their plaintext, which the hash chain covers.
-/// With sealing off (benchmarks) the event is kept whole and there is no MAC.
-pub fn strip_with_mac(resource_type: &str, content: &Value) -> FhirResult<(Value, Option<Vec<u8>>)> {
+/// [`seal`] plus the keyed MAC of the sealed elements' plaintext that the audit chain covers
+/// (HMAC-SHA256 under the blind-index key, so it survives rotation); `None` when nothing is
+/// sealed.
+pub fn seal_with_mac(resource_type: &str, id: &str, version: i64, content: &Value) -> FhirResult<(SealedResource, Option<Vec<u8>>)> {
     let keyring = keyring()?;
-    let mut stripped = content.clone();
-    if !keyring.seal_writes.load(Ordering::Relaxed) {
-        return Ok((stripped, None));
-    }
-    let parts = policy::extract(&mut stripped, &policy::plan(resource_type));
-    if parts.is_empty() {
-        return Ok((stripped, None));
-    }
-    let plaintext = serde_json::to_vec(&parts).map_err(|e| FhirError::Internal(format!("sealing: {e}")))?;
-    Ok((stripped, Some(mac(&keyring, &plaintext))))
+    let sealed = seal(resource_type, id, version, content)?;
+    let mac = match &sealed.sealed {
+        Some(_) => {
+            let mut scratch = content.clone();
+            let parts = policy::extract(&mut scratch, &policy::plan(resource_type));
+            let plaintext = serde_json::to_vec(&parts).map_err(|e| FhirError::Internal(format!("sealing: {e}")))?;
+            Some(mac(&keyring, &plaintext))
+        }
+        None => None,
+    };
+    Ok((sealed, mac))
 }
 
 fn mac(keyring: &Keyring, plaintext: &[u8]) -> Vec<u8> {
@@ -225,7 +226,7 @@ fn mac(keyring: &Keyring, plaintext: &[u8]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-/// Whether a row's sealed elements decrypt and match `expected` (see [`strip_with_mac`]).
+/// Whether a row's sealed elements decrypt and match `expected` (see [`seal_with_mac`]).
 pub fn sealed_mac_matches(resource_type: &str, id: &str, version: i64, sealed: &[u8], key_id: &str, expected: &[u8]) -> bool {
     let Ok(keyring) = keyring() else { return false };
     match decrypt(&keyring, key_id, &aad(resource_type, id, version), sealed) {

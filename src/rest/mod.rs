@@ -188,6 +188,10 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     {
         let _ = ctx.mask.set(acting.mask.clone());
     }
+    // A request that can read AuditEvents sees every event recorded before it.
+    if state.audit.enabled() && crate::audit::projection::reads_audit_events(&s, &ctx.query) {
+        crate::audit::projection::project(&state.store).await?;
+    }
     // Writes record an audit intent in their own transaction (audit::intent), completed below
     // by the request's AuditEvent.
     let request_id = uuid::Uuid::new_v4();

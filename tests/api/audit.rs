@@ -13,6 +13,7 @@ use crate::helpers::*;
 /// The complete AuditEvents (sealed elements opened) of the trail's records of `subject`, in
 /// chain order. The trail itself holds them without their sealed elements (the query).
 async fn events_of(app: &TestApp, subject: &str) -> Vec<Value> {
+    ironfhir::audit::projection::project(&app.store).await.unwrap();
     let rows = sqlx::query(
         "SELECT r.id, r.version_id, r.content, r.sealed, r.key_id, l.event FROM audit_log l \
            JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id \
