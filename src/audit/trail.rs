@@ -118,7 +118,7 @@ async fn append(store: &Store, mut events: Vec<Value>, requests: &[uuid::Uuid]) 
     }
     let id_texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
     // Chain lock, head, one row per event and the requests' audit intents, in one statement
-    // (migrations/0011_audit_projection.sql).
+    // (migrations/0010_audit_projection.sql).
     sqlx::query("SELECT audit_append($1, $2, $3, $4, $5, $6, $7)")
         .bind(now)
         .bind(&id_texts)

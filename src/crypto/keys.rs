@@ -178,9 +178,14 @@ pub async fn open(store: &Store, config: &Config) -> Result<Arc<Keyring>, String
     }
     let existing = stored_keys(store).await.map_err(|e| format!("cannot read the data keys: {e}"))?;
     let provider = provider(config, !existing.is_empty())?;
-    ensure_active(store, &provider, "data").await?;
-    ensure_active(store, &provider, "blind").await?;
-    let stored = stored_keys(store).await.map_err(|e| format!("cannot read the data keys: {e}"))?;
+    let mut created = false;
+    for purpose in ["data", "blind"] {
+        if !existing.iter().any(|k| k.purpose == purpose && k.active) {
+            ensure_active(store, &provider, purpose).await?;
+            created = true;
+        }
+    }
+    let stored = if created { stored_keys(store).await.map_err(|e| format!("cannot read the data keys: {e}"))? } else { existing };
     let mut keys = HashMap::new();
     let (mut active, mut blind) = (None, None);
     for k in &stored {

@@ -123,19 +123,29 @@ fn aad(resource_type: &str, id: &str, version: i64) -> String {
 
 /// Seals `content`, version `version` of `resource_type/id`, under the active data key.
 pub fn seal(resource_type: &str, id: &str, version: i64, content: &Value) -> FhirResult<SealedResource> {
-    let keyring = keyring()?;
+    Ok(seal_returning_plaintext(&*keyring()?, resource_type, id, version, content)?.0)
+}
+
+/// [`seal`], also handing back the sealed elements' plaintext (for the audit chain's MAC).
+fn seal_returning_plaintext(
+    keyring: &Keyring,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+    content: &Value,
+) -> FhirResult<(SealedResource, Option<Vec<u8>>)> {
     let mut stripped = content.clone();
     if !keyring.seal_writes.load(Ordering::Relaxed) {
-        return Ok(SealedResource { content: stripped, sealed: None, key_id: None });
+        return Ok((SealedResource { content: stripped, sealed: None, key_id: None }, None));
     }
     let parts = policy::extract(&mut stripped, &policy::plan(resource_type));
     if parts.is_empty() {
-        return Ok(SealedResource { content: stripped, sealed: None, key_id: None });
+        return Ok((SealedResource { content: stripped, sealed: None, key_id: None }, None));
     }
     let plaintext = serde_json::to_vec(&parts).map_err(|e| FhirError::Internal(format!("sealing: {e}")))?;
     let key_id = keyring.active_key_id();
-    let sealed = encrypt(&keyring, &key_id, &aad(resource_type, id, version), &plaintext)?;
-    Ok(SealedResource { content: stripped, sealed: Some(sealed), key_id: Some(key_id) })
+    let sealed = encrypt(keyring, &key_id, &aad(resource_type, id, version), &plaintext)?;
+    Ok((SealedResource { content: stripped, sealed: Some(sealed), key_id: Some(key_id) }, Some(plaintext)))
 }
 
 /// The complete resource: `content` with the elements in `sealed` decrypted and put back.
@@ -205,17 +215,8 @@ pub fn reseal(resource_type: &str, id: &str, version: i64, sealed: &[u8], key_id
 /// sealed.
 pub fn seal_with_mac(resource_type: &str, id: &str, version: i64, content: &Value) -> FhirResult<(SealedResource, Option<Vec<u8>>)> {
     let keyring = keyring()?;
-    let sealed = seal(resource_type, id, version, content)?;
-    let mac = match &sealed.sealed {
-        Some(_) => {
-            let mut scratch = content.clone();
-            let parts = policy::extract(&mut scratch, &policy::plan(resource_type));
-            let plaintext = serde_json::to_vec(&parts).map_err(|e| FhirError::Internal(format!("sealing: {e}")))?;
-            Some(mac(&keyring, &plaintext))
-        }
-        None => None,
-    };
-    Ok((sealed, mac))
+    let (sealed, plaintext) = seal_returning_plaintext(&keyring, resource_type, id, version, content)?;
+    Ok((sealed, plaintext.map(|p| mac(&keyring, &p))))
 }
 
 fn mac(keyring: &Keyring, plaintext: &[u8]) -> Vec<u8> {

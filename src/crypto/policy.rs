@@ -245,24 +245,49 @@ pub fn path_is_sealed(resource_type: &str, keys: &[String]) -> bool {
 /// Whether `resource_type`'s search parameter `code` reads sealed elements, so that its index
 /// values are blind (keyed hashes) and only equality-style searches work on it.
 pub fn is_protected(resource_type: &str, code: &str) -> bool {
-    static CACHE: OnceLock<Mutex<HashMap<(String, String), bool>>> = OnceLock::new();
+    protected_params(resource_type).contains(code)
+}
+
+/// The protected parameters of a type, computed once per type and per generation of the
+/// custom SearchParameters (a new one over a sealed path is protected from its first write).
+/// Index extraction asks for every value it writes, so this is one lookup, not a path walk.
+fn protected_params(resource_type: &str) -> Arc<HashSet<String>> {
+    type Cache = (u64, HashMap<String, Arc<HashSet<String>>>);
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let key = (resource_type.to_owned(), code.to_owned());
-    if let Some(v) = cache.lock().ok().and_then(|m| m.get(&key).copied()) {
-        return v;
-    }
-    let protected = crate::index::param_paths(resource_type, code).is_some_and(|sources| {
-        sources.iter().any(|source| match source {
-            crate::index::ParamSource::Path(keys) => path_is_sealed(resource_type, keys),
-            // An expression the engine evaluates: protected when any of its paths (function
-            // calls and their arguments left out) reaches sealed data.
-            crate::index::ParamSource::Expression(text) => expression_paths(resource_type, text).iter().any(|keys| path_is_sealed(resource_type, keys)),
-        })
-    });
+    let generation = crate::fhir::definitions::search_params_generation();
     if let Ok(mut m) = cache.lock() {
-        m.insert(key, protected);
+        if m.0 != generation {
+            *m = (generation, HashMap::new());
+        }
+        if let Some(set) = m.1.get(resource_type) {
+            return set.clone();
+        }
     }
-    protected
+    let set: HashSet<String> = definitions()
+        .search_params(resource_type)
+        .into_iter()
+        .map(|sp| sp.code.clone())
+        .filter(|code| {
+            crate::index::param_paths(resource_type, code).is_some_and(|sources| {
+                sources.iter().any(|source| match source {
+                    crate::index::ParamSource::Path(keys) => path_is_sealed(resource_type, keys),
+                    // An expression the engine evaluates: protected when any of its paths
+                    // (function calls and their arguments left out) reaches sealed data.
+                    crate::index::ParamSource::Expression(text) => {
+                        expression_paths(resource_type, text).iter().any(|keys| path_is_sealed(resource_type, keys))
+                    }
+                })
+            })
+        })
+        .collect();
+    let set = Arc::new(set);
+    if let Ok(mut m) = cache.lock()
+        && m.0 == generation
+    {
+        m.1.insert(resource_type.to_owned(), set.clone());
+    }
+    set
 }
 
 /// The element paths below `resource_type` that an expression navigates: parenthesised groups

@@ -259,3 +259,18 @@ fn base64_key(byte: u8) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode([byte; 32])
 }
+
+#[tokio::test]
+async fn a_custom_search_parameter_over_a_sealed_element_is_blind_indexed_too() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .send_json(Method::POST, "SearchParameter", &json!({"resourceType": "SearchParameter", "url": "http://example.org/sp/street-line",
+            "name": "street-line", "status": "active", "description": "street line", "code": "street-line", "base": ["Patient"],
+            "type": "string", "expression": "Patient.address.line"}))
+        .await;
+    assert_eq!(r.status(), 201);
+    app.put(patient("cs-1", "Strandberg")).await;
+    assert!(!database_text(&app).await.contains("streetstrandberg"), "no clear index row for the custom parameter");
+    assert_eq!(entry_ids(&app.get_json("Patient?street-line=streetstrand").await), ["cs-1"]);
+    assert_eq!(app.get("Patient?street-line:contains=strand").await.status(), 400);
+}

@@ -27,7 +27,9 @@ CREATE TABLE audit_projection (
 );
 INSERT INTO audit_projection (singleton, projected_seq) SELECT true, coalesce(max(seq), 0) FROM audit_log;
 
-DROP FUNCTION audit_append(timestamptz, text[], text[], bytea[], uuid[]);
+-- Appends a batch of events to the audit chain in one statement (src/audit/trail.rs): takes the
+-- chain lock, reads the head, inserts one row per event with hash = sha256(prev_hash || seq ||
+-- event || sealed_mac), and deletes the audit intents of the requests the events complete.
 CREATE FUNCTION audit_append(p_recorded timestamptz, p_ids text[], p_events text[], p_macs bytea[], p_requests uuid[],
                              p_sealed bytea[], p_key_ids text[])
 RETURNS bigint
