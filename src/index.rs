@@ -82,6 +82,13 @@ type Plan = Vec<(String, String, Sources)>;
 /// Plans per type, for one generation of the custom SearchParameters.
 type PlanCache = (u64, HashMap<String, Arc<Plan>>);
 
+/// The AuditEvent parameters with index rows: what auditors and patients search by (who, which
+/// record, which patient, when). The audit trail writes an AuditEvent for every request, so
+/// each index row is paid on every read of the API; the other AuditEvent parameters (subtype,
+/// action, outcome, address, …) are answered from the documents, after these have narrowed
+/// the search (see README "AuditEvent search"). Custom SearchParameters are indexed as always.
+const AUDIT_EVENT_INDEXED: &[&str] = &["agent", "date", "entity", "patient"];
+
 fn plan(resource_type: &str) -> Arc<Plan> {
     static PLANS: OnceLock<Mutex<PlanCache>> = OnceLock::new();
     let plans = PLANS.get_or_init(Default::default);
@@ -98,6 +105,7 @@ fn plan(resource_type: &str) -> Arc<Plan> {
         .search_params(resource_type)
         .into_iter()
         .filter(|sp| !matches!(sp.param_type.as_str(), "composite" | "special"))
+        .filter(|sp| resource_type != "AuditEvent" || AUDIT_EVENT_INDEXED.contains(&sp.code.as_str()) || crate::fhir::definitions::is_custom(sp))
         .filter_map(|sp| {
             let expression = sp.expression.as_deref()?;
             // Union expressions name many types (`Patient.name | Practitioner.name`); only the
@@ -330,6 +338,11 @@ pub fn rows_json<'a>(resources: impl IntoIterator<Item = (&'a str, &'a str, &'a 
     Value::Array(resources.into_iter().flat_map(|(rt, id, content)| rows(rt, id, content, base)).collect())
 }
 
+/// An instant as PostgreSQL reads a timestamptz.
+fn instant_text(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// The index rows of one resource (see [`rows_json`]). Parameters that read sealed elements
 /// ([`crate::crypto::policy::is_protected`]) get blind rows (`k` = `b`, `a` = the keyed hash in
 /// hex) instead of their values.
@@ -347,7 +360,18 @@ pub fn rows(rt: &str, id: &str, content: &Value, base: &str) -> Vec<Value> {
                 IndexValue::String { normalized, exact } => ("s", Some(normalized), Some(exact), None, None),
                 IndexValue::Token { system, code } => ("t", Some(code), system, None, None),
                 IndexValue::Reference(target) => ("r", Some(target), None, None, None),
-                IndexValue::Date { start, end } => ("d", start, end, None, None),
+                IndexValue::Date { start, end } => {
+                    // The instants the value covers, computed here rather than by the SQL
+                    // function fhir_text_range per row (same rules: search::params::date_bounds).
+                    let low = start.as_deref().and_then(crate::search::params::date_bounds).map(|(low, _)| instant_text(low));
+                    let high = end.as_deref().and_then(crate::search::params::date_bounds).map(|(_, high)| instant_text(high));
+                    if low.is_none() && high.is_none() {
+                        continue;
+                    }
+                    let (low, high) = (low.unwrap_or_else(|| "-infinity".into()), high.unwrap_or_else(|| "infinity".into()));
+                    rows.push(json!({"t": rt, "i": id, "p": entry.param, "k": "d", "c": low, "d": high}));
+                    continue;
+                }
                 IndexValue::Number(n) => ("n", None, None, None, Some(n)),
                 IndexValue::Quantity { value, system, code, unit } => ("n", system, code, unit, Some(value)),
                 IndexValue::Uri(uri) => ("u", Some(uri), None, None, None),

@@ -12,6 +12,7 @@ pub mod mask;
 pub mod organization;
 pub mod roles;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -34,13 +35,27 @@ pub fn patient_compartment_params(resource_type: &str) -> Vec<String> {
 }
 
 fn compartment_params(compartment: &str, resource_type: &str) -> Vec<String> {
-    definitions()
-        .compartment_members(compartment)
-        .into_iter()
-        .filter(|(code, _)| code == resource_type)
-        .flat_map(|(_, params)| params)
-        .filter(|p| p != "{def}")
-        .collect()
+    // Asked on every confined request and every audited read: the CompartmentDefinitions are
+    // fixed, so each compartment's members are collected once.
+    type Members = HashMap<String, Vec<String>>;
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<HashMap<String, Arc<Members>>>> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let cached = cache.lock().ok().and_then(|m| m.get(compartment).cloned());
+    let members = match cached {
+        Some(members) => members,
+        None => {
+            let mut members = Members::new();
+            for (code, params) in definitions().compartment_members(compartment) {
+                members.entry(code).or_default().extend(params.into_iter().filter(|p| p != "{def}"));
+            }
+            let members = Arc::new(members);
+            if let Ok(mut m) = cache.lock() {
+                m.insert(compartment.to_owned(), members.clone());
+            }
+            members
+        }
+    };
+    members.get(resource_type).cloned().unwrap_or_default()
 }
 
 /// The search clause "member of `compartment`/`id`'s compartment" for `resource_type`, or

@@ -10,6 +10,7 @@
 //! between, [`spawn_recovery`] turns the intents left behind into AuditEvents. A committed write
 //! therefore never lacks an audit record.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -23,6 +24,39 @@ pub struct Intent {
     pub request_id: uuid::Uuid,
     /// The requesting agent as the AuditEvent will name it (no PHI: subject, role, client).
     pub agent: Value,
+    /// The patients (`Patient/ID`) whose compartment holds the resource the request read or
+    /// wrote, noted from its content when the response is built ([`note_concerned`]), so that
+    /// the AuditEvent names them without another query. `None`: nothing was noted.
+    pub concerned: Arc<Mutex<Option<Vec<String>>>>,
+}
+
+impl Intent {
+    /// The intent of request `request_id` by `agent`, nothing noted yet.
+    pub fn new(request_id: uuid::Uuid, agent: Value) -> Self {
+        Intent { request_id, agent, concerned: Arc::default() }
+    }
+
+    /// What [`note_concerned`] noted during the request.
+    pub fn concerned(&self) -> Option<Vec<String>> {
+        self.concerned.lock().ok().and_then(|c| c.clone())
+    }
+}
+
+/// Notes the patients whose compartment holds `content` (a `resource_type` the request read or
+/// wrote) for the request's AuditEvent. Does nothing outside an audited request.
+pub fn note_concerned(resource_type: &str, content: &Value, base: &str) {
+    let _ = CURRENT.try_with(|intent| {
+        let params = crate::access::patient_compartment_params(resource_type);
+        let mut patients: Vec<String> = crate::index::references_at(resource_type, content, base, &params)
+            .into_iter()
+            .filter(|r| r.strip_prefix("Patient/").is_some_and(crate::fhir::types::Id::is_valid))
+            .collect();
+        patients.sort();
+        patients.dedup();
+        if let Ok(mut noted) = intent.concerned.lock() {
+            *noted = Some(patients);
+        }
+    });
 }
 
 tokio::task_local! {

@@ -16,6 +16,9 @@ use crate::store::Store;
 
 /// Most events appended in one transaction.
 const MAX_BATCH: usize = 512;
+/// Appending tasks: while one batch waits for its commit (fsync), the next is already sent, so
+/// the database is never idle between group commits.
+const WRITERS: usize = 2;
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
@@ -34,9 +37,10 @@ impl AuditTrail {
     /// Starts the writer on `store`.
     pub fn start(store: Store) -> Self {
         let (sender, receiver) = mpsc::channel(8192);
-        let projector = std::sync::Arc::new(tokio::sync::Notify::new());
-        super::projection::spawn(store.clone(), projector.clone());
-        tokio::spawn(writer(store, receiver, projector));
+        let receiver = std::sync::Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..WRITERS {
+            tokio::spawn(writer(store.clone(), receiver.clone()));
+        }
         AuditTrail { sender: Some(sender) }
     }
 
@@ -69,15 +73,23 @@ impl AuditTrail {
     }
 }
 
-async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>, projector: std::sync::Arc<tokio::sync::Notify>) {
-    while let Some(first) = receiver.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+/// Takes the events queued so far as one batch and appends it, batch after batch. Of the
+/// [`WRITERS`] writers, one gathers the next batch while another's is being committed; the
+/// chain lock orders their appends.
+async fn writer(store: Store, receiver: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>) {
+    loop {
+        let batch = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
             }
-        }
+            batch
+        };
         let mut events = Vec::with_capacity(batch.len());
         let mut requests = Vec::new();
         let mut acks = Vec::with_capacity(batch.len());
@@ -87,16 +99,15 @@ async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>, projector: s
             acks.push(ack);
         }
         let result = append(&store, events, &requests).await.map_err(|e| format!("{e:?}"));
-        projector.notify_one();
         for ack in acks {
             let _ = ack.send(result.clone());
         }
     }
 }
 
-/// Appends events to the chain in one transaction, which also deletes the audit intents of
-/// `requests` (their events are now in the chain). The chain row is the durable record; the
-/// searchable AuditEvent resources are projected from it ([`super::projection`]).
+/// Appends events to the chain in one statement, which also writes their AuditEvent resources,
+/// history and index rows and deletes the audit intents of `requests` (their events are now in
+/// the chain).
 async fn append(store: &Store, mut events: Vec<Value>, requests: &[uuid::Uuid]) -> FhirResult<()> {
     let now = crate::interactions::now();
     let mut ids = Vec::with_capacity(events.len());
@@ -105,10 +116,12 @@ async fn append(store: &Store, mut events: Vec<Value>, requests: &[uuid::Uuid]) 
     let mut sealed = Vec::with_capacity(events.len());
     let mut key_ids = Vec::with_capacity(events.len());
     for event in &mut events {
-        let id = crate::fhir::types::Id::generate();
+        // Time-ordered ids: each batch's rows land at the right edge of the id indexes instead
+        // of on random pages (the event's time is in it anyway).
+        let id = crate::fhir::types::Id::generate_time_ordered();
         crate::interactions::stamp(event, id.as_str(), 1, &now);
         // The event without its sealed elements (the search query), those elements sealed as
-        // the resource's would be, and a keyed MAC of them that the hash covers.
+        // any resource's are, and a keyed MAC of them that the hash covers.
         let (seal, mac) = crate::crypto::seal_with_mac("AuditEvent", id.as_str(), 1, event)?;
         stripped.push(seal.content.to_string());
         sealed.push(seal.sealed);
@@ -116,10 +129,12 @@ async fn append(store: &Store, mut events: Vec<Value>, requests: &[uuid::Uuid]) 
         macs.push(mac);
         ids.push(id);
     }
+    // Index rows from the complete events (a sealed element gets blind rows, as on any write).
+    let index = crate::index::rows_json(ids.iter().zip(&events).map(|(id, event)| ("AuditEvent", id.as_str(), event)), "");
     let id_texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-    // Chain lock, head, one row per event and the requests' audit intents, in one statement
-    // (migrations/0010_audit_projection.sql).
-    sqlx::query("SELECT audit_append($1, $2, $3, $4, $5, $6, $7)")
+    // Chain lock, head, chain rows, resources, history, index rows and the requests' audit
+    // intents, in one statement (migrations/0010_audit_append.sql).
+    sqlx::query("SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8)")
         .bind(now)
         .bind(&id_texts)
         .bind(&stripped)
@@ -127,6 +142,7 @@ async fn append(store: &Store, mut events: Vec<Value>, requests: &[uuid::Uuid]) 
         .bind(requests)
         .bind(&sealed)
         .bind(&key_ids)
+        .bind(&index)
         .execute(store.pool())
         .await?;
     Ok(())
@@ -140,72 +156,55 @@ pub struct Broken {
 }
 
 /// Recomputes the chain from the first record: every sequence number present, every record
-/// following its predecessor, every hash matching its content, and every searchable AuditEvent
-/// equal to its record. Returns the number of records, or the first one that fails.
+/// following its predecessor, every hash matching its AuditEvent as stored (the resource row;
+/// records from before migration 0010 carry their own copy, which the resource must equal), and
+/// the sealed elements matching the MAC the chain covers. Returns the number of records, or the
+/// first one that fails.
 pub async fn verify(store: &Store) -> FhirResult<Result<i64, Broken>> {
     let mut conn = store.pool().acquire().await?;
-    // Records not projected yet have no AuditEvent resource to compare (no lock is taken: a
-    // running server's projector is never waited for).
-    let (projected,): (i64,) = sqlx::query_as("SELECT projected_seq FROM audit_projection").fetch_one(&mut *conn).await?;
     let mut rows = sqlx::query(
-        "SELECT seq, prev_hash, hash, sha256(prev_hash || convert_to(seq::text || event::text, 'UTF8') || coalesce(sealed_mac, ''::bytea)) = hash AS intact
-           FROM audit_log ORDER BY seq",
+        "SELECT l.seq, l.prev_hash, l.hash, \
+                sha256(l.prev_hash || convert_to(l.seq::text || coalesce(l.event, r.content)::text, 'UTF8') || coalesce(l.sealed_mac, ''::bytea)) = l.hash AS intact, \
+                r.id IS NOT NULL AND NOT r.deleted AND (l.event IS NULL OR (r.content - 'meta') = (l.event - 'meta')) AS present, \
+                l.sealed_mac, l.resource_id, r.sealed, r.key_id \
+           FROM audit_log l LEFT JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id \
+          ORDER BY l.seq",
     )
     .fetch(&mut *conn);
     let mut expected_seq = 1i64;
     let mut prev = vec![0u8; 32];
     use futures::TryStreamExt;
     while let Some(row) = rows.try_next().await? {
-        let seq: i64 = row.get(0);
-        let prev_hash: Vec<u8> = row.get(1);
-        let hash: Vec<u8> = row.get(2);
-        let intact: bool = row.get(3);
+        let seq: i64 = row.get("seq");
+        let prev_hash: Vec<u8> = row.get("prev_hash");
+        let hash: Vec<u8> = row.get("hash");
         if seq != expected_seq {
             return Ok(Err(Broken { seq: expected_seq, reason: format!("record {expected_seq} is missing (the next record is {seq})") }));
         }
         if prev_hash != prev {
             return Ok(Err(Broken { seq, reason: format!("record {seq} does not follow record {} (a record was deleted, inserted or reordered)", seq - 1) }));
         }
-        if !intact {
+        if !row.get::<Option<bool>, _>("present").unwrap_or(false) {
+            return Ok(Err(Broken { seq, reason: format!("the AuditEvent resource of record {seq} differs from the trail or is gone") }));
+        }
+        if !row.get::<Option<bool>, _>("intact").unwrap_or(false) {
             return Ok(Err(Broken { seq, reason: format!("record {seq} was edited (its hash does not match its content)") }));
+        }
+        let mac: Option<Vec<u8>> = row.get("sealed_mac");
+        let ciphertext: Option<Vec<u8>> = row.get("sealed");
+        if mac.is_some() || ciphertext.is_some() {
+            let id: String = row.get("resource_id");
+            let key: Option<String> = row.get("key_id");
+            let matches = match (&mac, &ciphertext) {
+                (Some(mac), Some(ct)) => crate::crypto::sealed_mac_matches("AuditEvent", &id, 1, ct, key.as_deref().unwrap_or(""), mac),
+                _ => false,
+            };
+            if !matches {
+                return Ok(Err(Broken { seq, reason: format!("the sealed elements of record {seq} differ from the trail") }));
+            }
         }
         prev = hash;
         expected_seq += 1;
-    }
-    drop(rows);
-    let differing: Option<(i64,)> = sqlx::query_as(
-        "SELECT l.seq FROM audit_log l
-           LEFT JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id
-          WHERE l.seq <= $1 AND (r.id IS NULL OR r.deleted OR (r.content - 'meta') IS DISTINCT FROM (l.event - 'meta'))
-          ORDER BY l.seq LIMIT 1",
-    )
-    .bind(projected)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some((seq,)) = differing {
-        return Ok(Err(Broken { seq, reason: format!("the AuditEvent resource of record {seq} differs from the trail or is gone") }));
-    }
-    // The sealed elements of every record and of its AuditEvent still match the MAC the chain
-    // covers.
-    let mut sealed = sqlx::query(
-        "SELECT l.seq, l.sealed_mac, l.resource_id, l.sealed, l.key_id, r.version_id, r.sealed AS r_sealed, r.key_id AS r_key_id
-           FROM audit_log l LEFT JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id AND l.seq <= $1
-          WHERE l.sealed_mac IS NOT NULL OR l.sealed IS NOT NULL OR r.sealed IS NOT NULL ORDER BY l.seq",
-    )
-    .bind(projected)
-    .fetch(&mut *conn);
-    while let Some(row) = sealed.try_next().await? {
-        let seq: i64 = row.get(0);
-        let mac: Option<Vec<u8>> = row.get(1);
-        let id: String = row.get(2);
-        let matches = |ct: Option<Vec<u8>>, key: Option<String>, version: i64| match (&mac, ct) {
-            (Some(mac), Some(ct)) => crate::crypto::sealed_mac_matches("AuditEvent", &id, version, &ct, key.as_deref().unwrap_or(""), mac),
-            _ => false,
-        };
-        let projected_row = row.get::<Option<i64>, _>(5);
-        if !matches(row.get(3), row.get(4), 1) || projected_row.is_some_and(|version| !matches(row.get(6), row.get(7), version)) {
-            return Ok(Err(Broken { seq, reason: format!("the sealed elements of record {seq} differ from the trail") }));
-        }
     }
     Ok(Ok(expected_seq - 1))
 }

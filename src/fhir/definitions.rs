@@ -223,6 +223,11 @@ pub fn set_custom_search_params(mut params: Vec<SearchParameter>) -> bool {
     true
 }
 
+/// Whether `sp` is one of the custom SearchParameters (not an official one).
+pub fn is_custom(sp: &SearchParameter) -> bool {
+    CUSTOM_SEARCH_PARAMS.read().is_ok_and(|custom| custom.iter().any(|c| std::ptr::eq(*c, sp)))
+}
+
 /// Changes whenever the custom SearchParameters change.
 pub fn search_params_generation() -> u64 {
     CUSTOM_GENERATION.load(std::sync::atomic::Ordering::SeqCst)

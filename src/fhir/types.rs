@@ -55,6 +55,12 @@ impl Id {
         Id(uuid::Uuid::new_v4().to_string())
     }
 
+    /// A fresh id that sorts by creation time (UUIDv7), for records whose time is no secret
+    /// (AuditEvents): consecutive inserts share index pages instead of touching random ones.
+    pub fn generate_time_ordered() -> Self {
+        Id(uuid::Uuid::now_v7().to_string())
+    }
+
     /// The id text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -188,18 +188,13 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     {
         let _ = ctx.mask.set(acting.mask.clone());
     }
-    // A request that can read AuditEvents sees every event recorded before it.
-    if state.audit.enabled() && crate::audit::projection::reads_audit_events(&s, &ctx.query) {
-        crate::audit::projection::project(&state.store).await?;
-    }
     // Writes record an audit intent in their own transaction (audit::intent), completed below
     // by the request's AuditEvent.
     let request_id = uuid::Uuid::new_v4();
+    let mut noted = None;
     let result = if state.audit.enabled() {
-        let intent = crate::audit::intent::Intent {
-            request_id,
-            agent: crate::audit::requesting_agent(&principal, ctx.network.as_deref()),
-        };
+        let intent = crate::audit::intent::Intent::new(request_id, crate::audit::requesting_agent(&principal, ctx.network.as_deref()));
+        noted = Some(intent.clone());
         crate::audit::intent::scope(intent, route_as(state, ctx, method, &s, body, &principal)).await
     } else {
         route_as(state, ctx, method, &s, body, &principal).await
@@ -220,11 +215,12 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             .and_then(|l| l.strip_prefix(&format!("{}/", ctx.base)))
             .and_then(|l| l.split("/_history").next())
             .map(str::to_owned);
-        let mut patients = patients_concerned(state, &s, &ctx.query).await;
+        let noted = noted.and_then(|intent| intent.concerned());
+        let mut patients = patients_concerned(state, &s, &ctx.query, noted.as_deref()).await;
         if let Some(created) = created.as_deref()
             && let Some((rt, id)) = created.split_once('/')
         {
-            patients.extend(patients_concerned(state, &[rt, id], &[]).await);
+            patients.extend(patients_concerned(state, &[rt, id], &[], noted.as_deref()).await);
         }
         let access = crate::audit::Access {
             principal: &principal,
@@ -245,8 +241,9 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
 }
 
 /// The patients (`Patient/ID`) a request concerns, for its AuditEvent: the Patient it names,
-/// the patient whose compartment holds the resource it names, and patients named in its query.
-async fn patients_concerned(state: &AppState, path: &[&str], query: &[(String, String)]) -> Vec<String> {
+/// the patient whose compartment holds the resource it names (`noted` from the content the
+/// request read or wrote, else from the index), and patients named in its query.
+async fn patients_concerned(state: &AppState, path: &[&str], query: &[(String, String)], noted: Option<&[String]>) -> Vec<String> {
     let mut patients: Vec<String> = query
         .iter()
         .flat_map(|(k, v)| match (k.as_str(), v.strip_prefix("Patient/")) {
@@ -260,6 +257,7 @@ async fn patients_concerned(state: &AppState, path: &[&str], query: &[(String, S
         .collect();
     match path {
         ["Patient", id, ..] if crate::fhir::types::Id::is_valid(id) => patients.push(format!("Patient/{id}")),
+        [_, id, ..] if crate::fhir::types::Id::is_valid(id) && noted.is_some() => patients.extend(noted.into_iter().flatten().cloned()),
         [resource_type, id, ..] if crate::fhir::types::Id::is_valid(id) && crate::access::in_patient_compartment_type(resource_type) => {
             let params = crate::access::patient_compartment_params(resource_type);
             let found: Result<Vec<(String,)>, _> = sqlx::query_as(
@@ -561,6 +559,9 @@ fn version_headers(stored: &StoredResource) -> HeaderMap {
 
 /// read/vread: ETag, Last-Modified, conditional read (304), `_summary`, `_elements`.
 fn read_response(ctx: &Ctx, stored: StoredResource) -> FhirResult<Response> {
+    if let Some(content) = &stored.content {
+        crate::audit::intent::note_concerned(&stored.resource_type, content, &ctx.base);
+    }
     let headers = version_headers(&stored);
     if let Some(inm) = ctx.header("if-none-match") {
         let current = format!("W/\"{}\"", stored.version_id);
@@ -596,6 +597,9 @@ fn shape(ctx: &Ctx, content: Value) -> FhirResult<Value> {
 /// create/update/patch: 201 + Location for creations, 200 otherwise; body per `Prefer: return`.
 fn write_response(ctx: &Ctx, outcome: WriteOutcome) -> FhirResult<Response> {
     let stored = &outcome.stored;
+    if let Some(content) = &stored.content {
+        crate::audit::intent::note_concerned(&stored.resource_type, content, &ctx.base);
+    }
     let mut headers = version_headers(stored);
     let location = format!("{}/{}/{}/_history/{}", ctx.base, stored.resource_type, stored.id, stored.version_id);
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
