@@ -16,15 +16,43 @@ use crate::store::Store;
 
 /// Most events appended in one transaction.
 const MAX_BATCH: usize = 512;
-/// Appending tasks: while one batch waits for its commit (fsync), the next is already sent, so
-/// the database is never idle between group commits.
-const WRITERS: usize = 2;
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
-/// An event, the request whose audit intents it completes (see [`super::intent`]), and who
-/// waits for it.
-type Queued = (Value, Option<uuid::Uuid>, Ack);
+/// An event ready to append, the request whose audit intents it completes (see
+/// [`super::intent`]), and who waits for it.
+type Queued = (Prepared, Option<uuid::Uuid>, Ack);
+
+/// An AuditEvent as the writer appends it: everything that does not depend on the chain (id,
+/// meta, sealing, index rows, the document's text) is done by the request's own task, in
+/// parallel with other requests, so that the one writer only gathers arrays and runs the
+/// statement.
+struct Prepared {
+    id: String,
+    recorded: chrono::DateTime<chrono::Utc>,
+    /// The event without its sealed elements, as JSON text.
+    content: String,
+    sealed: Option<Vec<u8>>,
+    key_id: Option<String>,
+    /// Keyed MAC of the sealed elements, which the chain hash covers.
+    mac: Option<Vec<u8>>,
+    index: Vec<Value>,
+}
+
+impl Prepared {
+    /// Stamps `event` with a new id and meta, seals it as any resource is sealed and computes
+    /// its index rows from the complete event (a sealed element gets blind rows).
+    fn new(mut event: Value) -> FhirResult<Self> {
+        let recorded = crate::interactions::now();
+        // Time-ordered ids: appends land at the right edge of the id indexes instead of on
+        // random pages (the event's time is in it anyway).
+        let id = crate::fhir::types::Id::generate_time_ordered();
+        crate::interactions::stamp(&mut event, id.as_str(), 1, &recorded);
+        let (seal, mac) = crate::crypto::seal_with_mac("AuditEvent", id.as_str(), 1, &event)?;
+        let index = crate::index::rows("AuditEvent", id.as_str(), &event, "");
+        Ok(Prepared { id: id.as_str().to_owned(), recorded, content: seal.content.to_string(), sealed: seal.sealed, key_id: seal.key_id, mac, index })
+    }
+}
 
 /// Handle to the writer task; cloned into the application state. `Default` is a trail that
 /// records nothing (benchmarks with auditing off, tests that do not look at it).
@@ -34,13 +62,12 @@ pub struct AuditTrail {
 }
 
 impl AuditTrail {
-    /// Starts the writer on `store`.
+    /// Starts the writer on `store`. One writer: each append has a fixed cost (a statement,
+    /// a commit) that a larger batch shares, and concurrent appends contend for the same
+    /// right-edge index pages; two or more writers measured slower (bench/README.md).
     pub fn start(store: Store) -> Self {
         let (sender, receiver) = mpsc::channel(8192);
-        let receiver = std::sync::Arc::new(tokio::sync::Mutex::new(receiver));
-        for _ in 0..WRITERS {
-            tokio::spawn(writer(store.clone(), receiver.clone()));
-        }
+        tokio::spawn(writer(store, receiver));
         AuditTrail { sender: Some(sender) }
     }
 
@@ -59,9 +86,10 @@ impl AuditTrail {
     /// same transaction as the event is appended.
     pub async fn record_for(&self, event: Value, request_id: Option<uuid::Uuid>) -> FhirResult<()> {
         let Some(sender) = &self.sender else { return Ok(()) };
+        let prepared = Prepared::new(event)?;
         let (ack, done) = oneshot::channel();
         let unavailable = || FhirError::Unavailable("the audit trail cannot be written; the request was not completed".into());
-        sender.send((event, request_id, ack)).await.map_err(|_| unavailable())?;
+        sender.send((prepared, request_id, ack)).await.map_err(|_| unavailable())?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
@@ -73,23 +101,17 @@ impl AuditTrail {
     }
 }
 
-/// Takes the events queued so far as one batch and appends it, batch after batch. Of the
-/// [`WRITERS`] writers, one gathers the next batch while another's is being committed; the
-/// chain lock orders their appends.
-async fn writer(store: Store, receiver: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>) {
-    loop {
-        let batch = {
-            let mut receiver = receiver.lock().await;
-            let Some(first) = receiver.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
-                }
+/// Takes the events queued so far as one batch and appends it, batch after batch: while a
+/// batch is being committed the next one queues up, so batches grow with the load.
+async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
             }
-            batch
-        };
+        }
         let mut events = Vec::with_capacity(batch.len());
         let mut requests = Vec::new();
         let mut acks = Vec::with_capacity(batch.len());
@@ -105,47 +127,90 @@ async fn writer(store: Store, receiver: std::sync::Arc<tokio::sync::Mutex<mpsc::
     }
 }
 
-/// Appends events to the chain in one statement, which also writes their AuditEvent resources,
-/// history and index rows and deletes the audit intents of `requests` (their events are now in
-/// the chain).
-async fn append(store: &Store, mut events: Vec<Value>, requests: &[uuid::Uuid]) -> FhirResult<()> {
-    let now = crate::interactions::now();
-    let mut ids = Vec::with_capacity(events.len());
-    let mut stripped = Vec::with_capacity(events.len());
-    let mut macs = Vec::with_capacity(events.len());
-    let mut sealed = Vec::with_capacity(events.len());
-    let mut key_ids = Vec::with_capacity(events.len());
-    for event in &mut events {
-        // Time-ordered ids: each batch's rows land at the right edge of the id indexes instead
-        // of on random pages (the event's time is in it anyway).
-        let id = crate::fhir::types::Id::generate_time_ordered();
-        crate::interactions::stamp(event, id.as_str(), 1, &now);
-        // The event without its sealed elements (the search query), those elements sealed as
-        // any resource's are, and a keyed MAC of them that the hash covers.
-        let (seal, mac) = crate::crypto::seal_with_mac("AuditEvent", id.as_str(), 1, event)?;
-        stripped.push(seal.content.to_string());
-        sealed.push(seal.sealed);
-        key_ids.push(seal.key_id);
-        macs.push(mac);
-        ids.push(id);
+/// Appends prepared events to the chain in one statement, which also writes their AuditEvent
+/// resources, history and index rows and deletes the audit intents of `requests` (their events
+/// are now in the chain).
+async fn append(store: &Store, events: Vec<Prepared>, requests: &[uuid::Uuid]) -> FhirResult<()> {
+    let n = events.len();
+    let (mut ids, mut recorded, mut contents, mut macs, mut sealed, mut key_ids) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    // References and dates (what AuditEvent's indexed parameters produce) as typed arrays, any
+    // other kind as search_index_replace's JSON rows.
+    let mut index = IndexArrays::default();
+    for event in events {
+        for row in event.index {
+            index.add(&event.id, row);
+        }
+        ids.push(event.id);
+        recorded.push(event.recorded);
+        contents.push(event.content);
+        macs.push(event.mac);
+        sealed.push(event.sealed);
+        key_ids.push(event.key_id);
     }
-    // Index rows from the complete events (a sealed element gets blind rows, as on any write).
-    let index = crate::index::rows_json(ids.iter().zip(&events).map(|(id, event)| ("AuditEvent", id.as_str(), event)), "");
-    let id_texts: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-    // Chain lock, head, chain rows, resources, history, index rows and the requests' audit
-    // intents, in one statement (migrations/0010_audit_append.sql).
-    sqlx::query("SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8)")
-        .bind(now)
-        .bind(&id_texts)
-        .bind(&stripped)
+    // Resources, history, index rows, the requests' audit intents, then the chain lock, head and
+    // chain rows, in one statement (migrations/0011_audit_append_parallel.sql).
+    sqlx::query("SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)")
+        .bind(&recorded)
+        .bind(&ids)
+        .bind(&contents)
         .bind(&macs)
         .bind(requests)
         .bind(&sealed)
         .bind(&key_ids)
-        .bind(&index)
+        .bind(&index.ref_ids)
+        .bind(&index.ref_params)
+        .bind(&index.ref_targets)
+        .bind(&index.date_ids)
+        .bind(&index.date_params)
+        .bind(&index.date_lows)
+        .bind(&index.date_highs)
+        .bind(Value::Array(index.other))
         .execute(store.pool())
         .await?;
     Ok(())
+}
+
+/// A batch's index rows in the shape audit_append inserts them: references and dates as
+/// columns, rows of other kinds as [`crate::index::rows`] made them.
+#[derive(Default)]
+struct IndexArrays {
+    ref_ids: Vec<String>,
+    ref_params: Vec<String>,
+    ref_targets: Vec<String>,
+    date_ids: Vec<String>,
+    date_params: Vec<String>,
+    date_lows: Vec<String>,
+    date_highs: Vec<String>,
+    other: Vec<Value>,
+}
+
+impl IndexArrays {
+    fn add(&mut self, id: &str, mut row: Value) {
+        let text = |row: &mut Value, key: &str| match row.get_mut(key).map(Value::take) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let kind = row.get("k").and_then(Value::as_str).unwrap_or_default().to_owned();
+        match kind.as_str() {
+            "r" => {
+                if let (Some(param), Some(target)) = (text(&mut row, "p"), text(&mut row, "a")) {
+                    self.ref_ids.push(id.to_owned());
+                    self.ref_params.push(param);
+                    self.ref_targets.push(target);
+                }
+            }
+            "d" => {
+                if let (Some(param), Some(low), Some(high)) = (text(&mut row, "p"), text(&mut row, "c"), text(&mut row, "d")) {
+                    self.date_ids.push(id.to_owned());
+                    self.date_params.push(param);
+                    self.date_lows.push(low);
+                    self.date_highs.push(high);
+                }
+            }
+            _ => self.other.push(row),
+        }
+    }
 }
 
 /// The first record that breaks the chain, and why.
