@@ -62,9 +62,9 @@ pub struct AuditTrail {
 }
 
 impl AuditTrail {
-    /// Starts the writer on `store`. One writer: each append has a fixed cost (a statement,
-    /// a commit) that a larger batch shares, and concurrent appends contend for the same
-    /// right-edge index pages; two or more writers measured slower (bench/README.md).
+    /// Starts the writer on `store`. One writer: each append has a fixed cost (a statement of
+    /// nine, a commit) that a larger batch shares; two or more writers, each with smaller
+    /// batches, measured slower (README.md, "What PHI sealing and the audit trail cost").
     pub fn start(store: Store) -> Self {
         let (sender, receiver) = mpsc::channel(8192);
         tokio::spawn(writer(store, receiver));
