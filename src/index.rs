@@ -343,41 +343,74 @@ fn instant_text(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
-/// The index rows of one resource (see [`rows_json`]). Parameters that read sealed elements
-/// ([`crate::crypto::policy::is_protected`]) get blind rows (`k` = `b`, `a` = the keyed hash in
-/// hex) instead of their values.
+/// One index row of a resource, before it is given its type and id: references and dates typed
+/// (the audit trail inserts those as columns), other kinds with search_index_replace's columns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexRow {
+    /// A blind row (`search_blind`): the keyed hash of one form of a protected value, in hex.
+    Blind { param: String, hash: String },
+    /// A `search_reference` row.
+    Reference { param: String, target: String },
+    /// A `search_date` row: the instants the value covers as PostgreSQL reads a timestamptz,
+    /// `-infinity`/`infinity` when open.
+    Date { param: String, low: String, high: String },
+    /// A string (`s`), token (`t`), number or quantity (`n`) or uri (`u`) row.
+    Column { param: String, kind: &'static str, a: Option<String>, b: Option<String>, c: Option<String>, n: Option<f64> },
+}
+
+impl IndexRow {
+    /// The row as one object of search_index_replace's JSON (see [`rows_json`]).
+    pub fn to_json(&self, rt: &str, id: &str) -> Value {
+        match self {
+            IndexRow::Blind { param, hash } => json!({"t": rt, "i": id, "p": param, "k": "b", "a": hash}),
+            IndexRow::Reference { param, target } => json!({"t": rt, "i": id, "p": param, "k": "r", "a": target, "b": null, "c": null, "n": null}),
+            IndexRow::Date { param, low, high } => json!({"t": rt, "i": id, "p": param, "k": "d", "c": low, "d": high}),
+            IndexRow::Column { param, kind, a, b, c, n } => json!({"t": rt, "i": id, "p": param, "k": kind, "a": a, "b": b, "c": c, "n": n}),
+        }
+    }
+}
+
+/// The index rows of one resource (see [`rows_json`]).
 pub fn rows(rt: &str, id: &str, content: &Value, base: &str) -> Vec<Value> {
+    index_rows(rt, content, base).iter().map(|row| row.to_json(rt, id)).collect()
+}
+
+/// The index rows of one resource of type `rt`. Parameters that read sealed elements
+/// ([`crate::crypto::policy::is_protected`]) get blind rows instead of their values.
+pub fn index_rows(rt: &str, content: &Value, base: &str) -> Vec<IndexRow> {
     let mut rows = Vec::new();
-    {
-        for entry in extract(rt, content, base) {
-            if crate::crypto::policy::is_protected(rt, &entry.param) {
-                for hash in crate::crypto::blind::value_hashes(rt, &entry.param, &entry.value) {
-                    rows.push(json!({"t": rt, "i": id, "p": entry.param, "k": "b", "a": hash}));
-                }
+    for entry in extract(rt, content, base) {
+        if crate::crypto::policy::is_protected(rt, &entry.param) {
+            for hash in crate::crypto::blind::value_hashes(rt, &entry.param, &entry.value) {
+                rows.push(IndexRow::Blind { param: entry.param.clone(), hash });
+            }
+            continue;
+        }
+        let param = entry.param;
+        let (kind, a, b, c, n) = match entry.value {
+            IndexValue::String { normalized, exact } => ("s", Some(normalized), Some(exact), None, None),
+            IndexValue::Token { system, code } => ("t", Some(code), system, None, None),
+            IndexValue::Reference(target) => {
+                rows.push(IndexRow::Reference { param, target });
                 continue;
             }
-            let (k, a, b, c, n) = match entry.value {
-                IndexValue::String { normalized, exact } => ("s", Some(normalized), Some(exact), None, None),
-                IndexValue::Token { system, code } => ("t", Some(code), system, None, None),
-                IndexValue::Reference(target) => ("r", Some(target), None, None, None),
-                IndexValue::Date { start, end } => {
-                    // The instants the value covers, computed here rather than by the SQL
-                    // function fhir_text_range per row (same rules: search::params::date_bounds).
-                    let low = start.as_deref().and_then(crate::search::params::date_bounds).map(|(low, _)| instant_text(low));
-                    let high = end.as_deref().and_then(crate::search::params::date_bounds).map(|(_, high)| instant_text(high));
-                    if low.is_none() && high.is_none() {
-                        continue;
-                    }
-                    let (low, high) = (low.unwrap_or_else(|| "-infinity".into()), high.unwrap_or_else(|| "infinity".into()));
-                    rows.push(json!({"t": rt, "i": id, "p": entry.param, "k": "d", "c": low, "d": high}));
+            IndexValue::Date { start, end } => {
+                // The instants the value covers, computed here rather than by the SQL
+                // function fhir_text_range per row (same rules: search::params::date_bounds).
+                let low = start.as_deref().and_then(crate::search::params::date_bounds).map(|(low, _)| instant_text(low));
+                let high = end.as_deref().and_then(crate::search::params::date_bounds).map(|(_, high)| instant_text(high));
+                if low.is_none() && high.is_none() {
                     continue;
                 }
-                IndexValue::Number(n) => ("n", None, None, None, Some(n)),
-                IndexValue::Quantity { value, system, code, unit } => ("n", system, code, unit, Some(value)),
-                IndexValue::Uri(uri) => ("u", Some(uri), None, None, None),
-            };
-            rows.push(json!({"t": rt, "i": id, "p": entry.param, "k": k, "a": a, "b": b, "c": c, "n": n}));
-        }
+                let (low, high) = (low.unwrap_or_else(|| "-infinity".into()), high.unwrap_or_else(|| "infinity".into()));
+                rows.push(IndexRow::Date { param, low, high });
+                continue;
+            }
+            IndexValue::Number(n) => ("n", None, None, None, Some(n)),
+            IndexValue::Quantity { value, system, code, unit } => ("n", system, code, unit, Some(value)),
+            IndexValue::Uri(uri) => ("u", Some(uri), None, None, None),
+        };
+        rows.push(IndexRow::Column { param, kind, a, b, c, n });
     }
     rows
 }

@@ -36,7 +36,7 @@ struct Prepared {
     key_id: Option<String>,
     /// Keyed MAC of the sealed elements, which the chain hash covers.
     mac: Option<Vec<u8>>,
-    index: Vec<Value>,
+    index: Vec<crate::index::IndexRow>,
 }
 
 impl Prepared {
@@ -49,7 +49,7 @@ impl Prepared {
         let id = crate::fhir::types::Id::generate_time_ordered();
         crate::interactions::stamp(&mut event, id.as_str(), 1, &recorded);
         let (seal, mac) = crate::crypto::seal_with_mac("AuditEvent", id.as_str(), 1, &event)?;
-        let index = crate::index::rows("AuditEvent", id.as_str(), &event, "");
+        let index = crate::index::index_rows("AuditEvent", &event, "");
         Ok(Prepared { id: id.as_str().to_owned(), recorded, content: seal.content.to_string(), sealed: seal.sealed, key_id: seal.key_id, mac, index })
     }
 }
@@ -172,7 +172,7 @@ async fn append(store: &Store, events: Vec<Prepared>, requests: &[uuid::Uuid]) -
 }
 
 /// A batch's index rows in the shape audit_append inserts them: references and dates as
-/// columns, rows of other kinds as [`crate::index::rows`] made them.
+/// columns, rows of other kinds as search_index_replace's JSON.
 #[derive(Default)]
 struct IndexArrays {
     ref_ids: Vec<String>,
@@ -186,29 +186,21 @@ struct IndexArrays {
 }
 
 impl IndexArrays {
-    fn add(&mut self, id: &str, mut row: Value) {
-        let text = |row: &mut Value, key: &str| match row.get_mut(key).map(Value::take) {
-            Some(Value::String(s)) => Some(s),
-            _ => None,
-        };
-        let kind = row.get("k").and_then(Value::as_str).unwrap_or_default().to_owned();
-        match kind.as_str() {
-            "r" => {
-                if let (Some(param), Some(target)) = (text(&mut row, "p"), text(&mut row, "a")) {
-                    self.ref_ids.push(id.to_owned());
-                    self.ref_params.push(param);
-                    self.ref_targets.push(target);
-                }
+    fn add(&mut self, id: &str, row: crate::index::IndexRow) {
+        use crate::index::IndexRow;
+        match row {
+            IndexRow::Reference { param, target } => {
+                self.ref_ids.push(id.to_owned());
+                self.ref_params.push(param);
+                self.ref_targets.push(target);
             }
-            "d" => {
-                if let (Some(param), Some(low), Some(high)) = (text(&mut row, "p"), text(&mut row, "c"), text(&mut row, "d")) {
-                    self.date_ids.push(id.to_owned());
-                    self.date_params.push(param);
-                    self.date_lows.push(low);
-                    self.date_highs.push(high);
-                }
+            IndexRow::Date { param, low, high } => {
+                self.date_ids.push(id.to_owned());
+                self.date_params.push(param);
+                self.date_lows.push(low);
+                self.date_highs.push(high);
             }
-            _ => self.other.push(row),
+            other => self.other.push(other.to_json("AuditEvent", id)),
         }
     }
 }
