@@ -33,15 +33,26 @@ def rates(d):
     post = json.loads((d / "ingest_post.json").read_text())
     read = json.loads((d / "read.json").read_text())
     errors = sum(sum(r["errors"].values()) for r in put + [post, read])
+    projection = d / "audit_projection.json"
+    behind, drain = 0, 0.0
+    if projection.exists():
+        p = json.loads(projection.read_text())
+        behind, drain = p["behind_after_read"], p["drain_seconds"]
+    read_s = read["duration_us"] / 1e6
     return {"ingest PUT /s": put_rate, "ingest POST /s": post["requests"] / (post["duration_us"] / 1e6),
-            "read by id /s": read["requests"] / (read["duration_us"] / 1e6), "read p50 ms": read["latency_us"]["p50"] / 1000,
+            "read by id /s": read["requests"] / read_s, "read p50 ms": read["latency_us"]["p50"] / 1000,
+            # The audit events the read phase left to project, and the read rate counting the
+            # time the idle server then took to project them.
+            "audit events behind after read": behind,
+            "read by id /s incl. projection catch-up": read["requests"] / (read_s + drain),
             "errors": errors}
 runs = {m: [rates(out / f"{m}-{r}") for r in range(1, rounds + 1)] for m in ("off", "on")}
 print(f"# PHI sealing + audit cost ({os.cpu_count()} CPUs, {platform.platform()})\n")
 print(f"Dataset: bench/generate.py, {os.environ.get('BENCH_RESOURCES', '20000')} resources; {os.environ.get('BENCH_CONNECTIONS', '16')} connections; "
       f"read {os.environ['BENCH_DURATION']} s, POST {os.environ['BENCH_POST_DURATION']} s; {rounds} rounds, off/on alternating.\n")
 print("| measure | off (median) | on (median) | on/off | runs off | runs on |\n| --- | --- | --- | --- | --- | --- |")
-for key in ("ingest PUT /s", "ingest POST /s", "read by id /s", "read p50 ms", "errors"):
+for key in ("ingest PUT /s", "ingest POST /s", "read by id /s", "read p50 ms", "audit events behind after read",
+            "read by id /s incl. projection catch-up", "errors"):
     off = statistics.median(r[key] for r in runs["off"]); on = statistics.median(r[key] for r in runs["on"])
     ratio = f"{on / off:.2f}" if off else "-"
     fmt = lambda xs: ", ".join(f"{x:.1f}" for x in xs)

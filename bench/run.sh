@@ -139,6 +139,19 @@ log "read by id: warm-up 5 s, then ${DURATION}s"
   > "$OUT/wrk_read.txt"
 result < "$OUT/wrk_read.txt" > "$OUT/read.json"
 
+# ------------------------------------------------------------------ audit projection backlog
+# With the audit trail on, the searchable AuditEvents are projected from the chain in the
+# background, at a bounded share of the CPU while requests are served (src/audit/projection.rs):
+# how many events were not projected yet when the read phase ended, and how long the server
+# took to project them once the load had stopped.
+backlog() { psql -X -At -d "$DBURL" -c "SELECT coalesce((SELECT max(seq) FROM audit_log), 0) - (SELECT projected_seq FROM audit_projection)"; }
+BEHIND="$(backlog)"
+DRAIN_START="$(date +%s.%N)"
+for _ in $(seq 3000); do [[ "$(backlog)" -gt 0 ]] || break; sleep 0.1; done
+DRAINED="$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$DRAIN_START" "$(date +%s.%N)")"
+echo "{\"behind_after_read\": $BEHIND, \"drain_seconds\": $DRAINED, \"still_behind\": $(backlog)}" > "$OUT/audit_projection.json"
+log "audit projection: $BEHIND events behind after the read phase, projected in ${DRAINED}s"
+
 if [[ "${BENCH_SKIP_PGBENCH:-0}" == 1 ]]; then
   log "results in $OUT (pgbench phase and report skipped)"
   exit 0

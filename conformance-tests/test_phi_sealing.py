@@ -114,11 +114,11 @@ def key_status(server) -> list[dict]:
     for line in out.stdout.splitlines():
         if not line.strip():
             continue
-        m = re.fullmatch(r"(\S+)\t(data|blind)\t(active|retired)\tkek (\S+)\t(\d+) current rows\t(\d+) history rows",
+        m = re.fullmatch(r"(\S+)\t(data|blind)\t(active|retired)\tkek (\S+)\t(\d+) current rows\t(\d+) history rows\t(\d+) audit rows",
                          line)
         assert m, f"keys status line not in the documented format: {line!r}"
         keys.append({"id": m.group(1), "purpose": m.group(2), "state": m.group(3), "kek": m.group(4),
-                     "current": int(m.group(5)), "history": int(m.group(6))})
+                     "current": int(m.group(5)), "history": int(m.group(6)), "audit": int(m.group(7))})
     return keys
 
 
@@ -379,7 +379,7 @@ def test_rotation_under_load(server, base, http, token):
     retired = [k for k in data_keys if k["state"] == "retired"]
     assert old_active[0] in [k["id"] for k in retired], after
     for k in retired:
-        assert (k["current"], k["history"]) == (0, 0), f"retired data key still seals rows: {k}"
+        assert (k["current"], k["history"], k["audit"]) == (0, 0, 0), f"retired data key still seals rows: {k}"
     assert active[0]["current"] > 0 and active[0]["history"] > 0, active
 
     for p in patients[::3]:

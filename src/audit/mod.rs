@@ -6,6 +6,7 @@
 //! ended; never a token, secret or password.
 
 pub mod intent;
+pub mod projection;
 pub mod trail;
 
 use axum::http::{Method, StatusCode};

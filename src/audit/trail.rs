@@ -4,8 +4,9 @@
 //! before the response is sent). The writer takes whatever events have queued up meanwhile and
 //! appends them in one transaction — group commit, one fsync for many requests — under an
 //! advisory lock so that instances sharing a database extend one chain: each row's hash covers
-//! its predecessor's hash, its sequence number and its event. The same transaction stores the
-//! events as AuditEvent resources, which is what FHIR search reads.
+//! its predecessor's hash, its sequence number and its event. The chain row is the durable
+//! record (with the event's sealed elements); the AuditEvent resources that FHIR reads and
+//! searches are projected from it ([`super::projection`]).
 
 use serde_json::Value;
 use sqlx::Row;
@@ -24,9 +25,8 @@ type Ack = oneshot::Sender<Result<(), String>>;
 type Queued = (Prepared, Option<uuid::Uuid>, Ack);
 
 /// An AuditEvent as the writer appends it: everything that does not depend on the chain (id,
-/// meta, sealing, index rows, the document's text) is done by the request's own task, in
-/// parallel with other requests, so that the one writer only gathers arrays and runs the
-/// statement.
+/// meta, sealing, the document's text) is done by the request's own task, in parallel with
+/// other requests, so that the one writer only gathers arrays and runs the statement.
 struct Prepared {
     id: String,
     recorded: chrono::DateTime<chrono::Utc>,
@@ -36,12 +36,10 @@ struct Prepared {
     key_id: Option<String>,
     /// Keyed MAC of the sealed elements, which the chain hash covers.
     mac: Option<Vec<u8>>,
-    index: Vec<crate::index::IndexRow>,
 }
 
 impl Prepared {
-    /// Stamps `event` with a new id and meta, seals it as any resource is sealed and computes
-    /// its index rows from the complete event (a sealed element gets blind rows).
+    /// Stamps `event` with a new id and meta and seals it as any resource is sealed.
     fn new(mut event: Value) -> FhirResult<Self> {
         let recorded = crate::interactions::now();
         // Time-ordered ids: appends land at the right edge of the id indexes instead of on
@@ -49,8 +47,7 @@ impl Prepared {
         let id = crate::fhir::types::Id::generate_time_ordered();
         crate::interactions::stamp(&mut event, id.as_str(), 1, &recorded);
         let (seal, mac) = crate::crypto::seal_with_mac("AuditEvent", id.as_str(), 1, &event)?;
-        let index = crate::index::index_rows("AuditEvent", &event, "");
-        Ok(Prepared { id: id.as_str().to_owned(), recorded, content: seal.content.to_string(), sealed: seal.sealed, key_id: seal.key_id, mac, index })
+        Ok(Prepared { id: id.as_str().to_owned(), recorded, content: seal.content.to_string(), sealed: seal.sealed, key_id: seal.key_id, mac })
     }
 }
 
@@ -67,7 +64,10 @@ impl AuditTrail {
     /// batches, measured slower (README.md, "What PHI sealing and the audit trail cost").
     pub fn start(store: Store) -> Self {
         let (sender, receiver) = mpsc::channel(8192);
-        tokio::spawn(writer(store, receiver));
+        let projector = std::sync::Arc::new(tokio::sync::Notify::new());
+        let appends = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        super::projection::spawn(store.clone(), projector.clone(), appends.clone());
+        tokio::spawn(writer(store, receiver, projector, appends));
         AuditTrail { sender: Some(sender) }
     }
 
@@ -103,7 +103,12 @@ impl AuditTrail {
 
 /// Takes the events queued so far as one batch and appends it, batch after batch: while a
 /// batch is being committed the next one queues up, so batches grow with the load.
-async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>) {
+async fn writer(
+    store: Store,
+    mut receiver: mpsc::Receiver<Queued>,
+    projector: std::sync::Arc<tokio::sync::Notify>,
+    appends: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -121,26 +126,21 @@ async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>) {
             acks.push(ack);
         }
         let result = append(&store, events, &requests).await.map_err(|e| format!("{e:?}"));
+        appends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        projector.notify_one();
         for ack in acks {
             let _ = ack.send(result.clone());
         }
     }
 }
 
-/// Appends prepared events to the chain in one statement, which also writes their AuditEvent
-/// resources, history and index rows and deletes the audit intents of `requests` (their events
-/// are now in the chain).
+/// Appends prepared events to the chain in one statement, which also deletes the audit intents
+/// of `requests` (their events are now in the chain).
 async fn append(store: &Store, events: Vec<Prepared>, requests: &[uuid::Uuid]) -> FhirResult<()> {
     let n = events.len();
     let (mut ids, mut recorded, mut contents, mut macs, mut sealed, mut key_ids) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    // References and dates (what AuditEvent's indexed parameters produce) as typed arrays, any
-    // other kind as search_index_replace's JSON rows.
-    let mut index = IndexArrays::default();
     for event in events {
-        for row in event.index {
-            index.add(&event.id, row);
-        }
         ids.push(event.id);
         recorded.push(event.recorded);
         contents.push(event.content);
@@ -148,9 +148,9 @@ async fn append(store: &Store, events: Vec<Prepared>, requests: &[uuid::Uuid]) -
         sealed.push(event.sealed);
         key_ids.push(event.key_id);
     }
-    // Resources, history, index rows, the requests' audit intents, then the chain lock, head and
-    // chain rows, in one statement (migrations/0011_audit_append_parallel.sql).
-    sqlx::query("SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)")
+    // The requests' audit intents, then the chain lock, head and chain rows, in one statement
+    // (migrations/0012_audit_chain_first.sql).
+    sqlx::query("SELECT audit_append($1, $2, $3, $4, $5, $6, $7)")
         .bind(&recorded)
         .bind(&ids)
         .bind(&contents)
@@ -158,51 +158,9 @@ async fn append(store: &Store, events: Vec<Prepared>, requests: &[uuid::Uuid]) -
         .bind(requests)
         .bind(&sealed)
         .bind(&key_ids)
-        .bind(&index.ref_ids)
-        .bind(&index.ref_params)
-        .bind(&index.ref_targets)
-        .bind(&index.date_ids)
-        .bind(&index.date_params)
-        .bind(&index.date_lows)
-        .bind(&index.date_highs)
-        .bind(Value::Array(index.other))
         .execute(store.pool())
         .await?;
     Ok(())
-}
-
-/// A batch's index rows in the shape audit_append inserts them: references and dates as
-/// columns, rows of other kinds as search_index_replace's JSON.
-#[derive(Default)]
-struct IndexArrays {
-    ref_ids: Vec<String>,
-    ref_params: Vec<String>,
-    ref_targets: Vec<String>,
-    date_ids: Vec<String>,
-    date_params: Vec<String>,
-    date_lows: Vec<String>,
-    date_highs: Vec<String>,
-    other: Vec<Value>,
-}
-
-impl IndexArrays {
-    fn add(&mut self, id: &str, row: crate::index::IndexRow) {
-        use crate::index::IndexRow;
-        match row {
-            IndexRow::Reference { param, target } => {
-                self.ref_ids.push(id.to_owned());
-                self.ref_params.push(param);
-                self.ref_targets.push(target);
-            }
-            IndexRow::Date { param, low, high } => {
-                self.date_ids.push(id.to_owned());
-                self.date_params.push(param);
-                self.date_lows.push(low);
-                self.date_highs.push(high);
-            }
-            other => self.other.push(other.to_json("AuditEvent", id)),
-        }
-    }
 }
 
 /// The first record that breaks the chain, and why.
@@ -213,20 +171,29 @@ pub struct Broken {
 }
 
 /// Recomputes the chain from the first record: every sequence number present, every record
-/// following its predecessor, every hash matching its AuditEvent as stored (the resource row;
-/// records from before migration 0010 carry their own copy, which the resource must equal), and
-/// the sealed elements matching the MAC the chain covers. Returns the number of records, or the
-/// first one that fails.
+/// following its predecessor, every hash matching its event (the chain row's own text; records
+/// of migrations 0010/0011 kept it only in their AuditEvent resource), every projected
+/// AuditEvent resource equal to its record, and the sealed elements, in the record and in its
+/// resource, matching the MAC the chain covers. Records not projected yet have no resource to
+/// compare (a running server's projector is never waited for). Returns the number of records,
+/// or the first one that fails.
 pub async fn verify(store: &Store) -> FhirResult<Result<i64, Broken>> {
     let mut conn = store.pool().acquire().await?;
+    let (projected,): (i64,) = sqlx::query_as("SELECT projected_seq FROM audit_projection").fetch_one(&mut *conn).await?;
     let mut rows = sqlx::query(
         "SELECT l.seq, l.prev_hash, l.hash, \
-                sha256(l.prev_hash || convert_to(l.seq::text || coalesce(l.event, r.content)::text, 'UTF8') || coalesce(l.sealed_mac, ''::bytea)) = l.hash AS intact, \
-                r.id IS NOT NULL AND NOT r.deleted AND (l.event IS NULL OR (r.content - 'meta') = (l.event - 'meta')) AS present, \
-                l.sealed_mac, l.resource_id, r.sealed, r.key_id \
+                sha256(l.prev_hash || convert_to(l.seq::text || coalesce(l.event_text, coalesce(l.event, r.content)::text), 'UTF8') \
+                       || coalesce(l.sealed_mac, ''::bytea)) = l.hash AS intact, \
+                CASE WHEN l.event_text IS NOT NULL AND l.seq > $1 THEN true \
+                     ELSE r.id IS NOT NULL AND NOT r.deleted AND CASE WHEN l.event_text IS NOT NULL THEN r.content = l.event_text::jsonb \
+                                                                      WHEN l.event IS NOT NULL THEN (r.content - 'meta') = (l.event - 'meta') \
+                                                                      ELSE true END END AS present, \
+                l.sealed_mac, l.resource_id, l.event_text IS NOT NULL AS chain_holds_seal, l.sealed AS chain_sealed, \
+                l.key_id AS chain_key_id, r.id IS NOT NULL AS projected, r.sealed, r.key_id \
            FROM audit_log l LEFT JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id \
           ORDER BY l.seq",
     )
+    .bind(projected)
     .fetch(&mut *conn);
     let mut expected_seq = 1i64;
     let mut prev = vec![0u8; 32];
@@ -241,17 +208,24 @@ pub async fn verify(store: &Store) -> FhirResult<Result<i64, Broken>> {
         if prev_hash != prev {
             return Ok(Err(Broken { seq, reason: format!("record {seq} does not follow record {} (a record was deleted, inserted or reordered)", seq - 1) }));
         }
-        if !row.get::<Option<bool>, _>("present").unwrap_or(false) {
-            return Ok(Err(Broken { seq, reason: format!("the AuditEvent resource of record {seq} differs from the trail or is gone") }));
-        }
         if !row.get::<Option<bool>, _>("intact").unwrap_or(false) {
             return Ok(Err(Broken { seq, reason: format!("record {seq} was edited (its hash does not match its content)") }));
         }
+        if !row.get::<Option<bool>, _>("present").unwrap_or(false) {
+            return Ok(Err(Broken { seq, reason: format!("the AuditEvent resource of record {seq} differs from the trail or is gone") }));
+        }
         let mac: Option<Vec<u8>> = row.get("sealed_mac");
-        let ciphertext: Option<Vec<u8>> = row.get("sealed");
-        if mac.is_some() || ciphertext.is_some() {
-            let id: String = row.get("resource_id");
-            let key: Option<String> = row.get("key_id");
+        let id: String = row.get("resource_id");
+        // The sealed elements, as the chain row holds them (records since migration 0012) and
+        // as the AuditEvent resource holds them (once projected), match the MAC.
+        let copies = [
+            (row.get::<bool, _>("chain_holds_seal"), row.get::<Option<Vec<u8>>, _>("chain_sealed"), row.get::<Option<String>, _>("chain_key_id")),
+            (row.get::<bool, _>("projected"), row.get::<Option<Vec<u8>>, _>("sealed"), row.get::<Option<String>, _>("key_id")),
+        ];
+        for (applies, ciphertext, key) in copies {
+            if !applies || (mac.is_none() && ciphertext.is_none()) {
+                continue;
+            }
             let matches = match (&mac, &ciphertext) {
                 (Some(mac), Some(ct)) => crate::crypto::sealed_mac_matches("AuditEvent", &id, 1, ct, key.as_deref().unwrap_or(""), mac),
                 _ => false,

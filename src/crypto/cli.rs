@@ -33,7 +33,8 @@ pub async fn run(command: KeysCommand) -> Result<(), String> {
             let rows = sqlx::query(
                 "SELECT k.id, k.purpose, k.active, k.kek_id, \
                    (SELECT count(*) FROM resource r WHERE r.key_id = k.id), \
-                   (SELECT count(*) FROM resource_history h WHERE h.key_id = k.id) \
+                   (SELECT count(*) FROM resource_history h WHERE h.key_id = k.id), \
+                   (SELECT count(*) FROM audit_log a WHERE a.key_id = k.id) \
                  FROM data_key k ORDER BY k.purpose, k.created",
             )
             .fetch_all(db.store.pool())
@@ -42,13 +43,14 @@ pub async fn run(command: KeysCommand) -> Result<(), String> {
             db.close().await?;
             for r in rows? {
                 println!(
-                    "{}\t{}\t{}\tkek {}\t{} current rows\t{} history rows",
+                    "{}\t{}\t{}\tkek {}\t{} current rows\t{} history rows\t{} audit rows",
                     r.get::<String, _>(0),
                     r.get::<String, _>(1),
                     if r.get::<bool, _>(2) { "active" } else { "retired" },
                     r.get::<String, _>(3),
                     r.get::<i64, _>(4),
-                    r.get::<i64, _>(5)
+                    r.get::<i64, _>(5),
+                    r.get::<i64, _>(6)
                 );
             }
             Ok(())

@@ -284,11 +284,13 @@ pub async fn rotate_kek(store: &Store, config: &Config, new: &LocalKek) -> Resul
     Ok(stored.len())
 }
 
-/// Rows (current and history) still sealed under a data key other than the active one.
+/// Rows (current, history and audit chain) still sealed under a data key other than the
+/// active one.
 pub async fn rows_behind(store: &Store) -> FhirResult<i64> {
     let active = super::keyring()?.active_key_id();
     let row = sqlx::query(
-        "SELECT (SELECT count(*) FROM resource WHERE key_id <> $1) + (SELECT count(*) FROM resource_history WHERE key_id <> $1)",
+        "SELECT (SELECT count(*) FROM resource WHERE key_id <> $1) + (SELECT count(*) FROM resource_history WHERE key_id <> $1) \
+              + (SELECT count(*) FROM audit_log WHERE key_id <> $1)",
     )
     .bind(&active)
     .fetch_one(store.pool())
@@ -302,8 +304,10 @@ pub async fn rows_behind(store: &Store) -> FhirResult<i64> {
 async fn reencrypt_batch(store: &Store, table: &str, batch: i64) -> FhirResult<usize> {
     let active = super::keyring()?.active_key_id();
     let mut tx = store.pool().begin().await?;
+    // The audit chain's rows seal their AuditEvent's elements (AuditEvent/<resource_id>/1).
+    let row_of = if table == "audit_log" { "'AuditEvent', resource_id, 1::bigint" } else { "resource_type, id, version_id" };
     let select = format!(
-        "SELECT ctid::text, resource_type, id, version_id, sealed, key_id FROM {table} \
+        "SELECT ctid::text, {row_of}, sealed, key_id FROM {table} \
          WHERE key_id <> $1 LIMIT $2 FOR UPDATE SKIP LOCKED"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(select)).bind(&active).bind(batch).fetch_all(&mut *tx).await?;
@@ -339,7 +343,7 @@ pub async fn reencrypt(store: &Store, batch: i64, mut progress: impl FnMut(u64))
     let mut done = 0u64;
     loop {
         let mut pass = 0;
-        for table in ["resource", "resource_history"] {
+        for table in ["resource", "resource_history", "audit_log"] {
             loop {
                 let n = reencrypt_batch(store, table, batch).await?;
                 pass += n;

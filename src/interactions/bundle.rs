@@ -123,6 +123,17 @@ pub async fn process_recorded(
             raw.len()
         )));
     }
+    // An entry that can read AuditEvents sees every event recorded before the Bundle (they are
+    // projected from the audit chain: audit::projection).
+    let reads_audit_events = raw.iter().any(|e| {
+        let request = e.get("request");
+        let url = request.and_then(|r| r.get("url")).and_then(Value::as_str).unwrap_or("");
+        let method = request.and_then(|r| r.get("method")).and_then(Value::as_str).unwrap_or("");
+        matches!(method, "GET" | "HEAD") && url.contains("AuditEvent")
+    });
+    if reads_audit_events {
+        crate::audit::projection::catch_up(store).await?;
+    }
     let mut prepared: Vec<FhirResult<Entry>> =
         raw.into_iter().enumerate().map(|(i, e)| prepare(i, e, principal, base)).collect();
     reject_duplicate_full_urls(&mut prepared);

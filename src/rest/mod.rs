@@ -188,6 +188,11 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     {
         let _ = ctx.mask.set(acting.mask.clone());
     }
+    // A request that can read AuditEvents sees every event recorded before it (they are
+    // projected from the audit chain: audit::projection).
+    if crate::audit::projection::reads_audit_events(&s, &ctx.query) {
+        crate::audit::projection::catch_up(&state.store).await?;
+    }
     // Writes record an audit intent in their own transaction (audit::intent), completed below
     // by the request's AuditEvent.
     let request_id = uuid::Uuid::new_v4();

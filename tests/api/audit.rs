@@ -9,12 +9,13 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-/// The AuditEvents of one token subject (`agent.altId`), oldest first.
-/// The complete AuditEvents (sealed elements opened) of the trail's records of `subject`, in
-/// chain order. The trail itself holds them without their sealed elements (the query).
+/// The complete AuditEvents (sealed elements opened) of the trail's records of `subject`
+/// (`agent.altId`), in chain order, as projected into AuditEvent resources. The chain rows hold
+/// them without their sealed elements (the query).
 async fn events_of(app: &TestApp, subject: &str) -> Vec<Value> {
+    ironfhir::audit::projection::catch_up(&app.store).await.unwrap();
     let rows = sqlx::query(
-        "SELECT r.id, r.version_id, r.content, r.sealed, r.key_id, r.content AS event FROM audit_log l \
+        "SELECT r.id, r.version_id, r.content, r.sealed, r.key_id, l.event_text AS event FROM audit_log l \
            JOIN resource r ON r.resource_type = 'AuditEvent' AND r.id = l.resource_id \
           WHERE r.content -> 'agent' -> 0 ->> 'altId' = $1 ORDER BY l.seq",
     )
@@ -25,8 +26,8 @@ async fn events_of(app: &TestApp, subject: &str) -> Vec<Value> {
     rows.iter()
         .map(|row| {
             use sqlx::Row;
-            let trail: Value = row.get("event");
-            assert!(!trail.to_string().contains("\"query\""), "the trail holds no search query in the clear: {trail}");
+            let trail: String = row.get("event");
+            assert!(!trail.contains("\"query\""), "the trail holds no search query in the clear: {trail}");
             let id: String = row.get("id");
             ironfhir::store::open_row("AuditEvent", &id, row.get("version_id"), row).unwrap().unwrap()
         })
@@ -121,18 +122,34 @@ async fn verify_names_the_first_edited_deleted_or_reordered_record() {
     for _ in 0..5 {
         app.get("Patient").await;
     }
+    // Records not projected yet verify too; projected ones are compared with their resources.
+    assert_eq!(verify(&app.store).await.unwrap(), Ok(5));
+    ironfhir::audit::projection::catch_up(&app.store).await.unwrap();
     assert_eq!(verify(&app.store).await.unwrap(), Ok(5));
 
-    // Edited: the hash of record 2 no longer matches.
-    tamper(&app, "CREATE TABLE saved AS SELECT * FROM audit_log; CREATE TABLE saved_events AS SELECT id, content FROM resource WHERE resource_type = 'AuditEvent'; ALTER TABLE resource DISABLE TRIGGER USER; UPDATE resource SET content = jsonb_set(content, '{outcome}', '\"8\"') WHERE resource_type = 'AuditEvent' AND id = (SELECT resource_id FROM audit_log WHERE seq = 2); ALTER TABLE resource ENABLE TRIGGER USER").await;
+    // Edited: the hash of record 2 no longer matches its event.
+    tamper(&app, "CREATE TABLE saved AS SELECT * FROM audit_log; CREATE TABLE saved_events AS SELECT id, content FROM resource WHERE resource_type = 'AuditEvent'; \
+                  UPDATE audit_log SET event_text = replace(event_text, '\"outcome\":\"0\"', '\"outcome\":\"8\"') WHERE seq = 2").await;
     let broken = verify(&app.store).await.unwrap().unwrap_err();
     assert_eq!(broken.seq, 2, "{broken:?}");
     assert!(broken.reason.contains("edited"), "{broken:?}");
-    // Even with its hash recomputed, the next record no longer follows it.
-    tamper(&app, "UPDATE audit_log l SET hash = sha256(l.prev_hash || convert_to(l.seq::text || r.content::text, 'UTF8') || coalesce(l.sealed_mac, ''::bytea)) FROM resource r WHERE r.resource_type = 'AuditEvent' AND r.id = l.resource_id AND l.seq = 2").await;
+    // Even with its hash recomputed and its AuditEvent resource edited alike, the next record no
+    // longer follows it.
+    tamper(&app, "UPDATE audit_log SET hash = sha256(prev_hash || convert_to(seq::text || event_text, 'UTF8') || coalesce(sealed_mac, ''::bytea)) WHERE seq = 2; \
+                  ALTER TABLE resource DISABLE TRIGGER USER; \
+                  UPDATE resource r SET content = l.event_text::jsonb FROM audit_log l WHERE r.resource_type = 'AuditEvent' AND r.id = l.resource_id AND l.seq = 2; \
+                  ALTER TABLE resource ENABLE TRIGGER USER").await;
     let broken = verify(&app.store).await.unwrap().unwrap_err();
     assert_eq!(broken.seq, 3, "{broken:?}");
+    // The searchable AuditEvent alone edited: it no longer matches its record.
     tamper(&app, "DELETE FROM audit_log; INSERT INTO audit_log SELECT * FROM saved; ALTER TABLE resource DISABLE TRIGGER USER; \
+                  UPDATE resource r SET content = s.content FROM saved_events s WHERE r.resource_type = 'AuditEvent' AND r.id = s.id; \
+                  UPDATE resource SET content = jsonb_set(content, '{outcome}', '\"8\"') WHERE resource_type = 'AuditEvent' AND id = (SELECT resource_id FROM audit_log WHERE seq = 4); \
+                  ALTER TABLE resource ENABLE TRIGGER USER").await;
+    let broken = verify(&app.store).await.unwrap().unwrap_err();
+    assert_eq!(broken.seq, 4, "{broken:?}");
+    assert!(broken.reason.contains("differs"), "{broken:?}");
+    tamper(&app, "ALTER TABLE resource DISABLE TRIGGER USER; \
                   UPDATE resource r SET content = s.content FROM saved_events s WHERE r.resource_type = 'AuditEvent' AND r.id = s.id; \
                   ALTER TABLE resource ENABLE TRIGGER USER").await;
     assert_eq!(verify(&app.store).await.unwrap(), Ok(5));
@@ -175,6 +192,7 @@ async fn the_audit_verify_command_exits_non_zero_and_names_the_first_bad_record(
     for _ in 0..3 {
         app.get("Patient").await;
     }
+    ironfhir::audit::projection::catch_up(&app.store).await.unwrap();
     let ok = verify_cli(&app);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("intact: 3 records"));
@@ -223,10 +241,10 @@ async fn a_write_commits_an_audit_intent_that_its_event_completes_or_recovery_tu
     assert!(verify(&app.store).await.unwrap().is_ok());
 }
 
-/// Two server instances on one database extend one chain: their appends write documents and
-/// index rows side by side and take the chain lock only for the chain rows. Many events from
-/// both, concurrently: every one is in the chain exactly once, the chain verifies, and each is
-/// a searchable AuditEvent.
+/// Two server instances on one database extend one chain (each takes the chain lock only for
+/// its chain rows) and project it once (the projector's lock). Many events from both,
+/// concurrently: every one is in the chain exactly once, the chain verifies, and each is a
+/// searchable AuditEvent exactly once.
 #[tokio::test]
 async fn concurrent_appends_of_two_instances_make_one_intact_chain() {
     let app = TestApp::spawn().await;
@@ -259,7 +277,7 @@ async fn concurrent_appends_of_two_instances_make_one_intact_chain() {
     entities.sort();
     entities.dedup();
     assert_eq!(entities.len(), 200, "each event once");
-    // Searchable through the index rows the append wrote (references and the date).
+    // Searchable through the index rows the projection wrote (references and the date).
     let found = app.get_json("AuditEvent?entity=Patient/two-instances-17&date=2026-01-01").await;
     assert_eq!(found["total"], 1, "{found}");
     let by_agent = app.get_json("AuditEvent?agent=Practitioner/p3&_summary=count").await;

@@ -211,11 +211,14 @@ async fn rotation_under_load_moves_every_row_to_the_new_key_and_nothing_fails() 
     assert!(requests > 10, "the workload ran ({requests} rounds)");
     let after: String = sqlx::query_scalar("SELECT id FROM data_key WHERE purpose = 'data' AND active").fetch_one(app.store.pool()).await.unwrap();
     assert_ne!(before, after);
-    // Every sealed row, current and history, including the workload's writes, is under the
-    // new key: the server learned it before the re-encryption began.
+    // Every sealed row, current, history and audit chain (the workload's searches seal their
+    // queries), including the workload's writes, is under the new key: the server learned it
+    // before the re-encryption began.
+    ironfhir::audit::projection::catch_up(&app.store).await.unwrap();
     let behind: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM resource WHERE sealed IS NOT NULL AND key_id <> $1) \
-              + (SELECT count(*) FROM resource_history WHERE sealed IS NOT NULL AND key_id <> $1)",
+              + (SELECT count(*) FROM resource_history WHERE sealed IS NOT NULL AND key_id <> $1) \
+              + (SELECT count(*) FROM audit_log WHERE sealed IS NOT NULL AND key_id <> $1)",
     )
     .bind(&after)
     .fetch_one(app.store.pool())

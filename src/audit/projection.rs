@@ -1,0 +1,191 @@
+//! The searchable AuditEvents: a projection of the audit chain
+//! (migrations/0012_audit_chain_first.sql).
+//!
+//! A request's audit record is its chain row (`audit_log`), committed by the group-commit
+//! writer before the response: one small row on the request's path. The AuditEvent resource,
+//! its history row and its index rows — what FHIR reads and searches — are written here, from
+//! the chain rows, in batches of thousands, where each row costs a fraction of what it costs in
+//! the small batches of the request path.
+//!
+//! Two callers:
+//! - [`catch_up`], before any request that can read AuditEvents ([`reads_audit_events`]), so a
+//!   read or search always sees every event recorded before it;
+//! - the background projector ([`spawn`]), which keeps the backlog short without competing with
+//!   requests: while requests are being served it pauses after each batch three times as long
+//!   as the batch took (at most a quarter of one core), and when they stop it catches up at full
+//!   speed. Under a load that saturates the machine the backlog grows and is paid for later;
+//!   README "What PHI sealing and the audit trail cost" gives both figures.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::Row;
+
+use crate::error::FhirResult;
+use crate::index::IndexRow;
+use crate::store::Store;
+
+/// Advisory lock of the projection (one projector at a time, across instances).
+const PROJECTION_LOCK: i64 = 0x6972_6f6e_7072_6f6a; // "ironproj"
+/// Chain rows projected per transaction.
+const BATCH: i64 = 2000;
+/// The background projector pauses this many times as long as its last batch took.
+const PAUSE_FACTOR: u32 = 3;
+/// How long the background projector waits after finding nothing to project.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// Runs the background projector: woken after chain appends (`wake`) and at least every second,
+/// but at most every [`IDLE_CHECK`] once it found nothing to do. `appends` counts the writer's
+/// appends: while it moves (requests are being served), the projector pauses after each batch;
+/// when it stands still, the projector runs flat out.
+pub fn spawn(store: Store, wake: Arc<tokio::sync::Notify>, appends: Arc<AtomicU64>) {
+    tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+            loop {
+                let started = Instant::now();
+                let appended_before = appends.load(Ordering::Relaxed);
+                match project_batch(&store).await {
+                    Ok(0) => {
+                        // Woken after every group commit, the projector would otherwise run an
+                        // empty transaction, four round trips, per commit.
+                        tokio::time::sleep(IDLE_CHECK).await;
+                        break;
+                    }
+                    Ok(_) if appends.load(Ordering::Relaxed) != appended_before => tokio::time::sleep(started.elapsed() * PAUSE_FACTOR).await,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "projecting the audit trail failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Projects every chain row not projected yet; returns how many.
+pub async fn catch_up(store: &Store) -> FhirResult<usize> {
+    let mut total = 0;
+    loop {
+        match project_batch(store).await? {
+            0 => return Ok(total),
+            n => total += n,
+        }
+    }
+}
+
+/// Projects the next batch of chain rows (at most [`BATCH`]) in one transaction under the
+/// projection lock; returns how many (0: nothing was behind).
+async fn project_batch(store: &Store) -> FhirResult<usize> {
+    let mut tx = store.pool().begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PROJECTION_LOCK).execute(&mut *tx).await?;
+    let rows = sqlx::query(
+        "SELECT l.seq, l.recorded, l.resource_id, l.event_text, l.sealed, l.key_id FROM audit_log l \
+         WHERE l.seq > (SELECT projected_seq FROM audit_projection) ORDER BY l.seq LIMIT $1",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    let Some(last) = rows.last().map(|r| r.get::<i64, _>("seq")) else {
+        tx.commit().await?;
+        return Ok(0);
+    };
+    let n = rows.len();
+    let (mut ids, mut recorded, mut events, mut sealed, mut key_ids) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut index = IndexArrays::default();
+    let active_key = crate::crypto::keyring()?.active_key_id();
+    for row in rows {
+        let id: String = row.get("resource_id");
+        let text: Option<String> = row.get("event_text");
+        // Rows without text were written with their resources (before migration 0012); the
+        // projection mark starts after them.
+        let Some(text) = text else { continue };
+        let ciphertext: Option<Vec<u8>> = row.get("sealed");
+        let key_id: Option<String> = row.get("key_id");
+        let stripped: Value = serde_json::from_str(&text).map_err(|e| crate::error::FhirError::Internal(format!("audit chain row {id}: {e}")))?;
+        // The index is built from the complete event (blind rows for its sealed elements).
+        let complete = crate::crypto::open("AuditEvent", &id, 1, Some(stripped), ciphertext.as_deref(), key_id.as_deref())?.unwrap_or_default();
+        for index_row in crate::index::index_rows("AuditEvent", &complete, "") {
+            index.add(&id, index_row);
+        }
+        // A chain row sealed under a key that was rotated away since: the resource gets its
+        // elements under the active key (key rotation may have passed the resources already).
+        let (ciphertext, key_id) = match (ciphertext, key_id) {
+            (Some(ct), Some(key)) if key != active_key => {
+                let (ct, key) = crate::crypto::reseal("AuditEvent", &id, 1, &ct, &key)?;
+                (Some(ct), Some(key))
+            }
+            other => other,
+        };
+        ids.push(id);
+        recorded.push(row.get::<chrono::DateTime<chrono::Utc>, _>("recorded"));
+        events.push(text);
+        sealed.push(ciphertext);
+        key_ids.push(key_id);
+    }
+    sqlx::query("SELECT audit_project($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)")
+        .bind(last)
+        .bind(&ids)
+        .bind(&recorded)
+        .bind(&events)
+        .bind(&sealed)
+        .bind(&key_ids)
+        .bind(&index.ref_ids)
+        .bind(&index.ref_params)
+        .bind(&index.ref_targets)
+        .bind(&index.date_ids)
+        .bind(&index.date_params)
+        .bind(&index.date_lows)
+        .bind(&index.date_highs)
+        .bind(Value::Array(index.other))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Whether a request may read AuditEvents (and so must see every event recorded before it):
+/// its path names the type (`AuditEvent…`, `Patient/x/AuditEvent`, `Patient/x/*`), or its query
+/// does (`_type`, `_include`, `_revinclude`, `_has`, chains, `$export`'s `_type`).
+pub fn reads_audit_events(path: &[&str], query: &[(String, String)]) -> bool {
+    path.iter().any(|s| *s == "AuditEvent" || *s == "*") || query.iter().any(|(k, v)| k.contains("AuditEvent") || v.contains("AuditEvent"))
+}
+
+/// A batch's index rows in the shape audit_project inserts them: references and dates (what
+/// AuditEvent's indexed parameters produce) as columns, rows of other kinds (custom
+/// SearchParameters) as search_index_replace's JSON.
+#[derive(Default)]
+struct IndexArrays {
+    ref_ids: Vec<String>,
+    ref_params: Vec<String>,
+    ref_targets: Vec<String>,
+    date_ids: Vec<String>,
+    date_params: Vec<String>,
+    date_lows: Vec<String>,
+    date_highs: Vec<String>,
+    other: Vec<Value>,
+}
+
+impl IndexArrays {
+    fn add(&mut self, id: &str, row: IndexRow) {
+        match row {
+            IndexRow::Reference { param, target } => {
+                self.ref_ids.push(id.to_owned());
+                self.ref_params.push(param);
+                self.ref_targets.push(target);
+            }
+            IndexRow::Date { param, low, high } => {
+                self.date_ids.push(id.to_owned());
+                self.date_params.push(param);
+                self.date_lows.push(low);
+                self.date_highs.push(high);
+            }
+            other => self.other.push(other.to_json("AuditEvent", id)),
+        }
+    }
+}
