@@ -283,3 +283,47 @@ async fn concurrent_appends_of_two_instances_make_one_intact_chain() {
     let by_agent = app.get_json("AuditEvent?agent=Practitioner/p3&_summary=count").await;
     assert_eq!(by_agent["total"], 29, "{by_agent}");
 }
+
+/// Appends one event straight to the chain, as another instance's writer would: this server's
+/// projector is not woken, so only the catch-up before a read can make it searchable in time.
+async fn append_elsewhere(app: &TestApp, entity: &str) {
+    let id = uuid::Uuid::now_v7().to_string();
+    let event = json!({"resourceType": "AuditEvent", "id": id, "meta": {"versionId": "1", "lastUpdated": "2026-01-02T00:00:00Z"},
+                       "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+                       "recorded": "2026-01-02T00:00:00Z", "outcome": "0",
+                       "agent": [{"requestor": true, "altId": "other-instance"}], "source": {"observer": {"display": "test"}},
+                       "entity": [{"what": {"reference": entity}}]});
+    sqlx::query(
+        "SELECT audit_append(ARRAY[now()], ARRAY[$1], ARRAY[$2], ARRAY[NULL::bytea], ARRAY[]::uuid[], ARRAY[NULL::bytea], ARRAY[NULL::text])",
+    )
+    .bind(&id)
+    .bind(event.to_string())
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+}
+
+/// AuditEvents are projected from the chain off the request's path; a search, and a Bundle
+/// entry reading AuditEvents, first brings the projection up to date, so each sees an event
+/// recorded just before it.
+#[tokio::test]
+async fn searches_and_bundle_entries_see_every_event_recorded_before_them() {
+    let app = TestApp::spawn().await;
+    app.get("Patient").await;
+    for n in 0..3 {
+        let entity = format!("Patient/recorded-elsewhere-{n}");
+        append_elsewhere(&app, &entity).await;
+        let found = app.get_json(&format!("AuditEvent?entity={entity}")).await;
+        assert_eq!(found["total"], 1, "search right after the append: {found}");
+
+        let entity = format!("Patient/recorded-elsewhere-bundle-{n}");
+        append_elsewhere(&app, &entity).await;
+        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": format!("AuditEvent?entity={entity}")}}]});
+        let r = app.send_json(Method::POST, "", &bundle).await;
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["entry"][0]["resource"]["total"], 1, "Bundle entry right after the append: {answer}");
+    }
+    assert!(verify(&app.store).await.unwrap().is_ok());
+}
