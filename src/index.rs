@@ -344,7 +344,8 @@ fn instant_text(t: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// One index row of a resource, before it is given its type and id: references and dates typed
-/// (the audit trail inserts those as columns), other kinds with search_index_replace's columns.
+/// (the audit projection inserts those as columns), other kinds with search_index_replace's
+/// columns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexRow {
     /// A blind row (`search_blind`): the keyed hash of one form of a protected value, in hex.

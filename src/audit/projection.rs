@@ -16,12 +16,11 @@
 //!   speed. Under a load that saturates the machine the backlog grows and is paid for later;
 //!   README "What PHI sealing and the audit trail cost" gives both figures.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sqlx::Row;
+use tokio::sync::watch;
 
 use crate::error::FhirResult;
 use crate::index::IndexRow;
@@ -36,17 +35,17 @@ const PAUSE_FACTOR: u32 = 3;
 /// How long the background projector waits after finding nothing to project.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
 
-/// Runs the background projector: woken after chain appends (`wake`) and at least every second,
-/// but at most every [`IDLE_CHECK`] once it found nothing to do. `appends` counts the writer's
-/// appends: while it moves (requests are being served), the projector pauses after each batch;
-/// when it stands still, the projector runs flat out.
-pub fn spawn(store: Store, wake: Arc<tokio::sync::Notify>, appends: Arc<AtomicU64>) {
+/// Runs the background projector until the chain writer stops. `appends` counts the writer's
+/// appends: each one wakes the projector (at most every [`IDLE_CHECK`] once it found nothing to
+/// do; at least every second anyway), and while the count moves (requests are being served)
+/// the projector pauses after each batch; when it stands still, the projector runs flat out.
+pub fn spawn(store: Store, mut appends: watch::Receiver<u64>) {
     tokio::spawn(async move {
         loop {
-            let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+            let writer_stopped = matches!(tokio::time::timeout(Duration::from_secs(1), appends.changed()).await, Ok(Err(_)));
             loop {
                 let started = Instant::now();
-                let appended_before = appends.load(Ordering::Relaxed);
+                let appended_before = *appends.borrow();
                 match project_batch(&store).await {
                     Ok(0) => {
                         // Woken after every group commit, the projector would otherwise run an
@@ -54,7 +53,7 @@ pub fn spawn(store: Store, wake: Arc<tokio::sync::Notify>, appends: Arc<AtomicU6
                         tokio::time::sleep(IDLE_CHECK).await;
                         break;
                     }
-                    Ok(_) if appends.load(Ordering::Relaxed) != appended_before => tokio::time::sleep(started.elapsed() * PAUSE_FACTOR).await,
+                    Ok(_) if *appends.borrow() != appended_before => tokio::time::sleep(started.elapsed() * PAUSE_FACTOR).await,
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!(error = %e, "projecting the audit trail failed");
@@ -62,6 +61,10 @@ pub fn spawn(store: Store, wake: Arc<tokio::sync::Notify>, appends: Arc<AtomicU6
                         break;
                     }
                 }
+            }
+            // No more appends: what was appended is projected (or left to the next catch-up).
+            if writer_stopped {
+                return;
             }
         }
     });
@@ -156,6 +159,15 @@ pub fn reads_audit_events(path: &[&str], query: &[(String, String)]) -> bool {
     path.iter().any(|s| *s == "AuditEvent" || *s == "*") || query.iter().any(|(k, v)| k.contains("AuditEvent") || v.contains("AuditEvent"))
 }
 
+/// [`reads_audit_events`] for a Bundle entry's `request.url` (relative or absolute, with its
+/// query).
+pub fn url_reads_audit_events(url: &str) -> bool {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let segments: Vec<&str> = path.split('/').collect();
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    reads_audit_events(&segments, &pairs)
+}
+
 /// A batch's index rows in the shape audit_project inserts them: references and dates (what
 /// AuditEvent's indexed parameters produce) as columns, rows of other kinds (custom
 /// SearchParameters) as search_index_replace's JSON.
@@ -187,5 +199,22 @@ impl IndexArrays {
             }
             other => self.other.push(other.to_json("AuditEvent", id)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_reads_audit_events;
+
+    #[test]
+    fn bundle_entry_urls_that_read_audit_events() {
+        assert!(url_reads_audit_events("AuditEvent?entity=Patient/1"));
+        assert!(url_reads_audit_events("AuditEvent/01a2"));
+        assert!(url_reads_audit_events("https://example.org/fhir/AuditEvent"));
+        assert!(url_reads_audit_events("Patient/1/*"));
+        assert!(url_reads_audit_events("Patient?_revinclude=AuditEvent%3Apatient"));
+        assert!(url_reads_audit_events("Patient?_has:AuditEvent:patient:outcome=4"));
+        assert!(!url_reads_audit_events("Patient/1"));
+        assert!(!url_reads_audit_events("Observation?subject=Patient/1&_count=5"));
     }
 }

@@ -64,10 +64,9 @@ impl AuditTrail {
     /// batches, measured slower (README.md, "What PHI sealing and the audit trail cost").
     pub fn start(store: Store) -> Self {
         let (sender, receiver) = mpsc::channel(8192);
-        let projector = std::sync::Arc::new(tokio::sync::Notify::new());
-        let appends = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        super::projection::spawn(store.clone(), projector.clone(), appends.clone());
-        tokio::spawn(writer(store, receiver, projector, appends));
+        let (appends, appended) = tokio::sync::watch::channel(0);
+        super::projection::spawn(store.clone(), appended);
+        tokio::spawn(writer(store, receiver, appends));
         AuditTrail { sender: Some(sender) }
     }
 
@@ -103,12 +102,8 @@ impl AuditTrail {
 
 /// Takes the events queued so far as one batch and appends it, batch after batch: while a
 /// batch is being committed the next one queues up, so batches grow with the load.
-async fn writer(
-    store: Store,
-    mut receiver: mpsc::Receiver<Queued>,
-    projector: std::sync::Arc<tokio::sync::Notify>,
-    appends: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
+/// Each append is counted in `appends`, which wakes the projector ([`super::projection`]).
+async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>, appends: tokio::sync::watch::Sender<u64>) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -126,8 +121,7 @@ async fn writer(
             acks.push(ack);
         }
         let result = append(&store, events, &requests).await.map_err(|e| format!("{e:?}"));
-        appends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        projector.notify_one();
+        appends.send_modify(|count| *count += 1);
         for ack in acks {
             let _ = ack.send(result.clone());
         }

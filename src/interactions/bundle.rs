@@ -129,7 +129,7 @@ pub async fn process_recorded(
         let request = e.get("request");
         let url = request.and_then(|r| r.get("url")).and_then(Value::as_str).unwrap_or("");
         let method = request.and_then(|r| r.get("method")).and_then(Value::as_str).unwrap_or("");
-        matches!(method, "GET" | "HEAD") && url.contains("AuditEvent")
+        matches!(method, "GET" | "HEAD") && crate::audit::projection::url_reads_audit_events(url)
     });
     if reads_audit_events {
         crate::audit::projection::catch_up(store).await?;
