@@ -11,10 +11,11 @@
 //! - [`catch_up`], before any request that can read AuditEvents ([`reads_audit_events`]), so a
 //!   read or search always sees every event recorded before it;
 //! - the background projector ([`spawn`]), which keeps the backlog short without competing with
-//!   requests: while requests are being served it pauses after each batch three times as long
-//!   as the batch took (at most a quarter of one core), and when they stop it catches up at full
-//!   speed. Under a load that saturates the machine the backlog grows and is paid for later;
-//!   README "What PHI sealing and the audit trail cost" gives both figures.
+//!   requests: under a light load it projects each append within a quarter of a second; while
+//!   the server is busy it lets up to 25,000 events (about five seconds of catch-up) fall
+//!   behind, then projects with a pause after each batch three times as long as the batch took
+//!   (at most a quarter of one core); when the load drops it catches up at full speed. README
+//!   "What PHI sealing and the audit trail cost" gives the figures.
 
 use std::time::{Duration, Instant};
 
@@ -32,39 +33,66 @@ const PROJECTION_LOCK: i64 = 0x6972_6f6e_7072_6f6a; // "ironproj"
 const BATCH: i64 = 2000;
 /// The background projector pauses this many times as long as its last batch took.
 const PAUSE_FACTOR: u32 = 3;
-/// How long the background projector waits after finding nothing to project.
+/// How long the background projector waits after finding nothing to project, or while it
+/// leaves the projection behind.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
+/// Events appended per second above which the server counts as busy: then projecting competes
+/// with requests for the CPU.
+const BUSY_RATE: f64 = 400.0;
+/// How far the projection may fall behind while the server is busy before it projects anyway:
+/// about five seconds of catch-up for the next AuditEvent read (the projection runs at roughly
+/// 5,000 events a second on two cores; README "What PHI sealing and the audit trail cost").
+const BUSY_LAG: i64 = 25_000;
 
-/// Runs the background projector until the chain writer stops. `appends` counts the writer's
-/// appends: each one wakes the projector (at most every [`IDLE_CHECK`] once it found nothing to
-/// do; at least every second anyway), and while the count moves (requests are being served)
-/// the projector pauses after each batch; when it stands still, the projector runs flat out.
-pub fn spawn(store: Store, mut appends: watch::Receiver<u64>) {
+/// Runs the background projector until the chain writer stops. `head` is the chain's head as
+/// this instance's writer last appended it; every change wakes the projector (at least every
+/// second anyway). Under a light load each append is projected within [`IDLE_CHECK`]. While the
+/// server is busy ([`BUSY_RATE`]) the projection waits until [`BUSY_LAG`] events are behind and
+/// then pauses after each batch ([`PAUSE_FACTOR`]): its cost moves to when the load drops, or
+/// to the next AuditEvent read, which catches up first. Once the load drops the projector
+/// catches up at full speed.
+pub fn spawn(store: Store, mut head: watch::Receiver<i64>) {
     tokio::spawn(async move {
+        // The last sequence number known to be projected.
+        let mut projected = 0i64;
         loop {
-            let writer_stopped = matches!(tokio::time::timeout(Duration::from_secs(1), appends.changed()).await, Ok(Err(_)));
+            if matches!(tokio::time::timeout(Duration::from_secs(1), head.changed()).await, Ok(Err(_))) {
+                return; // The writer stopped: what is left is for the next catch-up.
+            }
+            let (mut seen, mut since) = (*head.borrow_and_update(), Instant::now());
+            let mut wait = true;
             loop {
-                let started = Instant::now();
-                let appended_before = *appends.borrow();
+                if wait {
+                    tokio::time::sleep(IDLE_CHECK).await;
+                }
+                if head.has_changed().is_err() {
+                    return;
+                }
+                let now = *head.borrow_and_update();
+                let busy = (now - seen) as f64 >= BUSY_RATE * since.elapsed().as_secs_f64();
+                (seen, since) = (now, Instant::now());
+                if busy && seen - projected < BUSY_LAG {
+                    wait = true;
+                    continue;
+                }
                 match project_batch(&store).await {
-                    Ok(0) => {
-                        // Woken after every group commit, the projector would otherwise run an
-                        // empty transaction, four round trips, per commit.
-                        tokio::time::sleep(IDLE_CHECK).await;
+                    Ok((0, _)) => {
+                        projected = projected.max(seen);
                         break;
                     }
-                    Ok(_) if *appends.borrow() != appended_before => tokio::time::sleep(started.elapsed() * PAUSE_FACTOR).await,
-                    Ok(_) => {}
+                    Ok((_, last)) => {
+                        projected = last;
+                        if busy {
+                            tokio::time::sleep(since.elapsed() * PAUSE_FACTOR).await;
+                        }
+                        wait = false;
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "projecting the audit trail failed");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         break;
                     }
                 }
-            }
-            // No more appends: what was appended is projected (or left to the next catch-up).
-            if writer_stopped {
-                return;
             }
         }
     });
@@ -75,15 +103,16 @@ pub async fn catch_up(store: &Store) -> FhirResult<usize> {
     let mut total = 0;
     loop {
         match project_batch(store).await? {
-            0 => return Ok(total),
-            n => total += n,
+            (0, _) => return Ok(total),
+            (n, _) => total += n,
         }
     }
 }
 
 /// Projects the next batch of chain rows (at most [`BATCH`]) in one transaction under the
-/// projection lock; returns how many (0: nothing was behind).
-async fn project_batch(store: &Store) -> FhirResult<usize> {
+/// projection lock; returns how many (0: nothing was behind) and the last one's sequence
+/// number.
+async fn project_batch(store: &Store) -> FhirResult<(usize, i64)> {
     let mut tx = store.pool().begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PROJECTION_LOCK).execute(&mut *tx).await?;
     let rows = sqlx::query(
@@ -95,7 +124,7 @@ async fn project_batch(store: &Store) -> FhirResult<usize> {
     .await?;
     let Some(last) = rows.last().map(|r| r.get::<i64, _>("seq")) else {
         tx.commit().await?;
-        return Ok(0);
+        return Ok((0, 0));
     };
     let n = rows.len();
     let (mut ids, mut recorded, mut events, mut sealed, mut key_ids) =
@@ -149,7 +178,7 @@ async fn project_batch(store: &Store) -> FhirResult<usize> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(n)
+    Ok((n, last))
 }
 
 /// Whether a request may read AuditEvents (and so must see every event recorded before it):

@@ -64,7 +64,7 @@ impl AuditTrail {
     /// batches, measured slower (README.md, "What PHI sealing and the audit trail cost").
     pub fn start(store: Store) -> Self {
         let (sender, receiver) = mpsc::channel(8192);
-        let (appends, appended) = tokio::sync::watch::channel(0);
+        let (appends, appended) = tokio::sync::watch::channel(0i64);
         super::projection::spawn(store.clone(), appended);
         tokio::spawn(writer(store, receiver, appends));
         AuditTrail { sender: Some(sender) }
@@ -102,8 +102,9 @@ impl AuditTrail {
 
 /// Takes the events queued so far as one batch and appends it, batch after batch: while a
 /// batch is being committed the next one queues up, so batches grow with the load.
-/// Each append is counted in `appends`, which wakes the projector ([`super::projection`]).
-async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>, appends: tokio::sync::watch::Sender<u64>) {
+/// Each append publishes the chain's new head (its last sequence number) in `head`, which
+/// wakes the projector and tells it how far behind it is ([`super::projection`]).
+async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>, head: tokio::sync::watch::Sender<i64>) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -121,7 +122,10 @@ async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>, appends: tok
             acks.push(ack);
         }
         let result = append(&store, events, &requests).await.map_err(|e| format!("{e:?}"));
-        appends.send_modify(|count| *count += 1);
+        if let Ok(Some(last)) = result {
+            head.send_modify(|seq| *seq = (*seq).max(last));
+        }
+        let result = result.map(|_| ());
         for ack in acks {
             let _ = ack.send(result.clone());
         }
@@ -129,8 +133,8 @@ async fn writer(store: Store, mut receiver: mpsc::Receiver<Queued>, appends: tok
 }
 
 /// Appends prepared events to the chain in one statement, which also deletes the audit intents
-/// of `requests` (their events are now in the chain).
-async fn append(store: &Store, events: Vec<Prepared>, requests: &[uuid::Uuid]) -> FhirResult<()> {
+/// of `requests` (their events are now in the chain). Returns the sequence number of the last.
+async fn append(store: &Store, events: Vec<Prepared>, requests: &[uuid::Uuid]) -> FhirResult<Option<i64>> {
     let n = events.len();
     let (mut ids, mut recorded, mut contents, mut macs, mut sealed, mut key_ids) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -144,7 +148,7 @@ async fn append(store: &Store, events: Vec<Prepared>, requests: &[uuid::Uuid]) -
     }
     // The requests' audit intents, then the chain lock, head and chain rows, in one statement
     // (migrations/0012_audit_chain_first.sql).
-    sqlx::query("SELECT audit_append($1, $2, $3, $4, $5, $6, $7)")
+    let (last,): (Option<i64>,) = sqlx::query_as("SELECT audit_append($1, $2, $3, $4, $5, $6, $7)")
         .bind(&recorded)
         .bind(&ids)
         .bind(&contents)
@@ -152,9 +156,9 @@ async fn append(store: &Store, events: Vec<Prepared>, requests: &[uuid::Uuid]) -
         .bind(requests)
         .bind(&sealed)
         .bind(&key_ids)
-        .execute(store.pool())
+        .fetch_one(store.pool())
         .await?;
-    Ok(())
+    Ok(last)
 }
 
 /// The first record that breaks the chain, and why.

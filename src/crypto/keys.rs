@@ -287,30 +287,45 @@ pub async fn rotate_kek(store: &Store, config: &Config, new: &LocalKek) -> Resul
 /// Rows (current, history and audit chain) still sealed under a data key other than the
 /// active one.
 pub async fn rows_behind(store: &Store) -> FhirResult<i64> {
-    let active = super::keyring()?.active_key_id();
+    let old = old_data_keys(store).await?;
+    if old.is_empty() {
+        return Ok(0);
+    }
     let row = sqlx::query(
-        "SELECT (SELECT count(*) FROM resource WHERE key_id <> $1) + (SELECT count(*) FROM resource_history WHERE key_id <> $1) \
-              + (SELECT count(*) FROM audit_log WHERE key_id <> $1)",
+        "SELECT (SELECT count(*) FROM resource WHERE key_id = ANY($1)) + (SELECT count(*) FROM resource_history WHERE key_id = ANY($1)) \
+              + (SELECT count(*) FROM audit_log WHERE key_id = ANY($1))",
     )
-    .bind(&active)
+    .bind(&old)
     .fetch_one(store.pool())
     .await?;
     Ok(row.get::<i64, _>(0))
 }
 
+/// The data keys other than the active one: what rows may still be sealed under. Rows are
+/// looked up by these ids (`key_id = ANY`, through the partial key_id indexes), never by
+/// `key_id <> active`: with a LIMIT the planner reads that as a sequential scan that finds
+/// nothing, which on a large database was a full read of every table every few seconds.
+async fn old_data_keys(store: &Store) -> FhirResult<Vec<String>> {
+    let active = super::keyring()?.active_key_id();
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM data_key WHERE purpose = 'data' AND id <> $1")
+        .bind(&active)
+        .fetch_all(store.pool())
+        .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
 /// Re-encrypts up to `batch` rows of `table` under the active key, in one transaction; rows
 /// being written are skipped (`SKIP LOCKED`) and caught by the next pass. Returns the number
 /// re-encrypted. Resumable by construction: what is left is what still has an old key id.
-async fn reencrypt_batch(store: &Store, table: &str, batch: i64) -> FhirResult<usize> {
-    let active = super::keyring()?.active_key_id();
+async fn reencrypt_batch(store: &Store, table: &str, old_keys: &[String], batch: i64) -> FhirResult<usize> {
     let mut tx = store.pool().begin().await?;
     // The audit chain's rows seal their AuditEvent's elements (AuditEvent/<resource_id>/1).
     let row_of = if table == "audit_log" { "'AuditEvent', resource_id, 1::bigint" } else { "resource_type, id, version_id" };
     let select = format!(
         "SELECT ctid::text, {row_of}, sealed, key_id FROM {table} \
-         WHERE key_id <> $1 LIMIT $2 FOR UPDATE SKIP LOCKED"
+         WHERE key_id = ANY($1) LIMIT $2 FOR UPDATE SKIP LOCKED"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(select)).bind(&active).bind(batch).fetch_all(&mut *tx).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(select)).bind(old_keys).bind(batch).fetch_all(&mut *tx).await?;
     let mut ctids = Vec::with_capacity(rows.len());
     let mut sealed = Vec::with_capacity(rows.len());
     let mut key_ids = Vec::with_capacity(rows.len());
@@ -342,10 +357,14 @@ async fn reencrypt_batch(store: &Store, table: &str, batch: i64) -> FhirResult<u
 pub async fn reencrypt(store: &Store, batch: i64, mut progress: impl FnMut(u64)) -> FhirResult<u64> {
     let mut done = 0u64;
     loop {
+        let old_keys = old_data_keys(store).await?;
+        if old_keys.is_empty() {
+            return Ok(done);
+        }
         let mut pass = 0;
         for table in ["resource", "resource_history", "audit_log"] {
             loop {
-                let n = reencrypt_batch(store, table, batch).await?;
+                let n = reencrypt_batch(store, table, &old_keys, batch).await?;
                 pass += n;
                 done += n as u64;
                 progress(done);

@@ -327,3 +327,23 @@ async fn searches_and_bundle_entries_see_every_event_recorded_before_them() {
     }
     assert!(verify(&app.store).await.unwrap().is_ok());
 }
+
+/// Under a light load the background projector makes every event searchable within moments,
+/// with no AuditEvent read asking for it (the catch-up is for reads after a heavy load).
+#[tokio::test]
+async fn the_background_projector_keeps_up_with_a_light_load() {
+    let app = TestApp::spawn().await;
+    for _ in 0..5 {
+        app.get("Patient").await;
+    }
+    let (head,): (i64,) = sqlx::query_as("SELECT max(seq) FROM audit_log").fetch_one(app.store.pool()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (projected,): (i64,) = sqlx::query_as("SELECT projected_seq FROM audit_projection").fetch_one(app.store.pool()).await.unwrap();
+        if projected >= head {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "10 s after the last request, records {projected}..{head} are still not projected");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
