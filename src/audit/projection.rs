@@ -76,11 +76,11 @@ pub fn spawn(store: Store, mut head: watch::Receiver<i64>) {
                     continue;
                 }
                 match project_batch(&store).await {
-                    Ok((0, _)) => {
+                    Ok(None) => {
                         projected = projected.max(seen);
                         break;
                     }
-                    Ok((_, last)) => {
+                    Ok(Some((_, last))) => {
                         projected = last;
                         if busy {
                             tokio::time::sleep(since.elapsed() * PAUSE_FACTOR).await;
@@ -103,16 +103,16 @@ pub async fn catch_up(store: &Store) -> FhirResult<usize> {
     let mut total = 0;
     loop {
         match project_batch(store).await? {
-            (0, _) => return Ok(total),
-            (n, _) => total += n,
+            None => return Ok(total),
+            Some((n, _)) => total += n,
         }
     }
 }
 
 /// Projects the next batch of chain rows (at most [`BATCH`]) in one transaction under the
-/// projection lock; returns how many (0: nothing was behind) and the last one's sequence
-/// number.
-async fn project_batch(store: &Store) -> FhirResult<(usize, i64)> {
+/// projection lock; returns how many and the last one's sequence number, or `None` when
+/// nothing was behind.
+async fn project_batch(store: &Store) -> FhirResult<Option<(usize, i64)>> {
     let mut tx = store.pool().begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PROJECTION_LOCK).execute(&mut *tx).await?;
     let rows = sqlx::query(
@@ -124,7 +124,7 @@ async fn project_batch(store: &Store) -> FhirResult<(usize, i64)> {
     .await?;
     let Some(last) = rows.last().map(|r| r.get::<i64, _>("seq")) else {
         tx.commit().await?;
-        return Ok((0, 0));
+        return Ok(None);
     };
     let n = rows.len();
     let (mut ids, mut recorded, mut events, mut sealed, mut key_ids) =
@@ -178,7 +178,7 @@ async fn project_batch(store: &Store) -> FhirResult<(usize, i64)> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok((n, last))
+    Ok(Some((n, last)))
 }
 
 /// Whether a request may read AuditEvents (and so must see every event recorded before it):

@@ -64,9 +64,9 @@ impl AuditTrail {
     /// batches, measured slower (README.md, "What PHI sealing and the audit trail cost").
     pub fn start(store: Store) -> Self {
         let (sender, receiver) = mpsc::channel(8192);
-        let (appends, appended) = tokio::sync::watch::channel(0i64);
-        super::projection::spawn(store.clone(), appended);
-        tokio::spawn(writer(store, receiver, appends));
+        let (head, head_seen) = tokio::sync::watch::channel(0i64);
+        super::projection::spawn(store.clone(), head_seen);
+        tokio::spawn(writer(store, receiver, head));
         AuditTrail { sender: Some(sender) }
     }
 
