@@ -28,12 +28,21 @@ pub struct Intent {
     /// wrote, noted from its content when the response is built ([`note_concerned`]), so that
     /// the AuditEvent names them without another query. `None`: nothing was noted.
     pub concerned: Arc<Mutex<Option<Vec<String>>>>,
+    /// Whether a write of the request took this intent to record it ([`for_write`]): only then
+    /// does the chain writer have intents of the request to delete (reads have none, and a
+    /// delete that finds nothing still costs a scan of `audit_intent` per append).
+    written: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Intent {
     /// The intent of request `request_id` by `agent`, nothing noted yet.
     pub fn new(request_id: uuid::Uuid, agent: Value) -> Self {
-        Intent { request_id, agent, concerned: Arc::default() }
+        Intent { request_id, agent, concerned: Arc::default(), written: Arc::default() }
+    }
+
+    /// Whether a write may have recorded this intent (see [`for_write`]).
+    pub fn written(&self) -> bool {
+        self.written.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// What [`note_concerned`] noted during the request.
@@ -68,9 +77,16 @@ pub async fn scope<F: std::future::Future>(intent: Intent, future: F) -> F::Outp
     CURRENT.scope(intent, future).await
 }
 
-/// The current request's intent, inside [`scope`].
-pub fn current() -> Option<Intent> {
-    CURRENT.try_with(Clone::clone).ok()
+/// The current request's intent, inside [`scope`], for a write that records it in its own
+/// statement; marks the request as one whose intents its AuditEvent's append deletes (a write
+/// that then fails leaves a delete that finds nothing, which is harmless).
+pub fn for_write() -> Option<Intent> {
+    CURRENT
+        .try_with(|intent| {
+            intent.written.store(true, std::sync::atomic::Ordering::Release);
+            intent.clone()
+        })
+        .ok()
 }
 
 /// Intents older than this are taken to belong to a request that will never record its event.

@@ -220,6 +220,8 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             .and_then(|l| l.strip_prefix(&format!("{}/", ctx.base)))
             .and_then(|l| l.split("/_history").next())
             .map(str::to_owned);
+        // Only a request that wrote has intents for its append to delete.
+        let completes = noted.as_ref().filter(|intent| intent.written()).map(|intent| intent.request_id);
         let noted = noted.and_then(|intent| intent.concerned());
         let mut patients = patients_concerned(state, &s, &ctx.query, noted.as_deref()).await;
         if let Some(created) = created.as_deref()
@@ -239,7 +241,7 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             created,
         };
         for event in crate::audit::rest_events(&access) {
-            state.audit.record_for(event, Some(request_id)).await?;
+            state.audit.record_for(event, completes).await?;
         }
     }
     result

@@ -334,7 +334,7 @@ pub async fn write_version(
     base: &str,
 ) -> FhirResult<()> {
     let deleted = content.is_none();
-    let intent = crate::audit::intent::current();
+    let intent = crate::audit::intent::for_write();
     let sealed = content.map(|c| crate::crypto::seal(resource_type, id, version_id, c)).transpose()?;
     let (stored, ciphertext, key_id) = match &sealed {
         Some(s) => (Some(&s.content), s.sealed.as_deref(), s.key_id.as_deref()),
@@ -406,7 +406,7 @@ pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_up
     let contents: Vec<String> = sealed.iter().map(|s| s.content.to_string()).collect();
     let ciphertexts: Vec<Option<&[u8]>> = sealed.iter().map(|s| s.sealed.as_deref()).collect();
     let key_ids: Vec<Option<&str>> = sealed.iter().map(|s| s.key_id.as_deref()).collect();
-    let intent = crate::audit::intent::current();
+    let intent = crate::audit::intent::for_write();
     let index = index::rows_json(rows.iter().copied(), base);
     sqlx::query(
         "WITH input AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $6::bytea[], $7::text[]) AS t(resource_type, id, content, sealed, key_id)), \
@@ -437,7 +437,7 @@ pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_up
 pub async fn create_one(store: &Store, resource_type: &str, id: &str, last_updated: DateTime<Utc>, content: &Value, base: &str) -> FhirResult<()> {
     let index = index::rows_json([(resource_type, id, content)], base);
     let sealed = crate::crypto::seal(resource_type, id, 1, content)?;
-    let intent = crate::audit::intent::current();
+    let intent = crate::audit::intent::for_write();
     sqlx::query(
         "WITH current AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content, sealed, key_id) \
          VALUES ($1, $2, 1, $3, false, $4, $6, $7) RETURNING 1), \

@@ -210,6 +210,20 @@ async fn a_write_commits_an_audit_intent_that_its_event_completes_or_recovery_tu
     let id = created["id"].as_str().unwrap().to_owned();
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_intent").fetch_one(app.store.pool()).await.unwrap();
     assert_eq!(pending, 0, "the request's AuditEvent completed its intent");
+    // Every way of writing marks its request as one whose intents the append deletes (reads
+    // are not asked to delete any): update, delete, and a transaction's creates.
+    let other = app.create(&json!({"resourceType": "Patient", "gender": "male"})).await;
+    let other_id = other["id"].as_str().unwrap();
+    let updated = app.send_json(Method::PUT, &format!("Patient/{other_id}"), &json!({"resourceType": "Patient", "id": other_id, "gender": "female"})).await;
+    assert_eq!(updated.status(), 200);
+    assert!(app.send_json(Method::DELETE, &format!("Patient/{other_id}"), &json!({})).await.status().is_success());
+    let two = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:6f1c1c8e-0000-4000-8000-0000000000a1", "resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:6f1c1c8e-0000-4000-8000-0000000000a2", "resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}]});
+    assert_eq!(app.send_json(Method::POST, "", &two).await.status(), 200);
+    assert_eq!(app.get(&format!("Patient/{id}")).await.status(), 200);
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_intent").fetch_one(app.store.pool()).await.unwrap();
+    assert_eq!(pending, 0, "every write's AuditEvent completed its intents");
 
     // A transaction that fails leaves no intent: the intent shares the write's transaction.
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
