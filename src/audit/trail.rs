@@ -82,7 +82,8 @@ impl AuditTrail {
     }
 
     /// [`Self::record`] for the request `request_id`, whose audit intents are deleted in the
-    /// same transaction as the event is appended.
+    /// same transaction as the event is appended; `None` for a request that wrote no intent
+    /// (the append then deletes nothing: [`super::intent::for_write`]).
     pub async fn record_for(&self, event: Value, request_id: Option<uuid::Uuid>) -> FhirResult<()> {
         let Some(sender) = &self.sender else { return Ok(()) };
         let prepared = Prepared::new(event)?;
@@ -147,7 +148,7 @@ async fn append(store: &Store, events: Vec<Prepared>, requests: &[uuid::Uuid]) -
         key_ids.push(event.key_id);
     }
     // The requests' audit intents, then the chain lock, head and chain rows, in one statement
-    // (migrations/0012_audit_chain_first.sql).
+    // (migrations/0012_audit_chain_first.sql, as 0013_audit_append_lighter.sql restates it).
     let (last,): (Option<i64>,) = sqlx::query_as("SELECT audit_append($1, $2, $3, $4, $5, $6, $7)")
         .bind(&recorded)
         .bind(&ids)
