@@ -22,8 +22,9 @@ use crate::store::Store;
 #[derive(Clone, Debug)]
 pub struct Intent {
     pub request_id: uuid::Uuid,
-    /// The requesting agent as the AuditEvent will name it (no PHI: subject, role, client).
-    pub agent: Value,
+    /// Who made the request and from where, for [`Self::agent`].
+    principal: Arc<crate::auth::Principal>,
+    network: Option<String>,
     /// The patients (`Patient/ID`) whose compartment holds the resource the request read or
     /// wrote, noted from its content when the response is built ([`note_concerned`]), so that
     /// the AuditEvent names them without another query. `None`: nothing was noted.
@@ -35,9 +36,15 @@ pub struct Intent {
 }
 
 impl Intent {
-    /// The intent of request `request_id` by `agent`, nothing noted yet.
-    pub fn new(request_id: uuid::Uuid, agent: Value) -> Self {
-        Intent { request_id, agent, concerned: Arc::default(), written: Arc::default() }
+    /// The intent of request `request_id` by `principal` from `network`, nothing noted yet.
+    pub fn new(request_id: uuid::Uuid, principal: Arc<crate::auth::Principal>, network: Option<String>) -> Self {
+        Intent { request_id, principal, network, concerned: Arc::default(), written: Arc::default() }
+    }
+
+    /// The requesting agent as the AuditEvent will name it (no PHI: subject, role, client),
+    /// built only when a write records the intent (most requests are reads).
+    pub fn agent(&self) -> Value {
+        super::requesting_agent(&self.principal, self.network.as_deref())
     }
 
     /// Whether a write may have recorded this intent (see [`for_write`]).

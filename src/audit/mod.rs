@@ -10,9 +10,11 @@ pub mod projection;
 pub mod trail;
 
 use axum::http::{Method, StatusCode};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::auth::Principal;
+use crate::error::{FhirError, FhirResult};
 
 /// What one FHIR API request did, for its AuditEvent.
 pub struct Access<'a> {
@@ -35,18 +37,7 @@ pub struct Access<'a> {
 /// The requesting agent of a request's AuditEvent: the token's subject, the acting role or
 /// user, the client and the network address (also what a write's audit intent records).
 pub fn requesting_agent(principal: &Principal, network: Option<&str>) -> Value {
-    let mut agent = json!({"requestor": true, "altId": principal.subject});
-    let who = principal.role.as_deref().filter(|r| r.starts_with("PractitionerRole/")).or(principal.fhir_user.as_deref());
-    if let Some(who) = who {
-        agent["who"] = json!({"reference": who});
-    }
-    if let Some(client) = &principal.client_id {
-        agent["name"] = json!(format!("client {client}"));
-    }
-    if let Some(address) = network {
-        agent["network"] = json!({"address": address, "type": "2"});
-    }
-    agent
+    serde_json::to_value(Agent::requesting(principal, network)).unwrap_or_default()
 }
 
 /// The interaction (restful-interaction code) and action (C/R/U/D/E) of a request.
@@ -84,68 +75,263 @@ fn outcome(status: StatusCode) -> &'static str {
 }
 
 pub(crate) fn source() -> Value {
-    json!({"observer": {"display": "ironfhir"}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]})
+    serde_json::to_value(SOURCE).unwrap_or_default()
 }
 
-/// An `entity.type` coding (audit-entity-type: 1 Person, 2 System Object).
-fn entity_type(code: &str, display: &str) -> Value {
-    json!({"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": code, "display": display})
+/// A Coding of one of the fixed code systems an AuditEvent names.
+#[derive(Serialize, Clone, Copy)]
+pub struct Coding {
+    system: &'static str,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'static str>,
 }
 
-/// The entity of the resource a request touched.
-fn object_entity(reference: &str) -> Value {
-    json!({"what": {"reference": reference}, "type": entity_type("2", "System Object")})
+const fn coding(system: &'static str, code: &'static str, display: &'static str) -> Coding {
+    Coding { system, code, display: Some(display) }
 }
 
-/// The AuditEvents of a FHIR API request: one, or one per patient concerned.
-pub fn rest_events(access: &Access<'_>) -> Vec<Value> {
+const REST: Coding = coding("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation");
+const ENTITY_TYPES: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+const SYSTEM_OBJECT: Coding = coding(ENTITY_TYPES, "2", "System Object");
+const PERSON: Coding = coding(ENTITY_TYPES, "1", "Person");
+const PATIENT_ROLE: Coding = coding("http://terminology.hl7.org/CodeSystem/object-role", "1", "Patient");
+
+/// `AuditEvent.source`: this server, an application server (security-source-type 4).
+#[derive(Serialize, Clone, Copy)]
+struct Source {
+    observer: Display,
+    #[serde(rename = "type")]
+    kind: [Coding; 1],
+}
+
+const SOURCE: Source = Source {
+    observer: Display { display: "ironfhir" },
+    kind: [coding("http://terminology.hl7.org/CodeSystem/security-source-type", "4", "Application Server")],
+};
+
+#[derive(Serialize, Clone, Copy)]
+struct Display {
+    display: &'static str,
+}
+
+#[derive(Serialize, Clone)]
+struct Reference {
+    reference: String,
+}
+
+#[derive(Serialize, Clone)]
+struct Network {
+    address: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize, Clone)]
+struct Text {
+    text: String,
+}
+
+/// `AuditEvent.agent`.
+#[derive(Serialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct Agent {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    who: Option<Reference>,
+    requestor: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alt_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<Network>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<[Text; 1]>,
+}
+
+impl Agent {
+    /// The requesting agent (see [`requesting_agent`]).
+    fn requesting(principal: &Principal, network: Option<&str>) -> Self {
+        let who = principal.role.as_deref().filter(|r| r.starts_with("PractitionerRole/")).or(principal.fhir_user.as_deref());
+        Agent {
+            who: who.map(|w| Reference { reference: w.to_owned() }),
+            requestor: true,
+            alt_id: Some(principal.subject.clone()),
+            name: principal.client_id.as_ref().map(|client| format!("client {client}")),
+            network: network.map(|address| Network { address: address.to_owned(), kind: "2" }),
+            role: None,
+        }
+    }
+}
+
+/// `AuditEvent.entity.what`: a reference, or the name of a type a request touched as a whole.
+#[derive(Serialize, Clone)]
+struct What {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<String>,
+}
+
+/// `AuditEvent.entity`.
+#[derive(Serialize, Clone)]
+struct Entity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    what: Option<What>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<Coding>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Coding>,
+    /// The search's query string, base64 (sealed by the default PHI policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+}
+
+impl Entity {
+    /// The entity of the resource a request touched.
+    fn object(reference: String) -> Self {
+        Entity { what: Some(What { reference: Some(reference), display: None }), kind: Some(SYSTEM_OBJECT), role: None, query: None }
+    }
+}
+
+/// `AuditEvent.meta`: the chain writer's id and time, as every stored resource has.
+#[derive(Serialize, Clone)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Meta {
+    pub version_id: &'static str,
+    pub last_updated: String,
+}
+
+/// The AuditEvent of a FHIR API request as typed data: a request builds and serialises it
+/// without a `serde_json::Value` (a map per object, keys hashed and cloned), which on a
+/// read-by-id was most of what auditing cost the server itself. Serialises to the same
+/// document `rest_events` built as a `Value` before.
+#[derive(Serialize, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct RestEvent {
+    resource_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) meta: Option<Meta>,
+    #[serde(rename = "type")]
+    kind: Coding,
+    subtype: [Coding; 1],
+    action: &'static str,
+    pub(crate) recorded: String,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome_desc: Option<String>,
+    agent: Vec<Agent>,
+    source: Source,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    entity: Vec<Entity>,
+}
+
+impl RestEvent {
+    /// Whether the event holds a search's query (an element the default policy seals).
+    pub fn has_query(&self) -> bool {
+        self.entity.iter().any(|e| e.query.is_some())
+    }
+
+    /// The event as a document (for the sealing path).
+    pub fn to_value(&self) -> FhirResult<Value> {
+        serde_json::to_value(self).map_err(|e| FhirError::Internal(format!("audit event: {e}")))
+    }
+
+    /// An event holding every element a rest event can hold (agents of both kinds, entities
+    /// of every kind, a query, an outcome description): what the PHI policy is checked against
+    /// to know whether it can seal anything in an event without a query
+    /// ([`trail`]).
+    pub(crate) fn fullest() -> Self {
+        let principal = Principal {
+            subject: "s".into(),
+            client_id: Some("c".into()),
+            fhir_user: Some("Practitioner/p".into()),
+            role: Some("PractitionerRole/r".into()),
+            patient: Some("p".into()),
+            ..Default::default()
+        };
+        let access = Access {
+            principal: &principal,
+            method: &Method::GET,
+            path: &["Observation"],
+            query: &[("code".into(), "x".into())],
+            status: StatusCode::BAD_REQUEST,
+            reason: Some("r"),
+            patients: vec![],
+            network: Some("127.0.0.1".into()),
+            created: None,
+        };
+        let mut events = rest_events(&access);
+        let mut event = events.pop().unwrap_or_else(|| rest_event_base(&access));
+        event.entity.push(Entity { what: Some(What { reference: None, display: Some("Observation".into()) }), kind: None, role: None, query: None });
+        event.entity.push(Entity::object("Observation/o".into()));
+        event.id = Some("i".into());
+        event.meta = Some(Meta { version_id: "1", last_updated: "t".into() });
+        event
+    }
+}
+
+/// The parts of a request's AuditEvent that do not depend on the patients it concerns.
+fn rest_event_base(access: &Access<'_>) -> RestEvent {
     let principal = access.principal;
     let (subtype, action) = interaction(access.method, access.path);
-    let mut agents = vec![requesting_agent(principal, access.network.as_deref())];
+    let mut agents = vec![Agent::requesting(principal, access.network.as_deref())];
     if let (Some(user), Some(role)) = (principal.fhir_user.as_deref(), principal.role.as_deref().filter(|r| r.starts_with("PractitionerRole/"))) {
         // The person behind the role, as a second agent.
-        agents.push(json!({"who": {"reference": user}, "requestor": false, "role": [{"text": format!("acting in {role}")}]}));
+        agents.push(Agent {
+            who: Some(Reference { reference: user.to_owned() }),
+            requestor: false,
+            alt_id: None,
+            name: None,
+            network: None,
+            role: Some([Text { text: format!("acting in {role}") }]),
+        });
     }
     let mut entities = vec![];
     match access.path {
         [resource_type, id, ..] if !id.starts_with('$') && !id.starts_with('_') => {
-            entities.push(object_entity(&format!("{resource_type}/{id}")));
+            entities.push(Entity::object(format!("{resource_type}/{id}")));
         }
         [resource_type, ..] => match &access.created {
-            Some(created) => entities.push(object_entity(created)),
-            None => entities.push(json!({"what": {"display": resource_type}})),
+            Some(created) => entities.push(Entity::object(created.clone())),
+            None => entities.push(Entity { what: Some(What { reference: None, display: Some((*resource_type).to_owned()) }), kind: None, role: None, query: None }),
         },
         [] => {}
     }
-    let searched: Vec<(String, String)> = access.query.iter().filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty")).cloned().collect();
+    let searched: Vec<&(String, String)> = access.query.iter().filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty")).collect();
     if !searched.is_empty() && action == "E" {
         use base64::Engine;
-        let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(&searched).finish();
-        entities.push(json!({"type": entity_type("2", "System Object"), "query": base64::engine::general_purpose::STANDARD.encode(query)}));
+        let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(searched).finish();
+        entities.push(Entity { what: None, kind: Some(SYSTEM_OBJECT), role: None, query: Some(base64::engine::general_purpose::STANDARD.encode(query)) });
     }
-    let mut event = json!({
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
-        "action": action,
-        "recorded": crate::interactions::instant(&crate::interactions::now()),
-        "outcome": outcome(access.status),
-        "agent": agents,
-        "source": source(),
-    });
-    if let Some(reason) = access.reason.filter(|_| access.status.is_client_error() || access.status.is_server_error()) {
-        event["outcomeDesc"] = json!(reason);
+    RestEvent {
+        resource_type: "AuditEvent",
+        id: None,
+        meta: None,
+        kind: REST,
+        subtype: [Coding { system: "http://hl7.org/fhir/restful-interaction", code: subtype, display: None }],
+        action,
+        recorded: crate::interactions::instant(&crate::interactions::now()),
+        outcome: outcome(access.status),
+        outcome_desc: access.reason.filter(|_| access.status.is_client_error() || access.status.is_server_error()).map(str::to_owned),
+        agent: agents,
+        source: SOURCE,
+        entity: entities,
     }
+}
+
+/// The AuditEvents of a FHIR API request: one, or one per patient concerned.
+pub fn rest_events(access: &Access<'_>) -> Vec<RestEvent> {
+    let event = rest_event_base(access);
     let mut patients = access.patients.clone();
-    if let Some(p) = &principal.patient {
+    if let Some(p) = &access.principal.patient {
         patients.push(format!("Patient/{p}"));
     }
     patients.sort();
     patients.dedup();
     if patients.is_empty() {
-        if !entities.is_empty() {
-            event["entity"] = Value::Array(entities);
-        }
         return vec![event];
     }
     // One event per patient concerned (as IHE BALP does), so that a patient reading the
@@ -154,9 +340,7 @@ pub fn rest_events(access: &Access<'_>) -> Vec<Value> {
         .into_iter()
         .map(|patient| {
             let mut one = event.clone();
-            let mut list = entities.clone();
-            list.push(json!({"what": {"reference": patient}, "type": entity_type("1", "Person"), "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}}));
-            one["entity"] = Value::Array(list);
+            one.entity.push(Entity { what: Some(What { reference: Some(patient), display: None }), kind: Some(PERSON), role: Some(PATIENT_ROLE), query: None });
             one
         })
         .collect()
@@ -195,5 +379,111 @@ pub fn auth_failure_event(what: &str, client: Option<&str>, reason: &str, networ
 pub async fn record_auth_failure(state: &crate::rest::AppState, what: &str, client: Option<&str>, reason: &str) {
     if let Err(e) = state.audit.record(auth_failure_event(what, client, reason, None)).await {
         tracing::error!(error = %e, "cannot record a refused authentication");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{Method, StatusCode};
+    use serde_json::{Value, json};
+
+    use super::{Access, rest_events};
+    use crate::auth::Principal;
+
+    fn documents(access: &Access<'_>) -> Vec<Value> {
+        rest_events(access).iter().map(|e| e.to_value().expect("an event serialises")).collect()
+    }
+
+    #[test]
+    fn a_read_in_a_role_names_role_and_person_the_resource_and_one_patient_per_event() {
+        let principal = Principal {
+            subject: "user-1".into(),
+            client_id: Some("app".into()),
+            fhir_user: Some("Practitioner/pr1".into()),
+            role: Some("PractitionerRole/r1".into()),
+            ..Default::default()
+        };
+        let access = Access {
+            principal: &principal,
+            method: &Method::GET,
+            path: &["Observation", "o1"],
+            query: &[],
+            status: StatusCode::OK,
+            reason: None,
+            patients: vec!["Patient/b".into(), "Patient/a".into(), "Patient/a".into()],
+            network: Some("10.0.0.1".into()),
+            created: None,
+        };
+        let events = documents(&access);
+        assert_eq!(events.len(), 2, "one event per distinct patient");
+        let expected = json!({
+            "resourceType": "AuditEvent",
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
+            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
+            "action": "R",
+            "recorded": events[0]["recorded"],
+            "outcome": "0",
+            "agent": [
+                {"requestor": true, "altId": "user-1", "who": {"reference": "PractitionerRole/r1"}, "name": "client app",
+                 "network": {"address": "10.0.0.1", "type": "2"}},
+                {"who": {"reference": "Practitioner/pr1"}, "requestor": false, "role": [{"text": "acting in PractitionerRole/r1"}]}
+            ],
+            "source": {"observer": {"display": "ironfhir"}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
+            "entity": [
+                {"what": {"reference": "Observation/o1"}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}},
+                {"what": {"reference": "Patient/a"}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+                 "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}}
+            ]
+        });
+        assert_eq!(events[0], expected);
+        assert_eq!(events[1]["entity"][1]["what"]["reference"], "Patient/b");
+        assert_eq!(events[1]["entity"].as_array().map(Vec::len), Some(2), "the other patient is not named");
+    }
+
+    #[test]
+    fn a_refused_search_names_its_query_and_reason_and_no_patient() {
+        let principal = Principal { subject: "svc".into(), ..Default::default() };
+        let query = vec![("name".to_owned(), "smi".to_owned()), ("_format".to_owned(), "json".to_owned())];
+        let access = Access {
+            principal: &principal,
+            method: &Method::GET,
+            path: &["Patient"],
+            query: &query,
+            status: StatusCode::FORBIDDEN,
+            reason: Some("insufficient scope"),
+            patients: vec![],
+            network: None,
+            created: None,
+        };
+        let events = documents(&access);
+        assert_eq!(events.len(), 1);
+        let event = &events[0];
+        assert_eq!(event["subtype"][0]["code"], "search-type");
+        assert_eq!((event["action"].as_str(), event["outcome"].as_str(), event["outcomeDesc"].as_str()), (Some("E"), Some("4"), Some("insufficient scope")));
+        assert_eq!(event["agent"], json!([{"requestor": true, "altId": "svc"}]));
+        assert_eq!(event["entity"][0], json!({"what": {"display": "Patient"}}));
+        use base64::Engine;
+        let searched = base64::engine::general_purpose::STANDARD.decode(event["entity"][1]["query"].as_str().unwrap_or_default()).unwrap_or_default();
+        assert_eq!(String::from_utf8_lossy(&searched), "name=smi", "the query without _format");
+        assert!(rest_events(&access)[0].has_query());
+    }
+
+    #[test]
+    fn an_event_with_nothing_concerned_has_no_entity() {
+        let principal = Principal { subject: "svc".into(), ..Default::default() };
+        let access = Access {
+            principal: &principal,
+            method: &Method::GET,
+            path: &[],
+            query: &[],
+            status: StatusCode::OK,
+            reason: None,
+            patients: vec![],
+            network: None,
+            created: None,
+        };
+        let events = documents(&access);
+        assert!(events[0].get("entity").is_none());
+        assert_eq!(events[0]["subtype"][0]["code"], "search-system");
     }
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
+use super::{Meta, RestEvent};
 use crate::error::{FhirError, FhirResult};
 use crate::store::Store;
 
@@ -49,6 +50,44 @@ impl Prepared {
         let (seal, mac) = crate::crypto::seal_with_mac("AuditEvent", id.as_str(), 1, &event)?;
         Ok(Prepared { id: id.as_str().to_owned(), recorded, content: seal.content.to_string(), sealed: seal.sealed, key_id: seal.key_id, mac })
     }
+
+    /// [`Self::new`] for a request's typed event: serialised straight to its text when the
+    /// PHI policy can seal nothing in it (no query, [`policy_seals_only_queries`]), else
+    /// sealed as a document like any other event.
+    fn rest(mut event: RestEvent) -> FhirResult<Self> {
+        let recorded = crate::interactions::now();
+        let id = crate::fhir::types::Id::generate_time_ordered().as_str().to_owned();
+        event.id = Some(id.clone());
+        event.meta = Some(Meta { version_id: "1", last_updated: crate::interactions::instant(&recorded) });
+        if event.has_query() || !policy_seals_only_queries() {
+            let document = event.to_value()?;
+            let (seal, mac) = crate::crypto::seal_with_mac("AuditEvent", &id, 1, &document)?;
+            return Ok(Prepared { id, recorded, content: seal.content.to_string(), sealed: seal.sealed, key_id: seal.key_id, mac });
+        }
+        let content = serde_json::to_string(&event).map_err(|e| FhirError::Internal(format!("audit event: {e}")))?;
+        Ok(Prepared { id, recorded, content, sealed: None, key_id: None, mac: None })
+    }
+}
+
+/// Whether the PHI policy seals, of everything a request's AuditEvent can hold, at most the
+/// search query (`entity.query`, which the default policy seals): then an event without a
+/// query has nothing to seal. Asked once of the policy in force, against the fullest event.
+fn policy_seals_only_queries() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| seals_only_queries(&crate::crypto::policy::plan("AuditEvent")))
+}
+
+/// [`policy_seals_only_queries`] for the AuditEvent plan `plan`.
+fn seals_only_queries(plan: &crate::crypto::policy::SealPlan) -> bool {
+    let Ok(mut fullest) = RestEvent::fullest().to_value() else { return false };
+    let sealed = crate::crypto::policy::extract(&mut fullest, plan);
+    sealed.iter().all(|(pointer, _)| {
+        let mut steps = pointer.split('/').skip(1);
+        matches!(
+            (steps.next(), steps.next().map(|i| i.parse::<usize>().is_ok()), steps.next(), steps.next()),
+            (Some("entity"), Some(true), Some("query" | "_query"), None)
+        )
+    })
 }
 
 /// Handle to the writer task; cloned into the application state. `Default` is a trail that
@@ -85,8 +124,22 @@ impl AuditTrail {
     /// same transaction as the event is appended; `None` for a request that wrote no intent
     /// (the append then deletes nothing: [`super::intent::for_write`]).
     pub async fn record_for(&self, event: Value, request_id: Option<uuid::Uuid>) -> FhirResult<()> {
+        if self.sender.is_none() {
+            return Ok(());
+        }
+        self.append_prepared(Prepared::new(event)?, request_id).await
+    }
+
+    /// [`Self::record_for`] for the typed AuditEvent of a FHIR API request.
+    pub async fn record_rest(&self, event: RestEvent, request_id: Option<uuid::Uuid>) -> FhirResult<()> {
+        if self.sender.is_none() {
+            return Ok(());
+        }
+        self.append_prepared(Prepared::rest(event)?, request_id).await
+    }
+
+    async fn append_prepared(&self, prepared: Prepared, request_id: Option<uuid::Uuid>) -> FhirResult<()> {
         let Some(sender) = &self.sender else { return Ok(()) };
-        let prepared = Prepared::new(event)?;
         let (ack, done) = oneshot::channel();
         let unavailable = || FhirError::Unavailable("the audit trail cannot be written; the request was not completed".into());
         sender.send((prepared, request_id, ack)).await.map_err(|_| unavailable())?;
@@ -251,5 +304,32 @@ pub async fn verify_command(config: crate::config::Config) -> Result<(), String>
             Ok(())
         }
         Err(broken) => Err(format!("audit trail broken at record {}: {}", broken.seq, broken.reason)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::seals_only_queries;
+    use crate::crypto::policy::{Policy, compile};
+
+    fn plan_sealing(paths: &[&str]) -> crate::crypto::policy::SealPlan {
+        let policy = Policy { resources: BTreeMap::from([("AuditEvent".to_owned(), paths.iter().map(|p| p.to_string()).collect())]), ..Default::default() };
+        compile("AuditEvent", &policy)
+    }
+
+    #[test]
+    fn events_without_a_query_skip_sealing_only_while_the_policy_seals_nothing_else_they_hold() {
+        // The shipped policy seals the query of searches: every other event is written as is.
+        let shipped: Policy = serde_json::from_str(include_str!("../../fhir-profiles/phi-policy.json")).expect("the shipped policy parses");
+        assert!(seals_only_queries(&compile("AuditEvent", &shipped)));
+        assert!(seals_only_queries(&plan_sealing(&["entity.query"])));
+        assert!(seals_only_queries(&plan_sealing(&[])));
+        // An operator who seals more of the event gets every event sealed.
+        assert!(!seals_only_queries(&plan_sealing(&["entity.query", "agent.name"])));
+        assert!(!seals_only_queries(&plan_sealing(&["agent.network"])));
+        assert!(!seals_only_queries(&plan_sealing(&["outcomeDesc"])));
+        assert!(!seals_only_queries(&plan_sealing(&["entity.what"])));
     }
 }

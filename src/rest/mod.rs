@@ -198,7 +198,7 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     let request_id = uuid::Uuid::new_v4();
     let mut noted = None;
     let result = if state.audit.enabled() {
-        let intent = crate::audit::intent::Intent::new(request_id, crate::audit::requesting_agent(&principal, ctx.network.as_deref()));
+        let intent = crate::audit::intent::Intent::new(request_id, principal.clone(), ctx.network.clone());
         noted = Some(intent.clone());
         crate::audit::intent::scope(intent, route_as(state, ctx, method, &s, body, &principal)).await
     } else {
@@ -241,7 +241,7 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             created,
         };
         for event in crate::audit::rest_events(&access) {
-            state.audit.record_for(event, completes).await?;
+            state.audit.record_rest(event, completes).await?;
         }
     }
     result

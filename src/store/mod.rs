@@ -374,7 +374,7 @@ pub async fn write_version(
     .bind(ciphertext)
     .bind(key_id)
     .bind(intent.as_ref().map(|i| i.request_id))
-    .bind(intent.as_ref().map(|i| &i.agent))
+    .bind(intent.as_ref().map(|i| i.agent()))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -426,7 +426,7 @@ pub async fn insert_many_new(tx: &mut Tx, rows: &[(&str, &str, &Value)], last_up
     .bind(&ciphertexts)
     .bind(&key_ids)
     .bind(intent.as_ref().map(|i| i.request_id))
-    .bind(intent.as_ref().map(|i| &i.agent))
+    .bind(intent.as_ref().map(|i| i.agent()))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -455,7 +455,7 @@ pub async fn create_one(store: &Store, resource_type: &str, id: &str, last_updat
     .bind(&sealed.sealed)
     .bind(&sealed.key_id)
     .bind(intent.as_ref().map(|i| i.request_id))
-    .bind(intent.as_ref().map(|i| &i.agent))
+    .bind(intent.as_ref().map(|i| i.agent()))
     .execute(&store.pool)
     .await?;
     Ok(())
