@@ -263,9 +263,8 @@ impl RestEvent {
             network: Some("127.0.0.1".into()),
             created: None,
         };
-        let mut events = rest_events(&access);
-        let mut event = events.pop().unwrap_or_else(|| rest_event_base(&access));
-        event.entity.push(Entity { what: Some(What { reference: None, display: Some("Observation".into()) }), kind: None, role: None, query: None });
+        // A type-level search names the type, its query and the patient; add a resource.
+        let mut event = rest_events(&access).pop().unwrap_or_else(|| rest_event_base(&access));
         event.entity.push(Entity::object("Observation/o".into()));
         event.id = Some("i".into());
         event.meta = Some(Meta { version_id: "1", last_updated: "t".into() });
