@@ -218,7 +218,7 @@ pub struct RestEvent {
     kind: Coding,
     subtype: [Coding; 1],
     action: &'static str,
-    pub(crate) recorded: String,
+    recorded: String,
     outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome_desc: Option<String>,

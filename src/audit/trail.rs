@@ -45,10 +45,15 @@ impl Prepared {
         let recorded = crate::interactions::now();
         // Time-ordered ids: appends land at the right edge of the id indexes instead of on
         // random pages (the event's time is in it anyway).
-        let id = crate::fhir::types::Id::generate_time_ordered();
-        crate::interactions::stamp(&mut event, id.as_str(), 1, &recorded);
-        let (seal, mac) = crate::crypto::seal_with_mac("AuditEvent", id.as_str(), 1, &event)?;
-        Ok(Prepared { id: id.as_str().to_owned(), recorded, content: seal.content.to_string(), sealed: seal.sealed, key_id: seal.key_id, mac })
+        let id = crate::fhir::types::Id::generate_time_ordered().as_str().to_owned();
+        crate::interactions::stamp(&mut event, &id, 1, &recorded);
+        Self::sealed(id, recorded, &event)
+    }
+
+    /// An event already stamped with `id` and `recorded`, sealed as any resource is sealed.
+    fn sealed(id: String, recorded: chrono::DateTime<chrono::Utc>, event: &Value) -> FhirResult<Self> {
+        let (seal, mac) = crate::crypto::seal_with_mac("AuditEvent", &id, 1, event)?;
+        Ok(Prepared { id, recorded, content: seal.content.to_string(), sealed: seal.sealed, key_id: seal.key_id, mac })
     }
 
     /// [`Self::new`] for a request's typed event: serialised straight to its text when the
@@ -60,9 +65,7 @@ impl Prepared {
         event.id = Some(id.clone());
         event.meta = Some(Meta { version_id: "1", last_updated: crate::interactions::instant(&recorded) });
         if event.has_query() || !policy_seals_only_queries() {
-            let document = event.to_value()?;
-            let (seal, mac) = crate::crypto::seal_with_mac("AuditEvent", &id, 1, &document)?;
-            return Ok(Prepared { id, recorded, content: seal.content.to_string(), sealed: seal.sealed, key_id: seal.key_id, mac });
+            return Self::sealed(id, recorded, &event.to_value()?);
         }
         let content = serde_json::to_string(&event).map_err(|e| FhirError::Internal(format!("audit event: {e}")))?;
         Ok(Prepared { id, recorded, content, sealed: None, key_id: None, mac: None })
@@ -124,22 +127,19 @@ impl AuditTrail {
     /// same transaction as the event is appended; `None` for a request that wrote no intent
     /// (the append then deletes nothing: [`super::intent::for_write`]).
     pub async fn record_for(&self, event: Value, request_id: Option<uuid::Uuid>) -> FhirResult<()> {
-        if self.sender.is_none() {
-            return Ok(());
-        }
-        self.append_prepared(Prepared::new(event)?, request_id).await
+        self.append_prepared(|| Prepared::new(event), request_id).await
     }
 
     /// [`Self::record_for`] for the typed AuditEvent of a FHIR API request.
     pub async fn record_rest(&self, event: RestEvent, request_id: Option<uuid::Uuid>) -> FhirResult<()> {
-        if self.sender.is_none() {
-            return Ok(());
-        }
-        self.append_prepared(Prepared::rest(event)?, request_id).await
+        self.append_prepared(|| Prepared::rest(event), request_id).await
     }
 
-    async fn append_prepared(&self, prepared: Prepared, request_id: Option<uuid::Uuid>) -> FhirResult<()> {
+    /// Prepares an event (only when the trail records anything: a trail that is off needs no
+    /// keyring) and waits until the writer has committed it.
+    async fn append_prepared(&self, prepare: impl FnOnce() -> FhirResult<Prepared>, request_id: Option<uuid::Uuid>) -> FhirResult<()> {
         let Some(sender) = &self.sender else { return Ok(()) };
+        let prepared = prepare()?;
         let (ack, done) = oneshot::channel();
         let unavailable = || FhirError::Unavailable("the audit trail cannot be written; the request was not completed".into());
         sender.send((prepared, request_id, ack)).await.map_err(|_| unavailable())?;
