@@ -350,6 +350,41 @@ def test_totp_second_factor_is_required_when_enrolled(base, world, server):
     assert '<form id="consent"' in r.text, r.text[:500]
 
 
+def test_a_totp_code_is_good_once_and_the_secret_is_not_stored_in_the_clear(base, world, server):
+    """RFC 6238 §5.2: a verifier must not accept a second attempt of the same OTP after a
+    successful validation. The secret itself is sealed at rest like PHI."""
+    import subprocess
+
+    from smart_flow import form_fields, pkce_pair
+
+    user = f"totp-once-{world['tag']}"
+    enrolled = register_user(server, user, PASSWORD, f"Patient/{world['pa']['id']}", totp=True)
+
+    def sign_in(code):
+        flow = Flow(base)
+        ep = flow.config["authorization_endpoint"]
+        _, challenge = pkce_pair()
+        page = flow.session.get(ep, params={"response_type": "code", "client_id": APP, "redirect_uri": REDIRECT,
+                                            "scope": "patient/*.rs", "state": "s", "aud": base,
+                                            "code_challenge": challenge, "code_challenge_method": "S256"}, timeout=30).text
+        fields = form_fields(page, "login") | {"username": user, "password": PASSWORD, "otp": code}
+        return flow.session.post(ep, data=fields, allow_redirects=False, timeout=30)
+
+    code = totp_now(enrolled["totp_secret"])
+    assert '<form id="consent"' in sign_in(code).text
+    replayed = sign_in(code)
+    assert '<form id="consent"' not in replayed.text, "the same one-time code let a second sign-in through"
+    row = subprocess.run(
+        ["psql", "-X", "-At", "-d", server.env["DATABASE_URL"], "-c",
+         f"SELECT coalesce(totp_secret, ''), length(totp_sealed) FROM app_user WHERE username = '{user}'"],
+        capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    plain, sealed_length = row.split("|")
+    assert plain == "" and int(sealed_length) > 28, row
+    dump = subprocess.run(["psql", "-X", "-At", "-d", server.env["DATABASE_URL"], "-c", "SELECT * FROM app_user"],
+                          capture_output=True, text=True, check=True, timeout=30).stdout
+    assert enrolled["totp_secret"] not in dump
+
+
 def test_logout_ends_the_sign_in_session(base, world):
     flow = Flow(base)
     role = f"PractitionerRole/{world['reader']['id']}"

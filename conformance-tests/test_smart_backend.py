@@ -14,6 +14,7 @@ import json
 import secrets
 import subprocess
 import time
+import urllib.parse
 
 import jwt
 import pytest
@@ -223,6 +224,25 @@ def test_wrong_audience_is_refused(client, anon, token_url, base):
     client_id, key = client
     for aud in (base, token_url + "x"):
         assert_token_error(token_request(anon, token_url, sign(key, claims(client_id, aud))))
+
+
+def test_an_assertion_for_another_server_is_refused_whatever_the_host_header(client, anon, token_url):
+    """The token endpoint the aud is checked against is this server's, not one a client names
+    with a Host header: an assertion minted for another server (same client, same key) does
+    not authenticate here, even sent with that server's name as Host."""
+    client_id, key = client
+    port = urllib.parse.urlsplit(token_url).port
+    other = f"other-server.example:{port}"
+    aud = f"http://{other}/auth/token"
+    r = anon.post(token_url, data={"grant_type": "client_credentials", "scope": "system/Patient.rs",
+                                   "client_assertion_type": ASSERTION_TYPE,
+                                   "client_assertion": sign(key, claims(client_id, aud))},
+                  headers={"Host": other})
+    assert r.status_code in (400, 401), r.text
+    assert r.json()["error"] == "invalid_client"
+    # The same client with this server's own token endpoint still gets a token.
+    ok = token_request(anon, token_url, sign(key, claims(client_id, token_url)))
+    assert ok.status_code == 200, ok.text
 
 
 def test_unregistered_key_is_refused(client, anon, token_url):

@@ -43,6 +43,10 @@ pub async fn open_database(config: &Config, pool_size: u32, statement_timeout: D
         .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
     store.migrate().await.map_err(|e| format!("database migration failed: {e}"))?;
     crate::crypto::keys::open(&store, config).await?;
+    let sealed = crate::oauth::accounts::seal_plain_totp_secrets(store.pool()).await.map_err(|e| format!("cannot seal the TOTP secrets: {e}"))?;
+    if sealed > 0 {
+        tracing::info!(sealed, "sealed TOTP secrets stored in the clear by an earlier version");
+    }
     crate::reindex::mark_current_if_empty(&store).await.map_err(|e| format!("cannot read the search index state: {e}"))?;
     Ok(Database { store, embedded })
 }
@@ -135,6 +139,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         tokens,
         base_url: args.base_url.clone(),
         tls,
+        listen: Some(args.listen),
         max_body_bytes: args.max_body_bytes,
         max_bundle_entries: args.max_bundle_entries,
         oauth: args.oauth_settings(),

@@ -78,6 +78,16 @@ pub fn restore(new: &mut Value, old: Option<&Value>, mask: &Mask) {
         return;
     }
     let resource_type = new.get("resourceType").and_then(Value::as_str).unwrap_or("").to_owned();
+    // Contained resources are masked on the way out too: each keeps the hidden elements of the
+    // stored contained resource with the same id (a new one gets none).
+    for contained in new.get_mut("contained").and_then(Value::as_array_mut).into_iter().flatten() {
+        let id = contained.get("id").and_then(Value::as_str).map(str::to_owned);
+        let kept = old
+            .and_then(|o| o.get("contained"))
+            .and_then(Value::as_array)
+            .and_then(|list| list.iter().find(|c| id.is_some() && c.get("id").and_then(Value::as_str) == id.as_deref()));
+        restore(contained, kept, mask);
+    }
     let Some(object) = new.as_object_mut() else { return };
     for (_, element) in mask.iter().filter(|(t, _)| t == "*" || *t == resource_type) {
         if matches!(element.as_str(), "resourceType" | "id" | "meta") {
@@ -107,6 +117,70 @@ pub fn restore(new: &mut Value, old: Option<&Value>, mask: &Mask) {
             object.remove("meta");
         }
     }
+}
+
+/// Whether the mask hides an element that `resource_type`'s search parameter `code` reads, so
+/// that searching, sorting or including by it would reveal what the role may not see. `_text`
+/// reads the narrative, `_content` every element; the other common parameters read `meta` and
+/// the id, which are never masked.
+pub fn hides_param(mask: &Mask, resource_type: &str, code: &str) -> bool {
+    let hidden: Vec<&str> = mask.iter().filter(|(t, _)| t == "*" || t == resource_type).map(|(_, e)| e.as_str()).collect();
+    if hidden.is_empty() {
+        return false;
+    }
+    match code {
+        "_content" => return true,
+        "_text" => return hidden.contains(&"text"),
+        _ => {}
+    }
+    let Some(sources) = crate::index::param_paths(resource_type, code) else { return false };
+    let hides = |first: &str| {
+        hidden.iter().any(|e| first == *e || first.strip_prefix(e).is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase())))
+    };
+    sources.iter().any(|source| match source {
+        crate::index::ParamSource::Path(keys) => keys.first().is_some_and(|k| hides(k)),
+        crate::index::ParamSource::Expression(text) => crate::crypto::policy::expression_paths(resource_type, text)
+            .iter()
+            .any(|keys| keys.first().is_some_and(|k| hides(k))),
+    })
+}
+
+/// 400 when a search's criteria (chained targets and `_has` sources included) use a parameter
+/// that reads a masked element: the answer would tell what the role may not see, so the
+/// search is refused rather than answered from hidden data.
+pub fn check_criteria(criteria: &crate::search::Criteria, mask: &Mask) -> crate::error::FhirResult<()> {
+    use crate::search::ClauseKind;
+    if mask.is_empty() {
+        return Ok(());
+    }
+    let rt = criteria.resource_type.as_str();
+    for clause in &criteria.clauses {
+        match &clause.kind {
+            ClauseKind::Chain { targets, .. } => targets.iter().try_for_each(|t| check_criteria(t, mask))?,
+            ClauseKind::Has { source, .. } => {
+                check_criteria(source, mask)?;
+                // `_has:Source:link:param`: the link parameter is read on the source type.
+                let mut parts = clause.name.split(':').skip(1);
+                if let (Some(source_type), Some(link)) = (parts.next(), parts.next()) {
+                    check_param(mask, source_type, link)?;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        check_param(mask, rt, clause.name.split([':', '.']).next().unwrap_or_default())?;
+    }
+    Ok(())
+}
+
+/// 400 when `code` on `resource_type` reads a masked element (see [`hides_param`]).
+pub fn check_param(mask: &Mask, resource_type: &str, code: &str) -> crate::error::FhirResult<()> {
+    if hides_param(mask, resource_type, code) {
+        return Err(crate::error::FhirError::BadRequest(format!(
+            "the search parameter '{code}' of {resource_type} reads elements this role may not see, so it cannot be used to search, sort or include"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -147,5 +221,30 @@ mod tests {
         let mut created = json!({"resourceType": "Condition", "note": [{"text": "new"}]});
         restore(&mut created, None, &m);
         assert!(created.get("note").is_none());
+    }
+
+    #[test]
+    fn restore_reaches_contained_resources_by_id() {
+        let m = mask(&[("*", "note")]);
+        let old = json!({"resourceType": "MedicationRequest", "id": "1",
+            "contained": [{"resourceType": "Observation", "id": "c1", "note": [{"text": "kept"}]}]});
+        let mut new = json!({"resourceType": "MedicationRequest", "id": "1",
+            "contained": [{"resourceType": "Observation", "id": "c1", "note": [{"text": "overwritten"}]},
+                          {"resourceType": "Observation", "id": "c2", "note": [{"text": "smuggled"}]}]});
+        restore(&mut new, Some(&old), &m);
+        assert_eq!(new["contained"][0]["note"][0]["text"], "kept");
+        assert!(new["contained"][1].get("note").is_none(), "a new contained resource may not set a hidden element");
+    }
+
+    #[test]
+    fn parameters_over_masked_elements_are_hidden() {
+        let m = mask(&[("*", "text"), ("Condition", "stage"), ("Appointment", "comment")]);
+        assert!(hides_param(&m, "Condition", "_text"));
+        assert!(hides_param(&m, "Condition", "_content"));
+        assert!(hides_param(&m, "Condition", "stage"), "Condition.stage.summary is below the hidden stage");
+        assert!(!hides_param(&m, "Condition", "code"));
+        assert!(!hides_param(&m, "Condition", "_id"));
+        assert!(!hides_param(&mask(&[]), "Condition", "_content"));
+        assert!(!hides_param(&mask(&[("Appointment", "comment")]), "Condition", "_content"), "nothing of Condition is hidden");
     }
 }

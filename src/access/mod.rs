@@ -81,13 +81,22 @@ pub fn nothing() -> Clause {
 }
 
 /// Confines a search to what the principal may search: for every type the criteria touch (the
-/// searched type, chain targets, `_has` sources) whose reach is a patient's compartment, a
-/// membership clause is added.
-pub fn confine(criteria: &mut Criteria, principal: &Principal, base: &str) {
+/// searched type, chain targets, `_has` sources) a membership clause of its reach is added
+/// (patient compartment, organisation subtree, granular scopes). A masked role may not search
+/// by what it cannot see (400). Every search, conditional match and picker goes through here.
+pub fn confine(criteria: &mut Criteria, principal: &Principal, base: &str) -> FhirResult<()> {
+    if let Some(acting) = &principal.acting {
+        mask::check_criteria(criteria, &acting.mask)?;
+    }
+    confine_unchecked(criteria, principal, base);
+    Ok(())
+}
+
+fn confine_unchecked(criteria: &mut Criteria, principal: &Principal, base: &str) {
     for clause in &mut criteria.clauses {
         match &mut clause.kind {
-            ClauseKind::Chain { targets, .. } => targets.iter_mut().for_each(|t| confine(t, principal, base)),
-            ClauseKind::Has { source, .. } => confine(source, principal, base),
+            ClauseKind::Chain { targets, .. } => targets.iter_mut().for_each(|t| confine_unchecked(t, principal, base)),
+            ClauseKind::Has { source, .. } => confine_unchecked(source, principal, base),
             _ => {}
         }
     }
@@ -176,6 +185,31 @@ pub async fn reaches_pooled(pool: &sqlx::PgPool, reach: &Reach, resource_type: &
     }
 }
 
+/// Whether the current version of `resource_type/id` (`content`, `None` when deleted or never
+/// written) exists for the principal's `interaction`: within its reach and its granular
+/// scopes. A confined principal cannot tell a deleted resource from an unknown one (there is
+/// no content to decide by), so for it `None` is not visible. Every write path asks this
+/// before it acts, so out of reach answers exactly like does not exist.
+pub async fn visible(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    interaction: Interaction,
+    resource_type: &str,
+    id: &str,
+    content: Option<&Value>,
+    base: &str,
+) -> FhirResult<bool> {
+    let Some(reach) = principal.access(resource_type, interaction) else { return Ok(false) };
+    if reach == Reach::All && principal.filters(resource_type, interaction).is_none() {
+        return Ok(true);
+    }
+    let Some(content) = content else { return Ok(false) };
+    if !reaches(&mut *conn, &reach, resource_type, id, content, base).await? {
+        return Ok(false);
+    }
+    matches_filters(conn, principal, resource_type, id, interaction, base).await
+}
+
 /// Checks a write (create, update, patch, delete; in Bundles too) before it happens, inside
 /// its transaction: [`prepare_write`], then [`check_write_reach`].
 #[allow(clippy::too_many_arguments)]
@@ -205,6 +239,11 @@ pub async fn prepare_write(
     mut new: Option<&mut Value>,
 ) -> FhirResult<()> {
     let Some(acting) = &principal.acting else { return Ok(()) };
+    if organization::SERVER_DEFINITION_TYPES.contains(&resource_type) {
+        return Err(FhirError::Forbidden(format!(
+            "{resource_type} is a shared definition with server-wide effect: only operators and backend services write it, not a token bound to a role"
+        )));
+    }
     if let Some(new) = new.as_deref_mut() {
         mask::restore(new, old, &acting.mask);
     }
@@ -264,6 +303,8 @@ pub async fn check_write_reach(
 #[derive(Default)]
 pub struct RoleGrants {
     cache: std::sync::RwLock<std::collections::HashMap<String, (Option<Arc<roles::ActingRole>>, std::time::Instant)>>,
+    /// `role|patient` → whether the patient belongs to the role's subtree.
+    patients: std::sync::RwLock<std::collections::HashMap<String, (bool, std::time::Instant)>>,
 }
 
 /// How long a role is reused before it is read again.
@@ -275,6 +316,29 @@ impl RoleGrants {
         if let Ok(mut c) = self.cache.write() {
             c.clear();
         }
+        if let Ok(mut c) = self.patients.write() {
+            c.clear();
+        }
+    }
+
+    /// Whether the patient in a role-bound token's context belongs to the role's subtree,
+    /// cached like the role itself.
+    async fn patient_within(&self, state: &crate::rest::AppState, role: &str, scope: &Arc<organization::OrgScope>, patient: &str) -> FhirResult<bool> {
+        let key = format!("{role}|{patient}");
+        if let Ok(c) = self.patients.read()
+            && let Some((within, at)) = c.get(&key)
+            && at.elapsed() < ROLE_GRANT_TTL
+        {
+            return Ok(*within);
+        }
+        let within = patient_in_scope(&mut *state.store.pool().acquire().await?, scope, patient).await?;
+        if let Ok(mut c) = self.patients.write() {
+            if c.len() > 10_000 {
+                c.clear();
+            }
+            c.insert(key, (within, std::time::Instant::now()));
+        }
+        Ok(within)
     }
 
     async fn acting(&self, state: &crate::rest::AppState, role: &str) -> FhirResult<Option<Arc<roles::ActingRole>>> {
@@ -312,6 +376,28 @@ pub async fn with_current_role(
     let narrowed = crate::oauth::authorize::narrow_to_grant(&token_scopes.join(" "), &acting.grant);
     let mut effective = (*principal).clone();
     effective.scopes = crate::auth::parse_scopes(&narrowed.join(" "));
+    // Patient context is reach too: a role's `patient/` scopes reach the patient's compartment
+    // only while the patient belongs to the role's organisation subtree (a patient moved
+    // elsewhere, or a context minted around the checks, leaves the token no patient at all).
+    if let Some(patient) = effective.patient.clone()
+        && effective.scopes.iter().any(|s| s.context == crate::auth::ScopeContext::Patient)
+        && !state.role_grants.patient_within(state, role, &acting.scope, &patient).await?
+    {
+        effective.patient = None;
+    }
     effective.acting = Some(acting);
     Ok(std::sync::Arc::new(effective))
+}
+
+/// Whether the Patient `id` exists and belongs to the organisation subtree `scope` (SQL over
+/// the reference index: the same rules as every confined search).
+pub async fn patient_in_scope(conn: &mut PgConnection, scope: &Arc<organization::OrgScope>, id: &str) -> FhirResult<bool> {
+    let criteria = Criteria {
+        resource_type: crate::fhir::types::ResourceType::parse("Patient")?,
+        clauses: vec![
+            Clause { name: "_id".into(), kind: ClauseKind::Id(vec![id.to_owned()]), negate: false },
+            Clause { name: "_organization".into(), kind: ClauseKind::InOrganization(scope.clone()), negate: false },
+        ],
+    };
+    Ok(!search::matching_ids(conn, &criteria, 1).await?.is_empty())
 }

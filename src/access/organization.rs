@@ -31,6 +31,16 @@ pub const SHARED_TYPES: &[&str] = &[
     "ValueSet",
 ];
 
+/// Shared definitions whose content changes how the server behaves for every organisation
+/// (search parameters it indexes, profiles and terminology it validates against, compartments
+/// that decide reach). Only tokens bound to no role — operators, backend services with
+/// `system/` scopes — write them; a role reads them like any shared type.
+pub const SERVER_DEFINITION_TYPES: &[&str] = &[
+    "CapabilityStatement", "CodeSystem", "CompartmentDefinition", "ConceptMap", "GraphDefinition", "ImplementationGuide",
+    "MessageDefinition", "NamingSystem", "OperationDefinition", "SearchParameter", "StructureDefinition", "StructureMap",
+    "TerminologyCapabilities", "ValueSet",
+];
+
 /// The organisation subtree of one role, as the SQL and the content checks need it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrgScope {

@@ -373,6 +373,111 @@ pub fn auth_failure_event(what: &str, client: Option<&str>, reason: &str, networ
     })
 }
 
+/// The extension that records who submitted an AuditEvent through the API (client, user,
+/// role): the chain vouches for the event having been received, not for its content.
+pub const SUBMITTER_EXTENSION: &str = "https://ironfhir.dev/fhir/StructureDefinition/audit-submitter";
+
+/// `POST [base]/AuditEvent` (an audit repository, IHE BALP): the event is checked like any
+/// create, marked with its submitter and appended to the hash chain — never stored beside it,
+/// where `audit verify` could not vouch for it. Returns the stored event.
+pub async fn submit(
+    state: &crate::rest::AppState,
+    principal: &crate::auth::Principal,
+    mut event: Value,
+    base: &str,
+) -> crate::error::FhirResult<crate::store::StoredResource> {
+    use crate::auth::{Interaction, Reach};
+    let rt = crate::fhir::types::ResourceType::parse("AuditEvent")?;
+    let reach = principal.require("AuditEvent", Interaction::Create)?;
+    crate::interactions::check_body(&rt, &event, None)?;
+    if let Some(object) = event.as_object_mut() {
+        object.remove("id");
+        object.remove("meta");
+        let mut submitter = vec![json!({"url": "client", "valueString": principal.client_id.as_deref().unwrap_or("")}),
+                                 json!({"url": "subject", "valueString": principal.subject})];
+        if let Some(user) = &principal.fhir_user {
+            submitter.push(json!({"url": "user", "valueReference": {"reference": user}}));
+        }
+        if let Some(role) = principal.role.as_deref().filter(|r| r.starts_with("PractitionerRole/")) {
+            submitter.push(json!({"url": "role", "valueReference": {"reference": role}}));
+        }
+        let extensions = object.entry("extension").or_insert_with(|| json!([]));
+        match extensions.as_array_mut() {
+            Some(list) => {
+                list.retain(|e| e.get("url").and_then(Value::as_str) != Some(SUBMITTER_EXTENSION));
+                list.push(json!({"url": SUBMITTER_EXTENSION, "extension": submitter}));
+            }
+            None => return Err(crate::error::FhirError::BadRequest("AuditEvent.extension must be a list".into())),
+        }
+    }
+    if reach != Reach::All || principal.acting.is_some() {
+        let mut conn = state.store.pool().acquire().await?;
+        crate::access::authorize_write(&mut conn, principal, &reach, "AuditEvent", "new", None, Some(&mut event), base).await?;
+    }
+    let (id, recorded) = state.audit.record_submitted(event.clone()).await?;
+    crate::interactions::stamp(&mut event, &id, 1, &recorded);
+    Ok(crate::store::StoredResource::written("AuditEvent", &id, 1, recorded, event))
+}
+
+/// What a successful authentication event records: sign-in, token issuance, sign-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStep {
+    /// A person signed in at the authorization server's pages.
+    SignIn,
+    /// The token endpoint issued tokens (any grant).
+    TokenIssued,
+    /// A person signed out.
+    SignOut,
+}
+
+/// The AuditEvent of a successful authentication step (DICOM 110114 User Authentication,
+/// subtype Login or Logout): who (`fhirUser` reference and account name when known), through
+/// which client, and a description naming the grant or step — never a token, secret or code.
+pub fn auth_success_event(step: AuthStep, client: Option<&str>, user: Option<&str>, fhir_user: Option<&str>, description: &str) -> Value {
+    let mut person = json!({"requestor": true});
+    if let Some(who) = fhir_user {
+        person["who"] = json!({"reference": who});
+    }
+    if let Some(user) = user {
+        person["altId"] = json!(user);
+    }
+    person["name"] = json!(user.map_or_else(|| "client".to_owned(), |u| format!("account {u}")));
+    let mut agents = vec![person];
+    if let Some(c) = client {
+        agents.push(json!({"requestor": false, "name": format!("client {c}"), "altId": c}));
+    }
+    let (code, display) = match step {
+        AuthStep::SignOut => ("110123", "Logout"),
+        AuthStep::SignIn | AuthStep::TokenIssued => ("110122", "Login"),
+    };
+    json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"},
+        "subtype": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": code, "display": display}],
+        "action": "E",
+        "recorded": crate::interactions::instant(&crate::interactions::now()),
+        "outcome": "0",
+        "outcomeDesc": description,
+        "agent": agents,
+        "source": source(),
+    })
+}
+
+/// Records a successful authentication step (see [`auth_success_event`]). The step has
+/// happened either way; a failure to record it is logged.
+pub async fn record_auth_success(
+    state: &crate::rest::AppState,
+    step: AuthStep,
+    client: Option<&str>,
+    user: Option<&str>,
+    fhir_user: Option<&str>,
+    description: &str,
+) {
+    if let Err(e) = state.audit.record(auth_success_event(step, client, user, fhir_user, description)).await {
+        tracing::error!(error = %e, "cannot record an authentication");
+    }
+}
+
 /// Records a refused authentication (see [`auth_failure_event`]); failures are logged: the
 /// refusal stands either way.
 pub async fn record_auth_failure(state: &crate::rest::AppState, what: &str, client: Option<&str>, reason: &str) {

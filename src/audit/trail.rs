@@ -130,6 +130,16 @@ impl AuditTrail {
         self.append_prepared(|| Prepared::new(event), request_id).await
     }
 
+    /// Appends a client-submitted AuditEvent (IHE BALP audit repository) to the chain and
+    /// returns the id and time it was recorded under, so `audit verify` covers it like the
+    /// server's own events.
+    pub async fn record_submitted(&self, event: Value) -> FhirResult<(String, chrono::DateTime<chrono::Utc>)> {
+        let prepared = Prepared::new(event)?;
+        let stamp = (prepared.id.clone(), prepared.recorded);
+        self.append_prepared(|| Ok(prepared), None).await?;
+        Ok(stamp)
+    }
+
     /// [`Self::record_for`] for the typed AuditEvent of a FHIR API request.
     pub async fn record_rest(&self, event: RestEvent, request_id: Option<uuid::Uuid>) -> FhirResult<()> {
         self.append_prepared(|| Prepared::rest(event), request_id).await
@@ -288,6 +298,18 @@ pub async fn verify(store: &Store) -> FhirResult<Result<i64, Broken>> {
         }
         prev = hash;
         expected_seq += 1;
+    }
+    drop(rows);
+    // Every AuditEvent resource is a projection of a chain record: one stored beside the chain
+    // (written by an older version, an import or by hand) is an entry the trail cannot vouch for.
+    let unchained: Option<(String,)> = sqlx::query_as(
+        "SELECT r.id FROM resource r WHERE r.resource_type = 'AuditEvent'
+            AND NOT EXISTS (SELECT 1 FROM audit_log l WHERE l.resource_id = r.id) LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((id,)) = unchained {
+        return Ok(Err(Broken { seq: expected_seq, reason: format!("AuditEvent/{id} is not in the trail: it was stored beside the chain") }));
     }
     Ok(Ok(expected_seq - 1))
 }

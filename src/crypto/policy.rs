@@ -294,7 +294,7 @@ fn protected_params(resource_type: &str) -> Arc<HashSet<String>> {
 /// (function arguments, `where(…)` criteria) are dropped, then every dotted chain starting at
 /// the type becomes its element names (`Patient.telecom.where(system='email')` → `telecom`,
 /// `where`; the first sealed name decides).
-fn expression_paths(resource_type: &str, text: &str) -> Vec<Vec<String>> {
+pub(crate) fn expression_paths(resource_type: &str, text: &str) -> Vec<Vec<String>> {
     // A call's parentheses (after a name) hide their content; grouping parentheses do not.
     let mut flat = String::new();
     let mut stack: Vec<bool> = vec![];

@@ -300,6 +300,12 @@ fn parse_url(method: Method, url: &str, base: &str) -> FhirResult<(ResourceType,
 /// by unconfined criteria or have no content to check) are refused here.
 fn authorize(principal: &Principal, e: &Entry) -> FhirResult<()> {
     let rt = e.rt.as_str();
+    if rt == "AuditEvent" && !matches!(e.method, Method::Get | Method::Head) {
+        // Submitted events join the hash chain one by one; a Bundle would store them beside it.
+        return Err(FhirError::MethodNotAllowed(
+            "AuditEvents are appended to the audit trail with POST [base]/AuditEvent, not written in a Bundle".into(),
+        ));
+    }
     let conditional = matches!(e.target, Target::Query(_));
     // Organisation subtrees are checked on every write path (conditional matches are
     // confined, deletes check the resource), so only patient confinement is refused here.
@@ -604,7 +610,7 @@ async fn resolve_conditional(
     let rt = ResourceType::parse(type_name)?;
     let _ = principal.require(rt.as_str(), Interaction::Search)?;
     let mut criteria = search::parse_conditional(&rt, &links.rewrite_query(query), links.base)?;
-    crate::access::confine(&mut criteria, principal, links.base);
+    crate::access::confine(&mut criteria, principal, links.base)?;
     let ids = search::matching_ids(tx, &criteria, 2).await?;
     match ids.as_slice() {
         [one] => Ok(format!("{rt}/{one}")),
@@ -623,14 +629,15 @@ enum Plan {
     Create(Id),
     /// POST whose `ifNoneExist` matched this resource: nothing is written.
     Existing(StoredResource),
-    /// PUT/PATCH of this id.
-    Write(Id),
+    /// PUT/PATCH of this id; `true` when the server chose the id (a conditional update that
+    /// matched nothing), which a confined principal may create at.
+    Write(Id, bool),
 }
 
 impl Plan {
     fn key(&self, rt: &ResourceType) -> String {
         match self {
-            Plan::Create(id) | Plan::Write(id) => format!("{rt}/{id}"),
+            Plan::Create(id) | Plan::Write(id, _) => format!("{rt}/{id}"),
             Plan::Existing(s) => format!("{}/{}", s.resource_type, s.id),
         }
     }
@@ -638,22 +645,32 @@ impl Plan {
 
 /// The ids (at most two) matching the criteria of a conditional entry; `lock` serialises
 /// concurrent conditional writes with the same criteria, like the single interactions do.
-async fn conditional_matches(tx: &mut Tx, e: &Entry, query: &str, links: &Links<'_>, lock: bool) -> FhirResult<Vec<String>> {
-    let criteria = search::parse_conditional(&e.rt, &links.rewrite_query(query), links.base)?;
+/// The criteria are confined to the principal's reach like a search: a match outside it is no
+/// match (out of reach = does not exist).
+async fn conditional_matches(
+    tx: &mut Tx,
+    principal: &Principal,
+    e: &Entry,
+    query: &str,
+    links: &Links<'_>,
+    lock: bool,
+) -> FhirResult<Vec<String>> {
+    let mut criteria = search::parse_conditional(&e.rt, &links.rewrite_query(query), links.base)?;
+    crate::access::confine(&mut criteria, principal, links.base)?;
     if lock {
         store::lock_criteria(tx, &format!("{}?{}", e.rt, criteria.canonical())).await?;
     }
     search::matching_ids(tx, &criteria, 2).await
 }
 
-async fn plan(tx: &mut Tx, e: &Entry, links: &Links<'_>) -> FhirResult<Plan> {
+async fn plan(tx: &mut Tx, principal: &Principal, e: &Entry, links: &Links<'_>) -> FhirResult<Plan> {
     let rt = e.rt.as_str();
     match (e.method, &e.target) {
         (Method::Post, _) => {
             let Some(query) = &e.if_none_exist else { return Ok(Plan::Create(Id::generate())) };
             // `ifNoneExist` is the query part; tolerate a leading `Type?`.
             let query = query.split_once('?').map_or(query.as_str(), |(_, q)| q);
-            let ids = conditional_matches(tx, e, query, links, true).await?;
+            let ids = conditional_matches(tx, principal, e, query, links, true).await?;
             match ids.as_slice() {
                 [] => Ok(Plan::Create(Id::generate())),
                 [one] => {
@@ -663,28 +680,28 @@ async fn plan(tx: &mut Tx, e: &Entry, links: &Links<'_>) -> FhirResult<Plan> {
                 _ => Err(FhirError::PreconditionFailed("ifNoneExist matched more than one resource".into())),
             }
         }
-        (_, Target::Instance(id)) => Ok(Plan::Write(id.clone())),
+        (_, Target::Instance(id)) => Ok(Plan::Write(id.clone(), false)),
         (Method::Put, Target::Query(query)) => {
-            let ids = conditional_matches(tx, e, query, links, true).await?;
+            let ids = conditional_matches(tx, principal, e, query, links, true).await?;
             let body_id = match &e.body {
                 Some(body) => body_id(body)?,
                 None => None,
             };
-            let id = match (ids.as_slice(), body_id) {
-                ([], Some(id)) => id,
-                ([], None) => Id::generate(),
+            let (id, fresh) = match (ids.as_slice(), body_id) {
+                ([], Some(id)) => (id, false),
+                ([], None) => (Id::generate(), true),
                 ([one], Some(id)) if one != id.as_str() => {
                     return Err(bad("the id in the resource differs from the resource the criteria matched"));
                 }
-                ([one], _) => Id::parse(one)?,
+                ([one], _) => (Id::parse(one)?, false),
                 _ => return Err(FhirError::PreconditionFailed("the criteria matched more than one resource".into())),
             };
-            Ok(Plan::Write(id))
+            Ok(Plan::Write(id, fresh))
         }
         (Method::Patch, Target::Query(query)) => {
-            let ids = conditional_matches(tx, e, query, links, false).await?;
+            let ids = conditional_matches(tx, principal, e, query, links, false).await?;
             match ids.as_slice() {
-                [one] => Ok(Plan::Write(Id::parse(one)?)),
+                [one] => Ok(Plan::Write(Id::parse(one)?, false)),
                 [] => Err(FhirError::NotFound("the criteria matched no resource".into())),
                 _ => Err(FhirError::PreconditionFailed("the criteria matched more than one resource".into())),
             }
@@ -706,12 +723,13 @@ async fn write(tx: &mut Tx, principal: &Principal, e: &Entry, plan: Plan, body: 
             stamp(&mut body, id.as_str(), 1, &last_updated);
             create::create_in(tx, e.rt.as_str(), &id, last_updated, &body, None, base).await?
         }
-        (Plan::Write(id), Method::Patch) => {
+        (Plan::Write(id, _), Method::Patch) => {
             let patch = patch::parse_patch(body.ok_or_else(missing)?)?;
             patch::patch_in(tx, principal, &e.rt, Some(&id), None, &patch, e.if_match.as_deref(), base).await?
         }
-        (Plan::Write(id), _) => {
-            update::put_version(tx, principal, &e.rt, &id, body.ok_or_else(missing)?, e.if_match.as_deref(), "PUT", base).await?
+        (Plan::Write(id, fresh), _) => {
+            let body = body.ok_or_else(missing)?;
+            update::put_version(tx, principal, &e.rt, &id, body, e.if_match.as_deref(), "PUT", fresh, base).await?
         }
     };
     Ok(EntryOutcome::Write(outcome))
@@ -722,21 +740,25 @@ async fn delete_entry(tx: &mut Tx, principal: &Principal, e: &Entry, links: &Lin
     let rt = e.rt.as_str();
     let id = match &e.target {
         Target::Instance(id) => id.clone(),
-        Target::Query(query) => match conditional_matches(tx, e, query, links, false).await?.as_slice() {
+        Target::Query(query) => match conditional_matches(tx, principal, e, query, links, false).await?.as_slice() {
             [] => return Ok((EntryOutcome::Deleted(0), None)),
             [one] => Id::parse(one)?,
             _ => return Err(FhirError::PreconditionFailed("the criteria matched more than one resource".into())),
         },
         _ => return Err(FhirError::Internal("no delete target".into())),
     };
+    // Out of reach answers like an unknown id, `ifMatch` included.
+    let reach = principal.require(rt, Interaction::Delete)?;
+    let exists = delete::check_delete(tx, principal, &reach, rt, id.as_str(), links.base).await?;
     if let Some(expected) = &e.if_match {
-        let current = store::lock_current(tx, rt, id.as_str()).await?.filter(|(_, deleted)| !deleted).map(|(v, _)| v);
+        let current = store::lock_current(tx, rt, id.as_str()).await?.filter(|(_, deleted)| !deleted && exists).map(|(v, _)| v);
         if current.is_none() || current != update::parse_if_match(expected) {
             return Err(FhirError::PreconditionFailed(format!("ifMatch does not match the current version of {rt}/{id}")));
         }
     }
-    let reach = principal.require(rt, Interaction::Delete)?;
-    delete::check_delete(tx, principal, &reach, rt, id.as_str(), links.base).await?;
+    if !exists {
+        return Ok((EntryOutcome::Deleted(0), Some(id)));
+    }
     let deleted = delete::delete_in(tx, rt, id.as_str()).await?;
     Ok((EntryOutcome::Deleted(deleted), Some(id)))
 }
@@ -856,9 +878,9 @@ async fn transaction_in(
     let mut plans: HashMap<usize, Plan> = HashMap::new();
     for p in 0..3 {
         for e in entries.iter().filter(|e| is_write(e.method) && pass(e) == p) {
-            let plan = tagged(failed, e.index, plan(tx, e, &links).await)?;
+            let plan = tagged(failed, e.index, plan(tx, principal, e, &links).await)?;
             let key = plan.key(&e.rt);
-            if matches!(plan, Plan::Write(_)) {
+            if matches!(plan, Plan::Write(..)) {
                 tagged(failed, e.index, claim(&mut changed, key.clone(), e.index))?;
             }
             if let Some(url) = &e.full_url {
@@ -978,7 +1000,7 @@ async fn batch_entry(
         Method::Delete => Ok((delete_entry(tx, principal, e, links).await?.0, None)),
         Method::Get | Method::Head => Ok((get_entry(tx, principal, e, links).await?, None)),
         Method::Post | Method::Put | Method::Patch => {
-            let plan = plan(tx, e, links).await?;
+            let plan = plan(tx, principal, e, links).await?;
             let key = plan.key(&e.rt);
             let body = match (&plan, e.body.clone()) {
                 (Plan::Existing(_), _) | (_, None) => None,

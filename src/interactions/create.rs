@@ -28,7 +28,7 @@ pub async fn create(
     let criteria = match if_none_exist {
         Some(q) => {
             let mut criteria = search::parse_conditional(resource_type, q, base)?;
-            crate::access::confine(&mut criteria, principal, base);
+            crate::access::confine(&mut criteria, principal, base)?;
             Some(criteria)
         }
         None => None,

@@ -17,7 +17,8 @@ pub async fn delete(store: &Store, principal: &Principal, resource_type: &Resour
         .with_transaction(move |mut tx| {
             Box::pin(async move {
                 let result = match check_delete(&mut tx, principal, reach, resource_type.as_str(), id.as_str(), base).await {
-                    Ok(()) => delete_in(&mut tx, resource_type.as_str(), id.as_str()).await,
+                    Ok(true) => delete_in(&mut tx, resource_type.as_str(), id.as_str()).await,
+                    Ok(false) => Ok(0),
                     Err(e) => Err(e),
                 };
                 (tx, result)
@@ -26,15 +27,21 @@ pub async fn delete(store: &Store, principal: &Principal, resource_type: &Resour
         .await
 }
 
-/// A confined principal deletes only what is within its reach (and a role-bound one only the
-/// PractitionerRoles it may manage).
-pub async fn check_delete(tx: &mut Tx, principal: &Principal, reach: &Reach, rt: &str, id: &str, base: &str) -> FhirResult<()> {
-    if (*reach != Reach::All || principal.acting.is_some())
-        && let Some(current) = store::current_content(tx, rt, id).await?
-    {
-        crate::access::authorize_write(tx, principal, reach, rt, id, Some(&current), None, base).await?;
+/// Whether the delete goes ahead: a confined principal deletes only what is within its reach
+/// (and a role-bound one only the PractitionerRoles it may manage). `false` when the resource
+/// does not exist for the principal — outside its reach it answers like an unknown id
+/// (nothing deleted), never with a status that would tell it exists.
+pub async fn check_delete(tx: &mut Tx, principal: &Principal, reach: &Reach, rt: &str, id: &str, base: &str) -> FhirResult<bool> {
+    if *reach != Reach::All || principal.acting.is_some() || principal.filters(rt, Interaction::Delete).is_some() {
+        let current = store::current_content(tx, rt, id).await?;
+        if !crate::access::visible(tx, principal, Interaction::Delete, rt, id, current.as_ref(), base).await? {
+            return Ok(false);
+        }
+        if let Some(current) = current {
+            crate::access::authorize_write(tx, principal, reach, rt, id, Some(&current), None, base).await?;
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Conditional delete (single-match mode): no match succeeds with nothing deleted, one match is
@@ -49,7 +56,7 @@ pub async fn conditional_delete(
     let _ = principal.require(resource_type.as_str(), Interaction::Delete)?;
     let _ = principal.require(resource_type.as_str(), Interaction::Search)?;
     let mut criteria = search::parse_conditional(resource_type, criteria, base)?;
-    crate::access::confine(&mut criteria, principal, base);
+    crate::access::confine(&mut criteria, principal, base)?;
     let criteria = &criteria;
     store
         .with_transaction(move |mut tx| {
@@ -67,7 +74,9 @@ async fn conditional_delete_in(tx: &mut Tx, principal: &Principal, rt: &str, cri
         [] => Ok(0),
         [one] => {
             let reach = principal.require(rt, Interaction::Delete)?;
-            check_delete(tx, principal, &reach, rt, one, base).await?;
+            if !check_delete(tx, principal, &reach, rt, one, base).await? {
+                return Ok(0);
+            }
             delete_in(tx, rt, one).await
         }
         _ => Err(FhirError::PreconditionFailed("the criteria matched more than one resource".into())),

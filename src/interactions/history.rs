@@ -84,11 +84,15 @@ pub async fn history(
             }
         },
         _ => {
-            // System history spans every type: only a principal allowed to read all types may see it.
-            let everything = principal
-                .scopes
-                .iter()
-                .any(|s| s.is_wildcard() && s.context != crate::auth::ScopeContext::Patient && s.allows_any(Interaction::Search));
+            // System history spans every type: only a principal that reaches everything of
+            // every type may see it. A token bound to a role reaches its organisation subtree
+            // only, and history rows have no index to confine them by in SQL (totals and
+            // pages would count the rest), so it is refused like type-level history.
+            let everything = principal.acting.is_none()
+                && principal.role.as_deref().is_none_or(|r| !r.starts_with("PractitionerRole/"))
+                && principal.scopes.iter().any(|s| {
+                    s.is_wildcard() && s.filter.is_none() && s.context != crate::auth::ScopeContext::Patient && s.allows_any(Interaction::Search)
+                });
             if !everything {
                 return Err(FhirError::Forbidden("system-level history needs a scope on all resource types".into()));
             }

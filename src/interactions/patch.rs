@@ -33,7 +33,7 @@ pub async fn patch(
         PatchTarget::Criteria { query } => {
             let _ = principal.require(resource_type.as_str(), Interaction::Search)?;
             let mut criteria = search::parse_conditional(resource_type, query, base)?;
-            crate::access::confine(&mut criteria, principal, base);
+            crate::access::confine(&mut criteria, principal, base)?;
             Some(criteria)
         }
         PatchTarget::Id(_) => None,
@@ -85,14 +85,24 @@ pub async fn patch_in(
         }
         (None, None) => return Err(FhirError::BadRequest("no patch target".into())),
     };
-    match store::lock_current(tx, rt, id.as_str()).await? {
+    let current = store::lock_current(tx, rt, id.as_str()).await?;
+    let stored = store::current_content(tx, rt, id.as_str()).await?;
+    // Out of reach = does not exist: decided before the patch touches anything, so neither
+    // the status nor a `test` op can tell what lies outside.
+    if !crate::access::visible(tx, principal, Interaction::Update, rt, id.as_str(), stored.as_ref(), base).await? {
+        return Err(FhirError::NotFound(format!("{rt}/{id} is not known")));
+    }
+    match current {
         None => return Err(FhirError::NotFound(format!("{rt}/{id} is not known"))),
         Some((_, true)) => return Err(FhirError::Gone(format!("{rt}/{id} was deleted"))),
         Some(_) => {}
     }
-    let mut doc = store::current_content(tx, rt, id.as_str())
-        .await?
-        .ok_or_else(|| FhirError::Gone(format!("{rt}/{id} was deleted")))?;
+    let mut doc = stored.ok_or_else(|| FhirError::Gone(format!("{rt}/{id} was deleted")))?;
+    // The patch sees what the role sees: a hidden element cannot be copied, moved, tested or
+    // removed (its path does not exist), and put_version restores it from the stored version.
+    if let Some(acting) = &principal.acting {
+        crate::access::mask::apply(&mut doc, &acting.mask);
+    }
     json_patch::patch(&mut doc, patch).map_err(|e| {
         FhirError::Invalid(vec![crate::error::Issue::error(
             "processing",
@@ -100,7 +110,7 @@ pub async fn patch_in(
         )])
     })?;
     check_body(resource_type, &doc, Some(&id))?;
-    put_version(tx, principal, resource_type, &id, doc, if_match, "PATCH", base).await
+    put_version(tx, principal, resource_type, &id, doc, if_match, "PATCH", false, base).await
 }
 
 fn first_line(s: &str) -> &str {

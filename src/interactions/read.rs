@@ -65,8 +65,12 @@ pub async fn vread(
     let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let version = parse_version(resource_type, id, version)?;
     let stored = store.vread(resource_type.as_str(), id.as_str(), version).await?;
-    within_reach(store, principal, &reach, stored.as_ref(), base).await?;
-    version_found(stored, resource_type, id, version)
+    // Out of reach answers exactly like a version that does not exist.
+    match within_reach(store, principal, &reach, stored.as_ref(), base).await {
+        Err(FhirError::NotFound(_)) => version_found(None, resource_type, id, version),
+        Err(e) => Err(e),
+        Ok(()) => version_found(stored, resource_type, id, version),
+    }
 }
 
 /// [`vread`] inside a transaction.
@@ -81,8 +85,11 @@ pub async fn vread_in(
     let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
     let version = parse_version(resource_type, id, version)?;
     let stored = store::vread_in(tx, resource_type.as_str(), id.as_str(), version).await?;
-    within_reach_in(tx, principal, &reach, stored.as_ref(), base).await?;
-    version_found(stored, resource_type, id, version)
+    match within_reach_in(tx, principal, &reach, stored.as_ref(), base).await {
+        Err(FhirError::NotFound(_)) => version_found(None, resource_type, id, version),
+        Err(e) => Err(e),
+        Ok(()) => version_found(stored, resource_type, id, version),
+    }
 }
 
 fn parse_version(resource_type: &ResourceType, id: &Id, version: &str) -> FhirResult<i64> {

@@ -37,9 +37,41 @@ fn parse_checked(
     for t in request.criteria.types() {
         let _reach = principal.require(&t, Interaction::Search)?;
     }
-    // patient/ scopes: every searched type (chains and _has included) within the compartment.
-    crate::access::confine(&mut request.criteria, principal, base);
+    // Every searched type (chains and _has included) within the principal's reach; a masked
+    // role may not search, sort or include by what it cannot see.
+    crate::access::confine(&mut request.criteria, principal, base)?;
+    if let Some(acting) = &principal.acting {
+        let mask = &acting.mask;
+        for (param, _, _) in &request.sort {
+            crate::access::mask::check_param(mask, resource_type.as_str(), param)?;
+        }
+        for include in &request.includes {
+            check_include(mask, resource_type.as_str(), include)?;
+        }
+    }
     Ok(request)
+}
+
+/// 400 when an `_include`/`_revinclude` follows a reference the role's mask hides (a wildcard
+/// include when any reference parameter of a type it may follow is hidden).
+fn check_include(mask: &crate::access::roles::Mask, resource_type: &str, include: &search::Include) -> FhirResult<()> {
+    let defs = crate::fhir::definitions::definitions();
+    let sources: Vec<String> = match (&include.source, include.reverse) {
+        (Some(source), _) => vec![source.clone()],
+        (None, false) => vec![resource_type.to_owned()],
+        (None, true) => defs.resource_types().to_vec(),
+    };
+    for source in &sources {
+        match &include.param {
+            Some(param) => crate::access::mask::check_param(mask, source, param)?,
+            None => {
+                for sp in defs.search_params(source).into_iter().filter(|sp| sp.param_type == "reference") {
+                    crate::access::mask::check_param(mask, source, &sp.code)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses and runs a type-level search. `base` is the server's FHIR base URL (for reference

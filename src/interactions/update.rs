@@ -29,14 +29,19 @@ pub async fn update(
     let reach = principal.require(resource_type.as_str(), Interaction::Update)?;
     check_body(resource_type, &body, Some(id))?;
     // A confined principal's update must look at the current version first (put_version).
-    if if_match.is_none() && reach == Reach::All && principal.access(resource_type.as_str(), Interaction::Create) == Some(Reach::All) {
+    if if_match.is_none()
+        && reach == Reach::All
+        && principal.access(resource_type.as_str(), Interaction::Create) == Some(Reach::All)
+        && principal.acting.is_none()
+        && principal.filters(resource_type.as_str(), Interaction::Update).is_none()
+    {
         return upsert_fast(store, resource_type, id, body, base).await;
     }
     let body = &body;
     store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
-                let result = put_version(&mut tx, principal, resource_type, id, body.clone(), if_match, "PUT", base).await;
+                let result = put_version(&mut tx, principal, resource_type, id, body.clone(), if_match, "PUT", false, base).await;
                 (tx, result)
             })
         })
@@ -57,7 +62,7 @@ pub async fn conditional_update(
     let _ = principal.require(resource_type.as_str(), Interaction::Update)?;
     let _ = principal.require(resource_type.as_str(), Interaction::Search)?;
     let mut criteria = search::parse_conditional(resource_type, criteria, base)?;
-    crate::access::confine(&mut criteria, principal, base);
+    crate::access::confine(&mut criteria, principal, base)?;
     check_body(resource_type, &body, None)?;
     let body_id = match body.get("id") {
         Some(Value::String(s)) => Some(Id::parse(s)?),
@@ -88,16 +93,16 @@ async fn conditional_update_in(
     let rt = resource_type.as_str();
     store::lock_criteria(tx, &format!("{rt}?{}", criteria.canonical())).await?;
     let matches = search::matching_ids(tx, criteria, 2).await?;
-    let id = match (matches.as_slice(), body_id) {
-        ([], Some(id)) => id.clone(),
-        ([], None) => Id::generate(),
+    let (id, fresh) = match (matches.as_slice(), body_id) {
+        ([], Some(id)) => (id.clone(), false),
+        ([], None) => (Id::generate(), true),
         ([one], Some(id)) if one != id.as_str() => {
             return Err(FhirError::BadRequest("the id in the body differs from the resource the criteria matched".into()));
         }
-        ([one], _) => Id::parse(one)?,
+        ([one], _) => (Id::parse(one)?, false),
         _ => return Err(FhirError::PreconditionFailed("the criteria matched more than one resource".into())),
     };
-    put_version(tx, principal, resource_type, &id, body.clone(), if_match, "PUT", base).await
+    put_version(tx, principal, resource_type, &id, body.clone(), if_match, "PUT", fresh, base).await
 }
 
 /// The common update: no If-Match and the right to create, so a single statement can write
@@ -116,6 +121,13 @@ async fn upsert_fast(store: &Store, resource_type: &ResourceType, id: &Id, mut b
 }
 
 /// Writes the next version of `rt/id` inside a transaction, honouring `If-Match`.
+///
+/// For a confined principal (patient compartment, organisation subtree, granular scopes) a
+/// resource outside its reach does not exist: 404, the same answer as for an id that was never
+/// used — so such a principal cannot create at an id of its choosing (`server_chose_id` is
+/// true for the fresh id of a conditional update that matched nothing), and a deleted or
+/// dangling id cannot be re-created by someone it never belonged to.
+#[allow(clippy::too_many_arguments)]
 pub async fn put_version(
     tx: &mut Tx,
     principal: &Principal,
@@ -124,15 +136,19 @@ pub async fn put_version(
     mut body: Value,
     if_match: Option<&str>,
     method: &str,
+    server_chose_id: bool,
     base: &str,
 ) -> FhirResult<WriteOutcome> {
     let rt = resource_type.as_str();
     let current = store::lock_current(tx, rt, id.as_str()).await?;
     let reach = principal.require(rt, Interaction::Update)?;
-    if reach != Reach::All || principal.acting.is_some() {
+    if reach != Reach::All || principal.acting.is_some() || principal.filters(rt, Interaction::Update).is_some() {
+        let old = store::current_content(tx, rt, id.as_str()).await?;
+        if !server_chose_id && !crate::access::visible(tx, principal, Interaction::Update, rt, id.as_str(), old.as_ref(), base).await? {
+            return Err(FhirError::NotFound(format!("{rt}/{id} is not known")));
+        }
         // Both the version replaced and the one written must be within reach (and a role's
         // delegation rules and mask apply).
-        let old = store::current_content(tx, rt, id.as_str()).await?;
         crate::access::authorize_write(tx, principal, &reach, rt, id.as_str(), old.as_ref(), Some(&mut body), base).await?;
     }
     if let Some(expected) = if_match {

@@ -8,6 +8,7 @@ use crate::fhir::types::{Id, ResourceType};
 use crate::fhir::validate::{validate_against_profile, validate_resource};
 use crate::store::Store;
 
+
 /// Validates `body` (a resource, or a Parameters with a `resource` parameter) and returns the
 /// issues found; the caller renders them as an OperationOutcome with 200. `mode=delete` checks
 /// only that the instance exists.
@@ -19,6 +20,7 @@ pub async fn validate(
     body: Option<Value>,
     mode: Option<&str>,
     profile: Option<&str>,
+    base: &str,
 ) -> FhirResult<Vec<Issue>> {
     if !(principal.allows(resource_type.as_str(), Interaction::Create)
         || principal.allows(resource_type.as_str(), Interaction::Update)
@@ -44,10 +46,16 @@ pub async fn validate(
         Some(v) => Some(v),
         None => None,
     };
+    // The stored instance is read like any read: out of reach (or masked) = does not exist.
     if mode.as_deref() == Some("delete") {
         let id = id.ok_or_else(|| FhirError::BadRequest("mode=delete needs an instance".into()))?;
-        return match store.read(resource_type.as_str(), id.as_str()).await? {
-            Some(s) if !s.deleted => Ok(vec![]),
+        let _ = principal.require(resource_type.as_str(), Interaction::Delete)?;
+        let stored = store.read(resource_type.as_str(), id.as_str()).await?.filter(|s| !s.deleted);
+        let content = stored.as_ref().and_then(|s| s.content.as_ref());
+        let mut conn = store.pool().acquire().await?;
+        let visible = crate::access::visible(&mut conn, principal, Interaction::Delete, resource_type.as_str(), id.as_str(), content, base).await?;
+        return match (stored, visible) {
+            (Some(_), true) => Ok(vec![]),
             _ => Err(FhirError::NotFound(format!("{resource_type}/{id} is not known"))),
         };
     }
@@ -55,11 +63,11 @@ pub async fn validate(
         Some(r) => r,
         None => {
             let id = id.ok_or_else(|| FhirError::BadRequest("$validate needs a resource in the body".into()))?;
-            let stored = store.read(resource_type.as_str(), id.as_str()).await?;
-            match stored {
-                Some(s) if !s.deleted => s.content.unwrap_or(Value::Null),
-                _ => return Err(FhirError::NotFound(format!("{resource_type}/{id} is not known"))),
+            let mut content = super::read::read(store, principal, resource_type, id, base).await?.content.unwrap_or(Value::Null);
+            if let Some(acting) = &principal.acting {
+                crate::access::mask::apply(&mut content, &acting.mask);
             }
+            content
         }
     };
     let mut issues = Vec::new();

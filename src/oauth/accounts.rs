@@ -223,15 +223,22 @@ pub async fn add_user(pool: &PgPool, new: NewUser) -> Result<User, String> {
     }
     let password = new.password.clone();
     let hash = tokio::task::spawn_blocking(move || hash_secret(&password)).await.map_err(|e| e.to_string())??;
+    let sealed = match &new.totp_secret {
+        Some(secret) => Some(seal_totp(&new.username, secret).map_err(|e| format!("cannot seal the TOTP secret: {e}"))?),
+        None => None,
+    };
     sqlx::query(
-        "INSERT INTO app_user (username, password_hash, fhir_user, totp_secret, require_totp) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO app_user (username, password_hash, fhir_user, totp_secret, totp_sealed, totp_key_id, require_totp)
+         VALUES ($1, $2, $3, NULL, $4, $5, $6)
          ON CONFLICT (username) DO UPDATE SET password_hash = EXCLUDED.password_hash, fhir_user = EXCLUDED.fhir_user,
-           totp_secret = EXCLUDED.totp_secret, require_totp = EXCLUDED.require_totp, failed_logins = 0, locked_until = NULL",
+           totp_secret = NULL, totp_sealed = EXCLUDED.totp_sealed, totp_key_id = EXCLUDED.totp_key_id,
+           totp_last_step = -1, require_totp = EXCLUDED.require_totp, failed_logins = 0, locked_until = NULL",
     )
     .bind(&new.username)
     .bind(&hash)
     .bind(&new.fhir_user)
-    .bind(&new.totp_secret)
+    .bind(sealed.as_ref().map(|(bytes, _)| bytes.clone()))
+    .bind(sealed.as_ref().map(|(_, key)| key.clone()))
     .bind(new.require_totp || new.totp_secret.is_some())
     .execute(pool)
     .await
@@ -239,14 +246,69 @@ pub async fn add_user(pool: &PgPool, new: NewUser) -> Result<User, String> {
     Ok(User { username: new.username, fhir_user: new.fhir_user, require_totp: new.require_totp || new.totp_secret.is_some(), totp_secret: new.totp_secret })
 }
 
+/// The additional data a user's sealed TOTP secret is bound to (a secret copied to another
+/// account's row does not open).
+fn totp_aad(username: &str) -> String {
+    format!("app_user/{username}/totp")
+}
+
+/// Seals a TOTP secret under the active data key: (ciphertext, key id).
+fn seal_totp(username: &str, secret: &str) -> crate::error::FhirResult<(Vec<u8>, String)> {
+    let keyring = crate::crypto::keyring()?;
+    let key_id = keyring.active_key_id();
+    Ok((crate::crypto::encrypt(&keyring, &key_id, &totp_aad(username), secret.as_bytes())?, key_id))
+}
+
+/// The TOTP secret of a row: sealed (current form) or, for rows not yet sealed, plain.
+fn open_totp(username: &str, sealed: Option<Vec<u8>>, key_id: Option<String>, plain: Option<String>) -> Option<String> {
+    if let (Some(sealed), Some(key_id)) = (sealed, key_id) {
+        let keyring = crate::crypto::keyring().ok()?;
+        return match crate::crypto::decrypt(&keyring, &key_id, &totp_aad(username), &sealed) {
+            Ok(bytes) => String::from_utf8(bytes).ok(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open a TOTP secret");
+                None
+            }
+        };
+    }
+    plain
+}
+
+/// Seals the TOTP secrets that earlier versions stored in the clear (run at start-up, once
+/// the keyring is installed); returns how many were sealed.
+pub async fn seal_plain_totp_secrets(pool: &PgPool) -> Result<usize, String> {
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT username, totp_secret FROM app_user WHERE totp_secret IS NOT NULL")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (username, secret) in &rows {
+        let (sealed, key_id) = seal_totp(username, secret).map_err(|e| e.to_string())?;
+        sqlx::query("UPDATE app_user SET totp_sealed = $2, totp_key_id = $3, totp_secret = NULL WHERE username = $1 AND totp_secret = $4")
+            .bind(username)
+            .bind(sealed)
+            .bind(key_id)
+            .bind(secret)
+            .execute(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(rows.len())
+}
+
+type UserRow = (String, String, bool, Option<Vec<u8>>, Option<String>, Option<String>);
+
 /// A user by name.
 pub async fn find_user(pool: &PgPool, username: &str) -> Result<Option<User>, sqlx::Error> {
-    let row: Option<(String, String, bool, Option<String>)> =
-        sqlx::query_as("SELECT username, fhir_user, require_totp, totp_secret FROM app_user WHERE username = $1")
-            .bind(username)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|(username, fhir_user, require_totp, totp_secret)| User { username, fhir_user, require_totp, totp_secret }))
+    let row: Option<UserRow> = sqlx::query_as(
+        "SELECT username, fhir_user, require_totp, totp_sealed, totp_key_id, totp_secret FROM app_user WHERE username = $1",
+    )
+    .bind(username)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(username, fhir_user, require_totp, sealed, key_id, plain)| {
+        let totp_secret = open_totp(&username, sealed, key_id, plain);
+        User { username, fhir_user, require_totp, totp_secret }
+    }))
 }
 
 /// Why a sign-in failed (all render as the same message to the person signing in).
@@ -269,13 +331,15 @@ pub async fn check_login(
     max_failures: i32,
     lockout: std::time::Duration,
 ) -> Result<Result<User, LoginFailure>, sqlx::Error> {
-    let row: Option<(String, bool, Option<String>, bool, String)> = sqlx::query_as(
-        "SELECT password_hash, require_totp, totp_secret, coalesce(locked_until > now(), false), fhir_user FROM app_user WHERE username = $1",
+    type LoginRow = (String, bool, Option<Vec<u8>>, Option<String>, Option<String>, bool, String);
+    let row: Option<LoginRow> = sqlx::query_as(
+        "SELECT password_hash, require_totp, totp_sealed, totp_key_id, totp_secret, coalesce(locked_until > now(), false), fhir_user
+           FROM app_user WHERE username = $1",
     )
     .bind(username)
     .fetch_optional(pool)
     .await?;
-    let Some((hash, require_totp, totp_secret, locked, fhir_user)) = row else {
+    let Some((hash, require_totp, sealed, key_id, plain, locked, fhir_user)) = row else {
         // Spend the same time as a real check, so timing does not tell which names exist.
         let password = password.to_owned();
         let _ = tokio::task::spawn_blocking(move || verify_secret(&password, dummy_hash())).await;
@@ -290,11 +354,24 @@ pub async fn check_login(
         record_failure(pool, username, max_failures, lockout).await?;
         return Ok(Err(LoginFailure::BadCredentials));
     }
+    let totp_secret = open_totp(username, sealed, key_id, plain);
     if require_totp {
-        let ok = match (totp_secret.as_deref(), otp.filter(|o| !o.is_empty())) {
-            (Some(secret), Some(code)) => super::totp::verify(secret, code),
+        let step = match (totp_secret.as_deref(), otp.filter(|o| !o.is_empty())) {
+            (Some(secret), Some(code)) => super::totp::matching_step(secret, code),
             // Required by policy but never enrolled: refuse rather than skip the factor.
-            _ => false,
+            _ => None,
+        };
+        // A code is good once: its step must be later than the last one accepted (a code seen
+        // over a shoulder or in a log cannot be replayed within its window).
+        let ok = match step {
+            Some(step) => sqlx::query("UPDATE app_user SET totp_last_step = $2 WHERE username = $1 AND totp_last_step < $2")
+                .bind(username)
+                .bind(i64::try_from(step).unwrap_or(i64::MAX))
+                .execute(pool)
+                .await?
+                .rows_affected()
+                == 1,
+            None => false,
         };
         if !ok {
             if otp.is_some_and(|o| !o.is_empty()) {
@@ -363,11 +440,50 @@ pub fn role_is_current(role: &Value) -> bool {
     if role.get("active").and_then(Value::as_bool) == Some(false) {
         return false;
     }
-    let now = chrono::Utc::now().to_rfc3339();
-    let period = role.get("period");
-    let ended = period.and_then(|p| p.get("end")).and_then(Value::as_str).is_some_and(|end| end < now.as_str() && end.len() >= 10);
-    let not_begun = period.and_then(|p| p.get("start")).and_then(Value::as_str).is_some_and(|start| start > now.as_str());
+    period_covers(role.get("period"), chrono::Utc::now())
+}
+
+/// Whether a FHIR Period covers the instant `now`. Its bounds are dateTimes of any precision:
+/// an `end` of "2024" lasts to the end of 2024, a `start` of "2024-05" begins on 1 May. A
+/// bound that is not a FHIR dateTime ends the period (never a role that silently never ends).
+pub fn period_covers(period: Option<&Value>, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let bound = |key: &str| period.and_then(|p| p.get(key)).map(|v| v.as_str().and_then(crate::search::params::date_bounds));
+    let ended = match bound("end") {
+        None => false,
+        Some(None) => true,
+        Some(Some((_, high))) => now >= high,
+    };
+    let not_begun = match bound("start") {
+        None => false,
+        Some(None) => true,
+        Some(Some((low, _))) => now < low,
+    };
     !ended && !not_begun
+}
+
+#[cfg(test)]
+mod period_tests {
+    use super::period_covers;
+    use chrono::{TimeZone, Utc};
+    use serde_json::json;
+
+    #[test]
+    fn period_bounds_of_every_precision_are_honoured() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 7, 12, 0, 0).single().unwrap_or_default();
+        let covers = |p: serde_json::Value| period_covers(Some(&p), now);
+        assert!(!covers(json!({"end": "2024"})), "a role that ended in 2024 has ended");
+        assert!(!covers(json!({"end": "2026-11"})));
+        assert!(covers(json!({"end": "2026-12"})), "the whole of December is covered");
+        assert!(covers(json!({"end": "2026"})));
+        assert!(!covers(json!({"end": "2026-12-06"})));
+        assert!(covers(json!({"end": "2026-12-07"})));
+        assert!(!covers(json!({"end": "2026-12-07T11:59:00Z"})));
+        assert!(covers(json!({"end": "2026-12-07T13:00:00+00:00"})));
+        assert!(!covers(json!({"start": "2027"})));
+        assert!(covers(json!({"start": "2026-12"})));
+        assert!(!covers(json!({"end": "not a date"})), "an unreadable end ends the role");
+        assert!(period_covers(None, now));
+    }
 }
 
 /// The label and grant of a PractitionerRole.

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::accounts::{self, User};
 use super::{hash_token, pages, param, random_token};
-use crate::auth::scopes;
+use crate::auth::{Principal, scopes};
 use crate::rest::AppState;
 
 /// Cookie of the sign-in session.
@@ -73,8 +73,26 @@ pub async fn authorize_post(State(state): State<Arc<AppState>>, headers: HeaderM
 /// `GET|POST /auth/logout`: ends the sign-in session.
 pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Some(sid) = cookie(&headers, SESSION_COOKIE) {
-        if let Err(e) = sqlx::query("UPDATE auth_session SET ended = true WHERE id_hash = $1").bind(hash_token(&sid)).execute(state.store.pool()).await {
-            return server_error(e);
+        let ended: Result<Option<(String,)>, _> =
+            sqlx::query_as("UPDATE auth_session SET ended = true WHERE id_hash = $1 AND NOT ended RETURNING username")
+                .bind(hash_token(&sid))
+                .fetch_optional(state.store.pool())
+                .await;
+        match ended {
+            Ok(Some((username,))) => {
+                let fhir_user = accounts::find_user(state.store.pool(), &username).await.ok().flatten().map(|u| u.fhir_user);
+                crate::audit::record_auth_success(
+                    &state,
+                    crate::audit::AuthStep::SignOut,
+                    None,
+                    Some(&username),
+                    fhir_user.as_deref(),
+                    "sign-out at the authorization server",
+                )
+                .await;
+            }
+            Ok(None) => {}
+            Err(e) => return server_error(e),
         }
     }
     let clear = set_cookie(SESSION_COOKIE, "", &state, Some(0));
@@ -276,15 +294,22 @@ async fn advance(state: &Arc<AppState>, headers: &HeaderMap, mut request: AuthRe
             Err(e) => return server_error(e),
         }
     }
-    if request.patient.is_none() {
-        request.patient = request.launch_patient.clone();
+    if request.patient.is_none()
+        && let Some(launched) = request.launch_patient.clone()
+    {
+        // Staff may hold in context only patients their role reaches, however the context came.
+        match may_choose_patient(state, headers, &request, &launched).await {
+            Ok(true) => request.patient = Some(launched),
+            Ok(false) => return fail("access_denied", "the launch context names a patient this role cannot reach"),
+            Err(e) => return server_error(e),
+        }
     }
     let wants_patient = request.scope.split_whitespace().any(|s| s == "launch/patient");
     if wants_patient && request.patient.is_none() {
         if let Err(e) = save(pool, &request).await {
             return server_error(e);
         }
-        return patient_picker(state, &request, "").await;
+        return patient_picker(state, headers, &request, "").await;
     }
     if let Err(e) = save(pool, &request).await {
         return server_error(e);
@@ -330,42 +355,75 @@ pub fn narrow_to_grant(requested: &str, grant: &str) -> Vec<String> {
     scopes::intersect(requested, &allowed.join(" "))
 }
 
-async fn patient_picker(state: &AppState, request: &AuthRequest, query: &str) -> Response {
-    let patients = match find_patients(state, query).await {
+async fn patient_picker(state: &AppState, headers: &HeaderMap, request: &AuthRequest, query: &str) -> Response {
+    let patients = match find_patients(state, headers, request, query).await {
         Ok(p) => p,
         Err(e) => return server_error(e),
     };
     pages::page(StatusCode::OK, "Choose a patient", &pages::patient_picker(&request.id, &request.csrf, query, &patients), vec![])
 }
 
-/// Up to 50 patients whose name starts with `query` (all patients, most recent first, without
-/// a query), as (id, label).
-async fn find_patients(state: &AppState, query: &str) -> Result<Vec<(String, String)>, crate::error::FhirError> {
-    let pool = state.store.pool();
-    let rows = if query.trim().is_empty() {
-        sqlx::query("SELECT id, version_id, content, sealed, key_id FROM resource WHERE resource_type = 'Patient' AND NOT deleted ORDER BY last_updated DESC LIMIT 50")
-            .fetch_all(pool)
-            .await?
-    } else {
-        // Names are sealed: the prefix is looked up in the blind index (crypto::blind).
-        let hash = crate::crypto::blind::search_hash("Patient", "name", "s", &crate::search::normalize(query.trim()))?;
-        sqlx::query(
-            "SELECT r.id, r.version_id, r.content, r.sealed, r.key_id FROM resource r WHERE r.resource_type = 'Patient' AND NOT r.deleted AND r.id IN (
-               SELECT s.id FROM search_blind s WHERE s.resource_type = 'Patient' AND s.param = 'name' AND s.hash = $1)
-             ORDER BY r.last_updated DESC LIMIT 50",
-        )
-        .bind(hash)
-        .fetch_all(pool)
-        .await?
+/// Who a staff member is while choosing the patient in context: the chosen role as it stands
+/// now, allowed to read and search Patients only as far as the role's grant, organisation
+/// subtree and mask allow. `None` for anyone who may not choose (patients, no role).
+async fn picker_principal(state: &AppState, request: &AuthRequest) -> Result<Option<Arc<Principal>>, crate::error::FhirError> {
+    let Some(role) = request.role.as_deref().filter(|r| r.starts_with("PractitionerRole/")) else { return Ok(None) };
+    let principal = Principal {
+        subject: request.username.clone().unwrap_or_default(),
+        client_id: Some(request.client_id.clone()),
+        role: Some(role.to_owned()),
+        scopes: crate::auth::parse_scopes("user/Patient.rs"),
+        ..Default::default()
     };
-    let mut found = Vec::with_capacity(rows.len());
-    for row in &rows {
-        use sqlx::Row;
-        let id: String = row.get("id");
-        let content = crate::store::open_row("Patient", &id, row.get("version_id"), row)?.unwrap_or_default();
-        found.push((id.clone(), patient_label(&id, &content)));
+    match crate::access::with_current_role(state, Arc::new(principal)).await {
+        Ok(p) => Ok(Some(p)),
+        Err(crate::error::FhirError::Unauthorized(_)) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(found)
+}
+
+/// Up to 50 patients the signed-in role may read whose name starts with `query` (the most
+/// recently updated first without a query), as (id, label). A search like any other, through
+/// the role's reach and mask: out of reach = not listed.
+async fn find_patients(state: &AppState, headers: &HeaderMap, request: &AuthRequest, query: &str) -> Result<Vec<(String, String)>, crate::error::FhirError> {
+    let Some(principal) = picker_principal(state, request).await? else { return Ok(vec![]) };
+    let base = crate::rest::base_url(state, headers);
+    let mut pairs = vec![("_sort".to_owned(), "-_lastUpdated".to_owned()), ("_count".to_owned(), "50".to_owned())];
+    if !query.trim().is_empty() {
+        pairs.push(("name".to_owned(), query.trim().to_owned()));
+    }
+    let patient = crate::fhir::types::ResourceType::parse("Patient")?;
+    let outcome = match crate::interactions::search::search(&state.store, &principal, &patient, &pairs, false, &base).await {
+        Ok(outcome) => outcome,
+        // The role may not search patients, or the query is not a name: nothing to choose.
+        Err(crate::error::FhirError::Forbidden(_) | crate::error::FhirError::BadRequest(_)) => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    Ok(outcome
+        .found
+        .into_iter()
+        .map(|r| {
+            let mut content = r.content.unwrap_or_default();
+            if let Some(acting) = &principal.acting {
+                crate::access::mask::apply(&mut content, &acting.mask);
+            }
+            (r.id.clone(), patient_label(&r.id, &content))
+        })
+        .collect())
+}
+
+/// Whether the signed-in role may put Patient `id` in context: it reads it like any read
+/// (an unknown patient and one outside the role's reach are refused alike).
+async fn may_choose_patient(state: &AppState, headers: &HeaderMap, request: &AuthRequest, id: &str) -> Result<bool, crate::error::FhirError> {
+    let Ok(id) = crate::fhir::types::Id::parse(id) else { return Ok(false) };
+    let Some(principal) = picker_principal(state, request).await? else { return Ok(false) };
+    let base = crate::rest::base_url(state, headers);
+    let patient = crate::fhir::types::ResourceType::parse("Patient")?;
+    match crate::interactions::read::read(&state.store, &principal, &patient, &id, &base).await {
+        Ok(_) => Ok(true),
+        Err(crate::error::FhirError::NotFound(_) | crate::error::FhirError::Gone(_) | crate::error::FhirError::Forbidden(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn patient_label(id: &str, patient: &serde_json::Value) -> String {
@@ -430,6 +488,15 @@ async fn continue_request(state: &Arc<AppState>, headers: &HeaderMap, pairs: &[(
                         return server_error(e);
                     }
                     tracing::info!(client = %request.client_id, "user signed in at the authorization server");
+                    crate::audit::record_auth_success(
+                        state,
+                        crate::audit::AuthStep::SignIn,
+                        Some(&request.client_id),
+                        Some(&user.username),
+                        Some(&user.fhir_user),
+                        "sign-in at the authorization server",
+                    )
+                    .await;
                     let mut response = advance(state, headers, request, Some(user)).await;
                     response.headers_mut().append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &sid, state, None));
                     response
@@ -471,12 +538,18 @@ async fn continue_request(state: &Arc<AppState>, headers: &HeaderMap, pairs: &[(
                     request.role = Some(chosen.to_owned());
                     advance(state, headers, request, Some(user)).await
                 }
-                "patient-search" => patient_picker(state, &request, p("q").unwrap_or("")).await,
+                // Patients never get the picker: their own record is their context.
+                "patient-search" | "patient" if user.patient_id().is_some() => {
+                    error_page(StatusCode::BAD_REQUEST, "That patient cannot be chosen.")
+                }
+                "patient-search" => patient_picker(state, headers, &request, p("q").unwrap_or("")).await,
                 "patient" => {
                     let chosen = p("patient").unwrap_or("");
-                    let exists = crate::fhir::types::Id::is_valid(chosen)
-                        && matches!(state.store.read("Patient", chosen).await, Ok(Some(r)) if !r.deleted);
-                    if !exists || user.patient_id().is_some() {
+                    let may = match may_choose_patient(state, headers, &request, chosen).await {
+                        Ok(may) => may,
+                        Err(e) => return server_error(e),
+                    };
+                    if !may {
                         return error_page(StatusCode::BAD_REQUEST, "That patient cannot be chosen.");
                     }
                     request.patient = Some(chosen.to_owned());

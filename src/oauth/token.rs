@@ -31,7 +31,23 @@ struct Issue {
 /// `POST /auth/token`.
 pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     match token_inner(&state, &headers, &body).await {
-        Ok(value) => (StatusCode::OK, no_store(), axum::Json(value)).into_response(),
+        Ok(value) => {
+            // Who the tokens were issued to, read back from the access token just signed.
+            let principal = value.get("access_token").and_then(Value::as_str).and_then(|t| state.tokens.verify(t).ok());
+            let form = parse_form(&body).unwrap_or_default();
+            let grant_type = param(&form, "grant_type").map(crate::fhir::types::sanitize).unwrap_or_default();
+            let scope = value.get("scope").and_then(Value::as_str).unwrap_or_default();
+            crate::audit::record_auth_success(
+                &state,
+                crate::audit::AuthStep::TokenIssued,
+                principal.as_ref().and_then(|p| p.client_id.as_deref()),
+                principal.as_ref().map(|p| p.subject.as_str()),
+                principal.as_ref().and_then(|p| p.fhir_user.as_deref()),
+                &format!("tokens issued (grant_type {grant_type}, scope {})", crate::fhir::types::sanitize(scope)),
+            )
+            .await;
+            (StatusCode::OK, no_store(), axum::Json(value)).into_response()
+        }
         Err(e) => {
             let form = parse_form(&body).unwrap_or_default();
             let client = param(&form, "client_id")
@@ -105,6 +121,30 @@ async fn token_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Resu
     }
 }
 
+/// Whether the token endpoint URL derived for this request is really this server's, so that a
+/// client assertion's `aud` can be checked against it: always with a configured `--base-url`;
+/// without one only when the Host header names the address the server listens on (its IP, or
+/// `localhost`/a loopback IP for a server listening there or on every interface, at its port).
+/// Otherwise a client could replay an assertion minted for another server by sending that
+/// server's name as Host.
+fn own_token_endpoint(state: &AppState, headers: &HeaderMap) -> bool {
+    if state.base_url.is_some() {
+        return true;
+    }
+    let (Some(listen), Some(host)) = (state.listen, headers.get(header::HOST).and_then(|h| h.to_str().ok())) else { return false };
+    let Ok(uri) = format!("http://{host}/").parse::<axum::http::Uri>() else { return false };
+    if uri.port_u16() != Some(listen.port()) {
+        return false;
+    }
+    let name = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let named: Option<std::net::IpAddr> = if name.eq_ignore_ascii_case("localhost") { Some(std::net::Ipv4Addr::LOCALHOST.into()) } else { name.parse().ok() };
+    match named {
+        Some(ip) if ip == listen.ip() => true,
+        Some(ip) => ip.is_loopback() && (listen.ip().is_unspecified() || listen.ip().is_loopback()),
+        None => false,
+    }
+}
+
 /// Authenticates the client of a token, introspection or revocation request: a client
 /// assertion (`private_key_jwt`), HTTP Basic or form `client_secret`, or — for public
 /// clients only — a bare `client_id`.
@@ -123,6 +163,11 @@ async fn authenticate_client(state: &AppState, headers: &HeaderMap, form: &[(Str
             .or_else(|| assertion::claimed_client(jwt))
             .ok_or_else(|| OAuthError::invalid_client("the client assertion names no client"))?;
         let client = lookup(id).await?;
+        if !own_token_endpoint(state, headers) {
+            return Err(OAuthError::invalid_client(
+                "this server cannot tell its own token endpoint from the request's Host header: start it with --base-url to accept client assertions",
+            ));
+        }
         assertion::verify(pool, &client, jwt, token_endpoint).await?;
         return Ok(client);
     }
@@ -521,6 +566,27 @@ pub async fn launch(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     let valid = |v: &Option<String>| v.as_deref().is_none_or(crate::fhir::types::Id::is_valid);
     if patient.is_none() || !valid(&patient) || !valid(&encounter) {
         return OAuthError::bad("invalid_request", "patient (an id) is required; encounter is optional").into_response();
+    }
+    // The patient (and encounter) must exist for the minting token: read like any read, so a
+    // patient outside a role's reach is refused exactly like an unknown one.
+    let base = crate::rest::base_url(&state, &headers);
+    let principal = match crate::access::with_current_role(&state, principal).await {
+        Ok(p) => p,
+        Err(e) => return crate::rest::error_response(&e, crate::rest::format::Format::Json, false),
+    };
+    for (type_name, id) in [("Patient", &patient), ("Encounter", &encounter)] {
+        let Some(id) = id else { continue };
+        let readable = match (crate::fhir::types::ResourceType::parse(type_name), crate::fhir::types::Id::parse(id)) {
+            (Ok(rt), Ok(id)) => crate::interactions::read::read(&state.store, &principal, &rt, &id, &base).await,
+            _ => Err(crate::error::FhirError::NotFound(String::new())),
+        };
+        match readable {
+            Ok(_) => {}
+            Err(crate::error::FhirError::NotFound(_) | crate::error::FhirError::Gone(_) | crate::error::FhirError::Forbidden(_)) => {
+                return OAuthError::bad("invalid_request", format!("the {} is not known", type_name.to_lowercase())).into_response();
+            }
+            Err(e) => return crate::rest::error_response(&e, crate::rest::format::Format::Json, false),
+        }
     }
     let id = random_token();
     let inserted = sqlx::query("INSERT INTO launch_context (id, patient, encounter, expires_at) VALUES ($1, $2, $3, now() + interval '10 minutes')")

@@ -31,6 +31,9 @@ pub struct AppState {
     pub base_url: Option<String>,
     /// Whether the server terminates TLS (for base URLs derived from the Host header).
     pub tls: bool,
+    /// The address the server listens on: without `base_url`, a Host header naming it is
+    /// trusted as this server's own origin (client assertions' `aud`).
+    pub listen: Option<std::net::SocketAddr>,
     pub max_body_bytes: usize,
     /// Largest number of entries in a batch or transaction Bundle (413 above it).
     pub max_bundle_entries: usize,
@@ -337,6 +340,17 @@ async fn route_type(
             pairs.extend(form_urlencoded::parse(&bytes).map(|(k, v)| (k.into_owned(), v.into_owned())));
             search(ctx, store, principal, rt, &pairs).await
         }
+        (Method::POST, []) if rt.as_str() == "AuditEvent" && state.audit.enabled() => {
+            if ctx.header("if-none-exist").is_some() {
+                return Err(FhirError::BadRequest("AuditEvents are appended to the audit trail: conditional create does not apply".into()));
+            }
+            let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
+            let stored = crate::audit::submit(state, principal, resource, &ctx.base).await?;
+            write_response(ctx, interactions::WriteOutcome { stored, created: true })
+        }
+        (Method::PUT | Method::PATCH | Method::DELETE, _) if rt.as_str() == "AuditEvent" => {
+            Err(FhirError::MethodNotAllowed("the audit trail is append-only: AuditEvents cannot be changed or deleted".into()))
+        }
         (Method::POST, []) => {
             let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
             let outcome = interactions::create::create(store, principal, rt, resource, ctx.header("if-none-exist"), &ctx.base).await?;
@@ -371,7 +385,7 @@ async fn route_type(
         (Method::POST, ["$validate"]) => {
             let bytes = read_body(state, body).await?;
             let body = if bytes.is_empty() { None } else { Some(format::parse_resource_body(&ctx.headers, &bytes)?) };
-            let issues = interactions::validate::validate(store, principal, rt, None, body, ctx.param("mode"), ctx.param("profile")).await?;
+            let issues = interactions::validate::validate(store, principal, rt, None, body, ctx.param("mode"), ctx.param("profile"), &ctx.base).await?;
             respond(ctx, StatusCode::OK, operation_outcome(&issues), HeaderMap::new())
         }
         (m @ (Method::GET | Method::POST), ["$export"]) if rt.as_str() == "Patient" => {
@@ -433,7 +447,7 @@ async fn route_instance(
             let bytes = read_body(state, body).await?;
             let body = if bytes.is_empty() { None } else { Some(format::parse_resource_body(&ctx.headers, &bytes)?) };
             let issues =
-                interactions::validate::validate(store, principal, rt, Some(id), body, ctx.param("mode"), ctx.param("profile")).await?;
+                interactions::validate::validate(store, principal, rt, Some(id), body, ctx.param("mode"), ctx.param("profile"), &ctx.base).await?;
             respond(ctx, StatusCode::OK, operation_outcome(&issues), HeaderMap::new())
         }
         (Method::GET | Method::POST, ["$everything"]) if rt.as_str() == "Patient" => {

@@ -107,6 +107,61 @@ async fn audit_events_cannot_be_changed_or_deleted() {
     assert!(verify(&app.store).await.unwrap().is_ok());
 }
 
+#[tokio::test]
+async fn a_submitted_audit_event_joins_the_chain_with_its_submitter() {
+    let app = TestApp::spawn().await;
+    let event = json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "action": "R", "recorded": "2026-01-01T10:00:00Z", "outcome": "0",
+        "agent": [{"who": {"display": "a synthetic EHR"}, "requestor": true}],
+        "source": {"observer": {"display": "a synthetic EHR"}},
+        "entity": [{"what": {"reference": "Patient/synthetic"}}]
+    });
+    let r = app.send_json(Method::POST, "AuditEvent", &event).await;
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let id = location.split("/AuditEvent/").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let stored = app.get_json(&format!("AuditEvent/{id}")).await;
+    let submitter = stored["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"] == ironfhir::audit::SUBMITTER_EXTENSION)
+        .expect("the submitter is recorded");
+    let parts: Vec<(&str, &Value)> = submitter["extension"].as_array().unwrap().iter().map(|e| (e["url"].as_str().unwrap(), e)).collect();
+    assert!(parts.iter().any(|(u, e)| *u == "subject" && e["valueString"] == "test-operator"), "{submitter}");
+    assert_eq!(stored["agent"][0]["who"]["display"], "a synthetic EHR");
+    // In the chain: verify counts it, and a row stored beside the chain is found.
+    let chained: (i64,) = sqlx::query_as("SELECT count(*) FROM audit_log WHERE resource_id = $1").bind(&id).fetch_one(app.store.pool()).await.unwrap();
+    assert_eq!(chained.0, 1);
+    assert_eq!(verify(&app.store).await.unwrap(), Ok(app.count("AuditEvent").await));
+    // Neither an update-as-create nor a Bundle writes an AuditEvent beside the chain.
+    let r = app.send_json(Method::PUT, "AuditEvent/beside-the-chain", &json!(dict_with_id(&event, "beside-the-chain"))).await;
+    expect_outcome(r, 405).await;
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction",
+        "entry": [{"resource": event, "request": {"method": "POST", "url": "AuditEvent"}}]});
+    let r = app.send_json(Method::POST, "", &bundle).await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(app.get("AuditEvent/beside-the-chain").await.status(), 404);
+    // A resource stored beside the chain (an older version's way) breaks verify.
+    let mut tx = app.store.pool().begin().await.unwrap();
+    sqlx::query("INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) SELECT resource_type, 'unchained', version_id, last_updated, deleted, content FROM resource WHERE resource_type = 'AuditEvent' AND id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let broken = verify(&app.store).await.unwrap().unwrap_err();
+    assert!(broken.reason.contains("AuditEvent/unchained"), "{}", broken.reason);
+}
+
+fn dict_with_id(event: &Value, id: &str) -> Value {
+    let mut e = event.clone();
+    e["id"] = json!(id);
+    e
+}
+
 /// Runs SQL with the append-only triggers off, as an attacker with superuser rights would.
 async fn tamper(app: &TestApp, sql: &str) {
     let mut tx = app.store.pool().begin().await.unwrap();

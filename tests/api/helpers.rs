@@ -155,20 +155,21 @@ impl TestApp {
         if options.export_worker {
             ironfhir::export::worker::spawn(exports.clone(), store.clone());
         }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let state = Arc::new(AppState {
             exports: exports.clone(),
             store: store.clone(),
             tokens: TokenAuthority::from_pem(&pem, "ironfhir").unwrap(),
             base_url: None,
             tls: false,
+            listen: Some(addr),
             max_body_bytes: options.max_body_bytes,
             max_bundle_entries,
             oauth: Default::default(),
             role_grants: Default::default(),
             audit: ironfhir::audit::trail::AuditTrail::start(store.clone()),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let app = ironfhir::server::app(state);
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
