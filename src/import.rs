@@ -202,6 +202,8 @@ async fn import_all(store: &Store, args: &ImportArgs, inputs: Vec<Input>) -> Res
     ctx.bar.finish_and_clear();
     print_table(&reports, ctx.started.elapsed());
     let errors: u64 = reports.iter().map(|r| r.errors).sum();
+    let resources: u64 = reports.iter().map(|r| r.resources).sum();
+    crate::audit::record_operator_import(store, "import", resources, errors).await?;
     if errors > 0 {
         return Err(format!("{errors} resource(s) or file(s) could not be imported (reported above)"));
     }

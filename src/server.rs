@@ -118,6 +118,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.demo {
         let written = crate::demo::load(&db.store).await?;
         tracing::info!(written, "demo data loaded");
+        if written > 0 && !args.no_audit {
+            crate::audit::record_operator_import(&db.store, "serve --demo", written as u64, 0).await?;
+        }
     }
     let keyring = crate::crypto::keyring().map_err(|e| e.to_string())?;
     keyring.set_sealing(!args.no_seal);

@@ -419,6 +419,32 @@ pub async fn submit(
     Ok(crate::store::StoredResource::written("AuditEvent", &id, 1, recorded, event))
 }
 
+/// The AuditEvent of a bulk write made from the command line (`ironfhir import`, `serve
+/// --demo`): DICOM 110107 Import, the command as the agent, the resource count in
+/// `outcomeDesc` (no file names: they may name people). Outcome 4 when some resources failed.
+pub fn operator_import_event(command: &str, resources: u64, errors: u64) -> Value {
+    json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110107", "display": "Import"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "create", "display": "create"}],
+        "action": "C",
+        "recorded": crate::interactions::instant(&crate::interactions::now()),
+        "outcome": if errors > 0 { "4" } else { "0" },
+        "outcomeDesc": format!("{command}: {resources} resources written, {errors} failed"),
+        "agent": [{"requestor": true, "name": format!("ironfhir {command} (operator command line)"), "altId": command}],
+        "source": source(),
+    })
+}
+
+/// Appends [`operator_import_event`] to the chain from a command-line process (its own
+/// writer, stopped when the process ends; the server projects the event).
+pub async fn record_operator_import(store: &crate::store::Store, command: &str, resources: u64, errors: u64) -> Result<(), String> {
+    trail::AuditTrail::start(store.clone())
+        .record(operator_import_event(command, resources, errors))
+        .await
+        .map_err(|e| format!("cannot record the {command} in the audit trail: {e}"))
+}
+
 /// What a successful authentication event records: sign-in, token issuance, sign-out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthStep {

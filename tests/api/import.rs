@@ -136,6 +136,13 @@ async fn import_loads_ndjson_files_and_a_transaction_bundle_whose_urn_uuid_refer
     assert_ne!(obs["id"], "ignored", "POST in a transaction assigns the id");
     let done: i64 = sqlx::query("SELECT count(*) FROM import_progress WHERE completed").fetch_one(&mut db).await.unwrap().get(0);
     assert_eq!(done, 3);
+    // The import is in the audit trail: one Import event counting what it wrote.
+    let events: Vec<String> = sqlx::query_scalar("SELECT event_text FROM audit_log WHERE event_text LIKE '%\"110107\"%'")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].contains("resources written, 0 failed"), "{}", events[0]);
 }
 
 #[tokio::test]
