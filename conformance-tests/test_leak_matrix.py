@@ -348,8 +348,9 @@ def test_a_role_s_patient_token_loses_the_patient_who_leaves_its_reach(base, htt
     moving = create(http, base, patient(world.clinic, f"{world.family}Mover"))["id"]
     obs = create(http, base, observation(moving))["id"]
     staff = world.staff["nurse"]
-    tokens = Flow(base).login_tokens(world.context_client, REDIRECT, CONTEXT_SCOPE, username=staff.username,
-                                     password=staff.password, patient=moving)
+    # Only patient/ scopes: no user/ scope that would confine the token to the subtree anyway.
+    tokens = Flow(base).login_tokens(world.context_client, REDIRECT, "launch/patient openid fhirUser patient/*.rs",
+                                     username=staff.username, password=staff.password, patient=moving)
     assert tokens.get("patient") == moving
     s = session_for(tokens["access_token"])
     assert s.get(f"{base}/Observation/{obs}").status_code == 200
