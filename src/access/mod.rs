@@ -106,7 +106,7 @@ fn confine_unchecked(criteria: &mut Criteria, principal: &Principal, base: &str)
             criteria.clauses.push(member);
         }
         Some(Reach::Organization(scope)) => {
-            criteria.clauses.push(Clause { name: "_organization".into(), kind: ClauseKind::InOrganization(scope), negate: false });
+            criteria.clauses.push(Clause { name: "_organization".into(), kind: ClauseKind::Member(scope), negate: false });
         }
         _ => {}
     }
@@ -396,7 +396,7 @@ pub async fn patient_in_scope(conn: &mut PgConnection, scope: &Arc<organization:
         resource_type: crate::fhir::types::ResourceType::parse("Patient")?,
         clauses: vec![
             Clause { name: "_id".into(), kind: ClauseKind::Id(vec![id.to_owned()]), negate: false },
-            Clause { name: "_organization".into(), kind: ClauseKind::InOrganization(scope.clone()), negate: false },
+            Clause { name: "_organization".into(), kind: ClauseKind::Member(scope.clone()), negate: false },
         ],
     };
     Ok(!search::matching_ids(conn, &criteria, 1).await?.is_empty())

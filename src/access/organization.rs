@@ -153,9 +153,12 @@ impl OrgScope {
         }
     }
 
+}
+
+impl crate::search::Membership for OrgScope {
     /// Pushes the SQL test "row `r` (of `resource_type`) belongs to the subtree": the same
-    /// rules as [`Self::contains`], over the reference index.
-    pub fn push_sql(&self, sql: &mut QueryBuilder<Postgres>, resource_type: &str) {
+    /// rules as [`OrgScope::contains`], over the reference index.
+    fn push_sql(&self, sql: &mut QueryBuilder<Postgres>, resource_type: &str) {
         if SHARED_TYPES.contains(&resource_type) {
             sql.push("true");
             return;

@@ -9,9 +9,23 @@ use crate::store::{self, Store, StoredResource, Tx};
 /// The current version of a resource (404 unknown, 410 deleted; 404 too when the principal's
 /// reach does not cover it). `base` is the server's FHIR base URL.
 pub async fn read(store: &Store, principal: &Principal, resource_type: &ResourceType, id: &Id, base: &str) -> FhirResult<StoredResource> {
-    let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
+    current_for(store, principal, Interaction::Read, resource_type, id, base).await
+}
+
+/// The current version as it exists for the principal's `interaction` (its reach and granular
+/// scopes for that interaction): what [`read`] answers, and what `$validate?mode=delete` asks
+/// for deletion.
+pub async fn current_for(
+    store: &Store,
+    principal: &Principal,
+    interaction: Interaction,
+    resource_type: &ResourceType,
+    id: &Id,
+    base: &str,
+) -> FhirResult<StoredResource> {
+    let reach = principal.require(resource_type.as_str(), interaction)?;
     let stored = store.read(resource_type.as_str(), id.as_str()).await?;
-    within_reach(store, principal, &reach, stored.as_ref(), base).await?;
+    within_reach_for(store, principal, interaction, &reach, stored.as_ref(), base).await?;
     live(stored, resource_type, id)
 }
 
@@ -27,15 +41,38 @@ pub async fn read_in(tx: &mut Tx, principal: &Principal, resource_type: &Resourc
 /// has no content to decide by: a confined principal learns nothing of it either (404 rather
 /// than 410).
 pub async fn within_reach(store: &Store, principal: &Principal, reach: &Reach, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
+    within_reach_for(store, principal, Interaction::Read, reach, stored, base).await
+}
+
+/// [`within_reach`] for another interaction's reach and granular scopes.
+async fn within_reach_for(
+    store: &Store,
+    principal: &Principal,
+    interaction: Interaction,
+    reach: &Reach,
+    stored: Option<&StoredResource>,
+    base: &str,
+) -> FhirResult<()> {
     let Some(s) = stored else { return Ok(()) };
-    if *reach == Reach::All && principal.filters(&s.resource_type, Interaction::Read).is_none() {
+    if *reach == Reach::All && principal.filters(&s.resource_type, interaction).is_none() {
         return Ok(());
     }
-    within_reach_in(&mut *store.pool().acquire().await?, principal, reach, stored, base).await
+    within_reach_on(&mut *store.pool().acquire().await?, principal, interaction, reach, stored, base).await
 }
 
 /// [`within_reach`] on a connection (inside a transaction).
 pub async fn within_reach_in(conn: &mut sqlx::PgConnection, principal: &Principal, reach: &Reach, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
+    within_reach_on(conn, principal, Interaction::Read, reach, stored, base).await
+}
+
+async fn within_reach_on(
+    conn: &mut sqlx::PgConnection,
+    principal: &Principal,
+    interaction: Interaction,
+    reach: &Reach,
+    stored: Option<&StoredResource>,
+    base: &str,
+) -> FhirResult<()> {
     let Some(s) = stored else { return Ok(()) };
     if *reach != Reach::All {
         match &s.content {
@@ -43,7 +80,7 @@ pub async fn within_reach_in(conn: &mut sqlx::PgConnection, principal: &Principa
             _ => return Err(not_known(s)),
         }
     }
-    if !crate::access::matches_filters(conn, principal, &s.resource_type, &s.id, Interaction::Read, base).await? {
+    if !crate::access::matches_filters(conn, principal, &s.resource_type, &s.id, interaction, base).await? {
         return Err(not_known(s));
     }
     Ok(())

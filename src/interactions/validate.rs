@@ -49,15 +49,9 @@ pub async fn validate(
     // The stored instance is read like any read: out of reach (or masked) = does not exist.
     if mode.as_deref() == Some("delete") {
         let id = id.ok_or_else(|| FhirError::BadRequest("mode=delete needs an instance".into()))?;
-        let _ = principal.require(resource_type.as_str(), Interaction::Delete)?;
-        let stored = store.read(resource_type.as_str(), id.as_str()).await?.filter(|s| !s.deleted);
-        let content = stored.as_ref().and_then(|s| s.content.as_ref());
-        let mut conn = store.pool().acquire().await?;
-        let visible = crate::access::visible(&mut conn, principal, Interaction::Delete, resource_type.as_str(), id.as_str(), content, base).await?;
-        return match (stored, visible) {
-            (Some(_), true) => Ok(vec![]),
-            _ => Err(FhirError::NotFound(format!("{resource_type}/{id} is not known"))),
-        };
+        // Only what exists for the principal's delete can be asked about (410 a deletion).
+        super::read::current_for(store, principal, Interaction::Delete, resource_type, id, base).await?;
+        return Ok(vec![]);
     }
     let resource = match resource {
         Some(r) => r,

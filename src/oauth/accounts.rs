@@ -432,58 +432,7 @@ pub async fn staff_roles(pool: &PgPool, practitioner: &str) -> Result<Vec<StaffR
     .bind(practitioner)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().filter(|(_, c)| role_is_current(c)).map(|(id, c)| staff_role(&id, &c)).collect())
-}
-
-/// Whether a PractitionerRole is active now (active not false, period not ended or not begun).
-pub fn role_is_current(role: &Value) -> bool {
-    if role.get("active").and_then(Value::as_bool) == Some(false) {
-        return false;
-    }
-    period_covers(role.get("period"), chrono::Utc::now())
-}
-
-/// Whether a FHIR Period covers the instant `now`. Its bounds are dateTimes of any precision:
-/// an `end` of "2024" lasts to the end of 2024, a `start` of "2024-05" begins on 1 May. A
-/// bound that is not a FHIR dateTime ends the period (never a role that silently never ends).
-pub fn period_covers(period: Option<&Value>, now: chrono::DateTime<chrono::Utc>) -> bool {
-    let bound = |key: &str| period.and_then(|p| p.get(key)).map(|v| v.as_str().and_then(crate::search::params::date_bounds));
-    let ended = match bound("end") {
-        None => false,
-        Some(None) => true,
-        Some(Some((_, high))) => now >= high,
-    };
-    let not_begun = match bound("start") {
-        None => false,
-        Some(None) => true,
-        Some(Some((low, _))) => now < low,
-    };
-    !ended && !not_begun
-}
-
-#[cfg(test)]
-mod period_tests {
-    use super::period_covers;
-    use chrono::{TimeZone, Utc};
-    use serde_json::json;
-
-    #[test]
-    fn period_bounds_of_every_precision_are_honoured() {
-        let now = Utc.with_ymd_and_hms(2026, 12, 7, 12, 0, 0).single().unwrap_or_default();
-        let covers = |p: serde_json::Value| period_covers(Some(&p), now);
-        assert!(!covers(json!({"end": "2024"})), "a role that ended in 2024 has ended");
-        assert!(!covers(json!({"end": "2026-11"})));
-        assert!(covers(json!({"end": "2026-12"})), "the whole of December is covered");
-        assert!(covers(json!({"end": "2026"})));
-        assert!(!covers(json!({"end": "2026-12-06"})));
-        assert!(covers(json!({"end": "2026-12-07"})));
-        assert!(!covers(json!({"end": "2026-12-07T11:59:00Z"})));
-        assert!(covers(json!({"end": "2026-12-07T13:00:00+00:00"})));
-        assert!(!covers(json!({"start": "2027"})));
-        assert!(covers(json!({"start": "2026-12"})));
-        assert!(!covers(json!({"end": "not a date"})), "an unreadable end ends the role");
-        assert!(period_covers(None, now));
-    }
+    Ok(rows.into_iter().filter(|(_, c)| crate::access::roles::role_is_current(c)).map(|(id, c)| staff_role(&id, &c)).collect())
 }
 
 /// The label and grant of a PractitionerRole.

@@ -48,8 +48,8 @@ pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str
     match &clause.kind {
         ClauseKind::Has { source, .. } => return push_has(sql, resource_type, &clause.name, source),
         ClauseKind::InCompartment { params, values, .. } => return push_in_compartment(sql, resource_type, params, values),
-        ClauseKind::InOrganization(scope) => {
-            scope.push_sql(sql, resource_type);
+        ClauseKind::Member(membership) => {
+            membership.push_sql(sql, resource_type);
             return true;
         }
         ClauseKind::AnyOf(alternatives) => {

@@ -45,6 +45,13 @@ impl Criteria {
     }
 }
 
+/// A membership test the search engine can push into its SQL without knowing what it means:
+/// the layer that confines searches (`access`) implements it, so search depends on no caller.
+pub trait Membership: std::fmt::Debug + Send + Sync {
+    /// Pushes the SQL test "row `r` (of `resource_type`) is a member".
+    fn push_sql(&self, sql: &mut QueryBuilder<Postgres>, resource_type: &str);
+}
+
 /// One search parameter occurrence: its values are ORed.
 #[derive(Debug, Clone)]
 pub struct Clause {
@@ -77,9 +84,10 @@ pub enum ClauseKind {
     /// Matching at least one of the alternatives (granular scopes: each scope's query is one).
     /// Built by the server from scopes, never parsed from a request parameter.
     AnyOf(Vec<Criteria>),
-    /// Belonging to an organisation subtree (role-bound `user/` tokens, see
-    /// [`crate::access::organization`]). Built by the server, never parsed from a request.
-    InOrganization(std::sync::Arc<crate::access::organization::OrgScope>),
+    /// Belonging to a set that the layer above defines (an organisation subtree of a
+    /// role-bound token, [`crate::access::organization`]), pushed as SQL by its [`Membership`].
+    /// Built by the server, never parsed from a request.
+    Member(std::sync::Arc<dyn Membership>),
     /// `_text` (the narrative) or `_content` (every string in the resource): some value's words
     /// all occur in the text, case- and accent-insensitively (search.html#text).
     FullText { narrative_only: bool, values: Vec<Vec<String>> },
@@ -497,7 +505,7 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
             });
         }
         // Always answered by indexed::push_indexed.
-        ClauseKind::InOrganization(_) | ClauseKind::AnyOf(_) => {
+        ClauseKind::Member(_) | ClauseKind::AnyOf(_) => {
             sql.push("false");
         }
         ClauseKind::ReferencePrefix { paths, prefixes } => {
