@@ -323,7 +323,7 @@ impl RoleGrants {
 
     /// Whether the patient in a role-bound token's context belongs to the role's subtree,
     /// cached like the role itself.
-    async fn patient_within(&self, state: &crate::rest::AppState, role: &str, scope: &Arc<organization::OrgScope>, patient: &str) -> FhirResult<bool> {
+    async fn patient_within(&self, store: &crate::store::Store, role: &str, scope: &Arc<organization::OrgScope>, patient: &str) -> FhirResult<bool> {
         let key = format!("{role}|{patient}");
         if let Ok(c) = self.patients.read()
             && let Some((within, at)) = c.get(&key)
@@ -331,7 +331,7 @@ impl RoleGrants {
         {
             return Ok(*within);
         }
-        let within = patient_in_scope(&mut *state.store.pool().acquire().await?, scope, patient).await?;
+        let within = patient_in_scope(&mut *store.pool().acquire().await?, scope, patient).await?;
         if let Ok(mut c) = self.patients.write() {
             if c.len() > 10_000 {
                 c.clear();
@@ -341,14 +341,14 @@ impl RoleGrants {
         Ok(within)
     }
 
-    async fn acting(&self, state: &crate::rest::AppState, role: &str) -> FhirResult<Option<Arc<roles::ActingRole>>> {
+    async fn acting(&self, store: &crate::store::Store, role: &str) -> FhirResult<Option<Arc<roles::ActingRole>>> {
         if let Ok(c) = self.cache.read()
             && let Some((acting, at)) = c.get(role)
             && at.elapsed() < ROLE_GRANT_TTL
         {
             return Ok(acting.clone());
         }
-        let mut conn = state.store.pool().acquire().await?;
+        let mut conn = store.pool().acquire().await?;
         let acting = roles::acting_role(&mut conn, role).await?.map(Arc::new);
         if let Ok(mut c) = self.cache.write() {
             if c.len() > 10_000 {
@@ -365,11 +365,12 @@ impl RoleGrants {
 /// ended), confined to the role's organisation subtree and masked as its template says.
 /// Tokens without a role (operators, backend services, patients) are returned as they are.
 pub async fn with_current_role(
-    state: &crate::rest::AppState,
+    store: &crate::store::Store,
+    grants: &RoleGrants,
     principal: std::sync::Arc<Principal>,
 ) -> FhirResult<std::sync::Arc<Principal>> {
     let Some(role) = principal.role.as_deref().filter(|r| r.starts_with("PractitionerRole/")) else { return Ok(principal) };
-    let Some(acting) = state.role_grants.acting(state, role).await? else {
+    let Some(acting) = grants.acting(store, role).await? else {
         return Err(FhirError::Unauthorized("invalid access token: its role has ended".into()));
     };
     let token_scopes: Vec<String> = principal.scopes.iter().map(|s| s.to_v2()).collect();
@@ -381,7 +382,7 @@ pub async fn with_current_role(
     // elsewhere, or a context minted around the checks, leaves the token no patient at all).
     if let Some(patient) = effective.patient.clone()
         && effective.scopes.iter().any(|s| s.context == crate::auth::ScopeContext::Patient)
-        && !state.role_grants.patient_within(state, role, &acting.scope, &patient).await?
+        && !grants.patient_within(store, role, &acting.scope, &patient).await?
     {
         effective.patient = None;
     }

@@ -381,7 +381,8 @@ pub const SUBMITTER_EXTENSION: &str = "https://ironfhir.dev/fhir/StructureDefini
 /// create, marked with its submitter and appended to the hash chain — never stored beside it,
 /// where `audit verify` could not vouch for it. Returns the stored event.
 pub async fn submit(
-    state: &crate::rest::AppState,
+    store: &crate::store::Store,
+    trail: &trail::AuditTrail,
     principal: &crate::auth::Principal,
     mut event: Value,
     base: &str,
@@ -411,10 +412,10 @@ pub async fn submit(
         }
     }
     if reach != Reach::All || principal.acting.is_some() {
-        let mut conn = state.store.pool().acquire().await?;
+        let mut conn = store.pool().acquire().await?;
         crate::access::authorize_write(&mut conn, principal, &reach, "AuditEvent", "new", None, Some(&mut event), base).await?;
     }
-    let (id, recorded) = state.audit.record_submitted(event.clone()).await?;
+    let (id, recorded) = trail.record_submitted(event.clone()).await?;
     crate::interactions::stamp(&mut event, &id, 1, &recorded);
     Ok(crate::store::StoredResource::written("AuditEvent", &id, 1, recorded, event))
 }
@@ -492,22 +493,22 @@ pub fn auth_success_event(step: AuthStep, client: Option<&str>, user: Option<&st
 /// Records a successful authentication step (see [`auth_success_event`]). The step has
 /// happened either way; a failure to record it is logged.
 pub async fn record_auth_success(
-    state: &crate::rest::AppState,
+    trail: &trail::AuditTrail,
     step: AuthStep,
     client: Option<&str>,
     user: Option<&str>,
     fhir_user: Option<&str>,
     description: &str,
 ) {
-    if let Err(e) = state.audit.record(auth_success_event(step, client, user, fhir_user, description)).await {
+    if let Err(e) = trail.record(auth_success_event(step, client, user, fhir_user, description)).await {
         tracing::error!(error = %e, "cannot record an authentication");
     }
 }
 
 /// Records a refused authentication (see [`auth_failure_event`]); failures are logged: the
 /// refusal stands either way.
-pub async fn record_auth_failure(state: &crate::rest::AppState, what: &str, client: Option<&str>, reason: &str) {
-    if let Err(e) = state.audit.record(auth_failure_event(what, client, reason, None)).await {
+pub async fn record_auth_failure(trail: &trail::AuditTrail, what: &str, client: Option<&str>, reason: &str) {
+    if let Err(e) = trail.record(auth_failure_event(what, client, reason, None)).await {
         tracing::error!(error = %e, "cannot record a refused authentication");
     }
 }

@@ -82,7 +82,7 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
             Ok(Some((username,))) => {
                 let fhir_user = accounts::find_user(state.store.pool(), &username).await.ok().flatten().map(|u| u.fhir_user);
                 crate::audit::record_auth_success(
-                    &state,
+                    &state.audit,
                     crate::audit::AuthStep::SignOut,
                     None,
                     Some(&username),
@@ -375,7 +375,7 @@ async fn picker_principal(state: &AppState, request: &AuthRequest) -> Result<Opt
         scopes: crate::auth::parse_scopes("user/Patient.rs"),
         ..Default::default()
     };
-    match crate::access::with_current_role(state, Arc::new(principal)).await {
+    match crate::access::with_current_role(&state.store, &state.role_grants, Arc::new(principal)).await {
         Ok(p) => Ok(Some(p)),
         Err(crate::error::FhirError::Unauthorized(_)) => Ok(None),
         Err(e) => Err(e),
@@ -489,7 +489,7 @@ async fn continue_request(state: &Arc<AppState>, headers: &HeaderMap, pairs: &[(
                     }
                     tracing::info!(client = %request.client_id, "user signed in at the authorization server");
                     crate::audit::record_auth_success(
-                        state,
+                        &state.audit,
                         crate::audit::AuthStep::SignIn,
                         Some(&request.client_id),
                         Some(&user.username),
@@ -510,7 +510,7 @@ async fn continue_request(state: &Arc<AppState>, headers: &HeaderMap, pairs: &[(
                     tracing::info!(client = %request.client_id, outcome = ?failure, "sign-in refused");
                     if !matches!(failure, accounts::LoginFailure::NeedOtp) {
                         let reason = format!("{failure:?}");
-                        crate::audit::record_auth_failure(state, "sign-in", Some(&request.client_id), &reason).await;
+                        crate::audit::record_auth_failure(&state.audit, "sign-in", Some(&request.client_id), &reason).await;
                     }
                     let status = if need_otp { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
                     let body = pages::login(&request.id, &request.csrf, &request.client_id, Some(message), username, need_otp);

@@ -38,7 +38,7 @@ pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
             let grant_type = param(&form, "grant_type").map(crate::fhir::types::sanitize).unwrap_or_default();
             let scope = value.get("scope").and_then(Value::as_str).unwrap_or_default();
             crate::audit::record_auth_success(
-                &state,
+                &state.audit,
                 crate::audit::AuthStep::TokenIssued,
                 principal.as_ref().and_then(|p| p.client_id.as_deref()),
                 principal.as_ref().map(|p| p.subject.as_str()),
@@ -56,7 +56,7 @@ pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
                 .map(|c| crate::fhir::types::sanitize(&c));
             let grant_type = param(&form, "grant_type").map(crate::fhir::types::sanitize).unwrap_or_default();
             let reason = format!("{} ({}, grant_type {grant_type})", e.error, e.description);
-            crate::audit::record_auth_failure(&state, "token request", client.as_deref(), &reason).await;
+            crate::audit::record_auth_failure(&state.audit, "token request", client.as_deref(), &reason).await;
             e.into_response()
         }
     }
@@ -570,7 +570,7 @@ pub async fn launch(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     // The patient (and encounter) must exist for the minting token: read like any read, so a
     // patient outside a role's reach is refused exactly like an unknown one.
     let base = crate::rest::base_url(&state, &headers);
-    let principal = match crate::access::with_current_role(&state, principal).await {
+    let principal = match crate::access::with_current_role(&state.store, &state.role_grants, principal).await {
         Ok(p) => p,
         Err(e) => return crate::rest::error_response(&e, crate::rest::format::Format::Json, false),
     };

@@ -170,7 +170,7 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
         };
     }
     let principal = match authenticate(state, &ctx.headers) {
-        Ok(p) => crate::access::with_current_role(state, p).await?,
+        Ok(p) => crate::access::with_current_role(&state.store, &state.role_grants, p).await?,
         Err(e) => {
             // Read the unread request body first: answering before it is consumed makes the
             // server close the connection, and a client reusing it sees a reset, not the 401.
@@ -345,7 +345,7 @@ async fn route_type(
                 return Err(FhirError::BadRequest("AuditEvents are appended to the audit trail: conditional create does not apply".into()));
             }
             let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
-            let stored = crate::audit::submit(state, principal, resource, &ctx.base).await?;
+            let stored = crate::audit::submit(&state.store, &state.audit, principal, resource, &ctx.base).await?;
             write_response(ctx, interactions::WriteOutcome { stored, created: true })
         }
         (Method::PUT | Method::PATCH | Method::DELETE, _) if rt.as_str() == "AuditEvent" => {
