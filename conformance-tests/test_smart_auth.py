@@ -325,19 +325,26 @@ def totp_now(secret_b32: str, offset: int = 0) -> str:
     return f"{code:06d}"
 
 
-def test_totp_second_factor_is_required_when_enrolled(base, world, server):
-    user = f"totp-{world['tag']}"
-    enrolled = register_user(server, user, PASSWORD, f"Patient/{world['pa']['id']}", totp=True)
-    assert enrolled["require_totp"] is True and enrolled["totp_uri"].startswith("otpauth://totp/")
-    flow = Flow(base)
-    ep = flow.config["authorization_endpoint"]
+def start_sign_in(base):
+    """A new browser at the sign-in page of a patient/*.rs authorization: (flow, authorization
+    endpoint, the login form's hidden fields)."""
     from smart_flow import form_fields, pkce_pair
 
+    flow = Flow(base)
+    ep = flow.config["authorization_endpoint"]
     _, challenge = pkce_pair()
     page = flow.session.get(ep, params={"response_type": "code", "client_id": APP, "redirect_uri": REDIRECT,
                                         "scope": "patient/*.rs", "state": "s", "aud": base,
                                         "code_challenge": challenge, "code_challenge_method": "S256"}, timeout=30).text
-    fields = form_fields(page, "login") | {"username": user, "password": PASSWORD}
+    return flow, ep, form_fields(page, "login")
+
+
+def test_totp_second_factor_is_required_when_enrolled(base, world, server):
+    user = f"totp-{world['tag']}"
+    enrolled = register_user(server, user, PASSWORD, f"Patient/{world['pa']['id']}", totp=True)
+    assert enrolled["require_totp"] is True and enrolled["totp_uri"].startswith("otpauth://totp/")
+    flow, ep, fields = start_sign_in(base)
+    fields = fields | {"username": user, "password": PASSWORD}
     # The right password alone is not enough: the page asks for the one-time code.
     r = flow.session.post(ep, data=fields, allow_redirects=False, timeout=30)
     assert r.status_code == 200 and 'name="otp"' in r.text and '<form id="consent"' not in r.text
@@ -355,19 +362,12 @@ def test_a_totp_code_is_good_once_and_the_secret_is_not_stored_in_the_clear(base
     successful validation. The secret itself is sealed at rest like PHI."""
     import subprocess
 
-    from smart_flow import form_fields, pkce_pair
-
     user = f"totp-once-{world['tag']}"
     enrolled = register_user(server, user, PASSWORD, f"Patient/{world['pa']['id']}", totp=True)
 
     def sign_in(code):
-        flow = Flow(base)
-        ep = flow.config["authorization_endpoint"]
-        _, challenge = pkce_pair()
-        page = flow.session.get(ep, params={"response_type": "code", "client_id": APP, "redirect_uri": REDIRECT,
-                                            "scope": "patient/*.rs", "state": "s", "aud": base,
-                                            "code_challenge": challenge, "code_challenge_method": "S256"}, timeout=30).text
-        fields = form_fields(page, "login") | {"username": user, "password": PASSWORD, "otp": code}
+        flow, ep, fields = start_sign_in(base)
+        fields = fields | {"username": user, "password": PASSWORD, "otp": code}
         return flow.session.post(ep, data=fields, allow_redirects=False, timeout=30)
 
     code = totp_now(enrolled["totp_secret"])
