@@ -271,6 +271,12 @@ fn prepare(mut resource: Value, time: &DateTime<Utc>, base: &str) -> FhirResult<
         Some(Value::String(t)) => ResourceType::parse(t).map_err(|e| FhirError::BadRequest(e.to_string()))?,
         _ => return Err(FhirError::BadRequest("not a FHIR resource (no resourceType)".into())),
     };
+    if rt.as_str() == "AuditEvent" {
+        // Stored beside the hash chain, `audit verify` could not vouch for it (and reports it).
+        return Err(FhirError::BadRequest(
+            "AuditEvents are not imported beside the audit trail: submit them with POST [base]/AuditEvent, which appends them to the hash chain".into(),
+        ));
+    }
     let id = match resource.get("id") {
         None => Id::generate(),
         Some(Value::String(s)) => Id::parse(s)?,
@@ -642,6 +648,14 @@ mod tests {
         let row = prepare(serde_json::json!({"resourceType": "Patient"}), &time, "http://x/fhir").unwrap();
         assert!(Id::is_valid(&row.id));
         assert!(row.content.contains(&row.id));
+    }
+
+    #[test]
+    fn audit_events_are_not_imported_beside_the_chain() {
+        let event = serde_json::json!({"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded": "2026-01-01T00:00:00Z",
+            "agent": [{"requestor": true}], "source": {"observer": {"display": "x"}}});
+        let err = prepare(event, &now(), "http://x/fhir").unwrap_err();
+        assert!(describe(&err).contains("POST [base]/AuditEvent"), "{}", describe(&err));
     }
 
     #[test]
