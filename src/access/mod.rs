@@ -302,60 +302,71 @@ pub async fn check_write_reach(
 /// within [`ROLE_GRANT_TTL`] on others).
 #[derive(Default)]
 pub struct RoleGrants {
-    cache: std::sync::RwLock<std::collections::HashMap<String, (Option<Arc<roles::ActingRole>>, std::time::Instant)>>,
+    roles: Fresh<Option<Arc<roles::ActingRole>>>,
     /// `role|patient` → whether the patient belongs to the role's subtree.
-    patients: std::sync::RwLock<std::collections::HashMap<String, (bool, std::time::Instant)>>,
+    patients: Fresh<bool>,
 }
 
 /// How long a role is reused before it is read again.
 pub const ROLE_GRANT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Answers kept for [`ROLE_GRANT_TTL`] (at most 10,000; all forgotten beyond that).
+struct Fresh<V>(std::sync::RwLock<HashMap<String, (V, std::time::Instant)>>);
+
+impl<V> Default for Fresh<V> {
+    fn default() -> Self {
+        Fresh(Default::default())
+    }
+}
+
+impl<V: Clone> Fresh<V> {
+    fn get(&self, key: &str) -> Option<V> {
+        let map = self.0.read().ok()?;
+        map.get(key).filter(|(_, at)| at.elapsed() < ROLE_GRANT_TTL).map(|(v, _)| v.clone())
+    }
+
+    fn put(&self, key: String, value: V) {
+        if let Ok(mut map) = self.0.write() {
+            if map.len() > 10_000 {
+                map.clear();
+            }
+            map.insert(key, (value, std::time::Instant::now()));
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut map) = self.0.write() {
+            map.clear();
+        }
+    }
+}
+
 impl RoleGrants {
     /// Forgets every cached role (after a write to PractitionerRole or Organization).
     pub fn clear(&self) {
-        if let Ok(mut c) = self.cache.write() {
-            c.clear();
-        }
-        if let Ok(mut c) = self.patients.write() {
-            c.clear();
-        }
+        self.roles.clear();
+        self.patients.clear();
     }
 
     /// Whether the patient in a role-bound token's context belongs to the role's subtree,
     /// cached like the role itself.
     async fn patient_within(&self, store: &crate::store::Store, role: &str, scope: &Arc<organization::OrgScope>, patient: &str) -> FhirResult<bool> {
         let key = format!("{role}|{patient}");
-        if let Ok(c) = self.patients.read()
-            && let Some((within, at)) = c.get(&key)
-            && at.elapsed() < ROLE_GRANT_TTL
-        {
-            return Ok(*within);
+        if let Some(within) = self.patients.get(&key) {
+            return Ok(within);
         }
         let within = patient_in_scope(&mut *store.pool().acquire().await?, scope, patient).await?;
-        if let Ok(mut c) = self.patients.write() {
-            if c.len() > 10_000 {
-                c.clear();
-            }
-            c.insert(key, (within, std::time::Instant::now()));
-        }
+        self.patients.put(key, within);
         Ok(within)
     }
 
     async fn acting(&self, store: &crate::store::Store, role: &str) -> FhirResult<Option<Arc<roles::ActingRole>>> {
-        if let Ok(c) = self.cache.read()
-            && let Some((acting, at)) = c.get(role)
-            && at.elapsed() < ROLE_GRANT_TTL
-        {
-            return Ok(acting.clone());
+        if let Some(acting) = self.roles.get(role) {
+            return Ok(acting);
         }
         let mut conn = store.pool().acquire().await?;
         let acting = roles::acting_role(&mut conn, role).await?.map(Arc::new);
-        if let Ok(mut c) = self.cache.write() {
-            if c.len() > 10_000 {
-                c.clear();
-            }
-            c.insert(role.to_owned(), (acting.clone(), std::time::Instant::now()));
-        }
+        self.roles.put(role.to_owned(), acting.clone());
         Ok(acting)
     }
 }
