@@ -8,6 +8,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The default `--max-body-bytes` (10 MiB); `import` bounds the results of PATCH entries by it.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
 /// ironfhir — a FHIR R4 server on PostgreSQL.
 #[derive(Debug, Parser)]
 #[command(name = "ironfhir", version, about)]
@@ -241,8 +244,9 @@ pub struct ServeArgs {
     /// derived from each request's Host header.
     #[arg(long, env = "IRONFHIR_BASE_URL")]
     pub base_url: Option<String>,
-    /// Largest request body accepted, in bytes (413 above it).
-    #[arg(long, env = "IRONFHIR_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    /// Largest request body accepted, in bytes (413 above it); also the largest resource a
+    /// JSON Patch may produce.
+    #[arg(long, env = "IRONFHIR_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Largest number of entries in a batch or transaction Bundle (413 above it).
     #[arg(long, env = "IRONFHIR_MAX_BUNDLE_ENTRIES", default_value_t = 10_000)]

@@ -416,6 +416,8 @@ async fn import_json(ctx: &Context, input: &Input, report: &mut FileReport) -> R
                 value,
                 &ctx.base,
                 usize::MAX,
+                // A PATCH entry of an imported Bundle is bounded like the server's requests.
+                crate::config::DEFAULT_MAX_BODY_BYTES,
                 transaction.then_some((input.key.as_str(), record)),
             )
             .await;

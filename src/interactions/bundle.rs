@@ -78,7 +78,8 @@ pub struct BundleResult {
 }
 
 /// Processes a `batch` or `transaction` Bundle. `base` is the server's FHIR base URL; a Bundle
-/// with more than `max_entries` entries is refused with 413. A failed transaction is an error
+/// with more than `max_entries` entries is refused with 413, and so is a PATCH entry whose
+/// result would exceed `max_resource_bytes`. A failed transaction is an error
 /// naming the failing entry; a batch always succeeds with each entry's own result.
 pub async fn process(
     store: &Store,
@@ -86,8 +87,9 @@ pub async fn process(
     bundle: Value,
     base: &str,
     max_entries: usize,
+    max_resource_bytes: usize,
 ) -> FhirResult<BundleResult> {
-    process_recorded(store, principal, bundle, base, max_entries, None).await
+    process_recorded(store, principal, bundle, base, max_entries, max_resource_bytes, None).await
 }
 
 /// [`process`] for `ironfhir import`: a transaction also records `record` (the file's
@@ -99,6 +101,7 @@ pub async fn process_recorded(
     bundle: Value,
     base: &str,
     max_entries: usize,
+    max_resource_bytes: usize,
     record: Option<(&str, store::import::Progress)>,
 ) -> FhirResult<BundleResult> {
     let Value::Object(mut bundle) = bundle else {
@@ -135,7 +138,7 @@ pub async fn process_recorded(
         crate::audit::projection::catch_up(store).await?;
     }
     let mut prepared: Vec<FhirResult<Entry>> =
-        raw.into_iter().enumerate().map(|(i, e)| prepare(i, e, principal, base)).collect();
+        raw.into_iter().enumerate().map(|(i, e)| prepare(i, e, principal, base, max_resource_bytes)).collect();
     reject_duplicate_full_urls(&mut prepared);
     match kind {
         BundleKind::Transaction => {
@@ -197,9 +200,11 @@ struct Entry {
     if_match: Option<String>,
     if_none_match: Option<String>,
     if_modified_since: Option<DateTime<Utc>>,
+    /// The largest resource a PATCH of this entry may produce (`--max-body-bytes`).
+    max_patch_result: usize,
 }
 
-fn prepare(index: usize, raw: Value, principal: &Principal, base: &str) -> FhirResult<Entry> {
+fn prepare(index: usize, raw: Value, principal: &Principal, base: &str, max_patch_result: usize) -> FhirResult<Entry> {
     let Value::Object(mut raw) = raw else { return Err(bad("an entry must be a JSON object")) };
     let full_url = match raw.get("fullUrl") {
         None => None,
@@ -247,6 +252,7 @@ fn prepare(index: usize, raw: Value, principal: &Principal, base: &str) -> FhirR
         if_match: text("ifMatch")?,
         if_none_match: text("ifNoneMatch")?,
         if_modified_since,
+        max_patch_result,
     };
     authorize(principal, &entry)?;
     entry.body = checked_body(&entry, raw.remove("resource"))?;
@@ -725,7 +731,7 @@ async fn write(tx: &mut Tx, principal: &Principal, e: &Entry, plan: Plan, body: 
         }
         (Plan::Write(id, _), Method::Patch) => {
             let patch = patch::parse_patch(body.ok_or_else(missing)?)?;
-            patch::patch_in(tx, principal, &e.rt, Some(&id), None, &patch, e.if_match.as_deref(), base).await?
+            patch::patch_in(tx, principal, &e.rt, Some(&id), None, &patch, e.if_match.as_deref(), e.max_patch_result, base).await?
         }
         (Plan::Write(id, fresh), _) => {
             let body = body.ok_or_else(missing)?;

@@ -17,7 +17,8 @@ pub enum PatchTarget<'a> {
 }
 
 /// Applies a JSON Patch document to the current version and stores the result as a new
-/// version, after validating it like any other write.
+/// version, after validating it like any other write; the result may not exceed
+/// `max_result_bytes` (the server's `--max-body-bytes`), 413 otherwise.
 pub async fn patch(
     store: &Store,
     principal: &Principal,
@@ -25,6 +26,7 @@ pub async fn patch(
     target: PatchTarget<'_>,
     patch_doc: Value,
     if_match: Option<&str>,
+    max_result_bytes: usize,
     base: &str,
 ) -> FhirResult<WriteOutcome> {
     let _ = principal.require(resource_type.as_str(), Interaction::Update)?;
@@ -46,7 +48,8 @@ pub async fn patch(
     store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
-                let result = patch_in(&mut tx, principal, resource_type, fixed_id.as_ref(), criteria.as_ref(), patch, if_match, base).await;
+                let result =
+                    patch_in(&mut tx, principal, resource_type, fixed_id.as_ref(), criteria.as_ref(), patch, if_match, max_result_bytes, base).await;
                 (tx, result)
             })
         })
@@ -70,6 +73,7 @@ pub async fn patch_in(
     criteria: Option<&search::Criteria>,
     patch: &json_patch::Patch,
     if_match: Option<&str>,
+    max_result_bytes: usize,
     base: &str,
 ) -> FhirResult<WriteOutcome> {
     let rt = resource_type.as_str();
@@ -103,14 +107,56 @@ pub async fn patch_in(
     if let Some(acting) = &principal.acting {
         crate::access::mask::apply(&mut doc, &acting.mask);
     }
-    json_patch::patch(&mut doc, patch).map_err(|e| {
-        FhirError::Invalid(vec![crate::error::Issue::error(
-            "processing",
-            format!("the patch could not be applied: {}", patch_error_kind(&e)),
-        )])
-    })?;
+    apply_bounded(&mut doc, patch, max_result_bytes)?;
     check_body(resource_type, &doc, Some(&id))?;
     put_version(tx, principal, resource_type, &id, doc, if_match, "PATCH", false, base).await
+}
+
+/// Applies the operations one at a time, refusing (413) before one makes the document larger
+/// than `max_bytes`: `copy` duplicates what the document already holds, so a few bytes of patch
+/// could otherwise double it with every operation (18 copies made a 1.4 KB request an 18 MB
+/// resource). The growth is counted, not the document re-measured, so the check is linear.
+pub fn apply_bounded(doc: &mut Value, patch: &json_patch::Patch, max_bytes: usize) -> FhirResult<()> {
+    use json_patch::PatchOperation;
+    let mut size = serialized_len(doc);
+    for (index, op) in patch.0.iter().enumerate() {
+        size += match op {
+            PatchOperation::Copy(copy) => doc.pointer(copy.from.as_str()).map_or(0, serialized_len),
+            PatchOperation::Add(add) => serialized_len(&add.value),
+            PatchOperation::Replace(replace) => serialized_len(&replace.value),
+            _ => 0,
+        };
+        if size > max_bytes {
+            return Err(FhirError::PayloadTooLarge(format!(
+                "the patched resource would exceed {max_bytes} bytes (operation {index}); this server stores resources of at most that size"
+            )));
+        }
+        json_patch::patch(doc, std::slice::from_ref(op)).map_err(|mut e| {
+            e.operation = index;
+            FhirError::Invalid(vec![crate::error::Issue::error(
+                "processing",
+                format!("the patch could not be applied: {}", patch_error_kind(&e)),
+            )])
+        })?;
+    }
+    Ok(())
+}
+
+/// The length of a value's JSON text, counted without building it.
+fn serialized_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn first_line(s: &str) -> &str {

@@ -129,10 +129,8 @@ fn redirect_with(redirect_uri: &str, pairs: &[(&str, &str)]) -> Response {
 }
 
 async fn start(state: &Arc<AppState>, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Response {
-    for (i, (k, _)) in pairs.iter().enumerate() {
-        if pairs[..i].iter().any(|(other, _)| other == k) {
-            return error_page(StatusCode::BAD_REQUEST, &format!("The parameter {k} is repeated."));
-        }
+    if let Some(k) = super::first_repeated(&pairs) {
+        return error_page(StatusCode::BAD_REQUEST, &format!("The parameter {} is repeated.", crate::fhir::types::sanitize(k)));
     }
     let p = |name: &str| param(&pairs, name);
     let pool = state.store.pool();

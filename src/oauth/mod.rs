@@ -157,12 +157,18 @@ pub fn no_store() -> HeaderMap {
 /// (RFC 6749 §3.1).
 pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    for (i, (k, _)) in pairs.iter().enumerate() {
-        if pairs[..i].iter().any(|(other, _)| other == k) {
-            return Err(OAuthError::bad("invalid_request", format!("parameter {k} is repeated")));
-        }
+    if let Some(k) = first_repeated(&pairs) {
+        return Err(OAuthError::bad("invalid_request", format!("parameter {} is repeated", crate::fhir::types::sanitize(k))));
     }
     Ok(pairs)
+}
+
+/// The first parameter name that occurs twice (RFC 6749 §3.1: parameters MUST NOT be
+/// included more than once), in one pass: the names are the client's, so a check comparing
+/// every pair would let one request cost quadratic time.
+pub fn first_repeated(pairs: &[(String, String)]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::with_capacity(pairs.len());
+    pairs.iter().map(|(k, _)| k.as_str()).find(|k| !seen.insert(*k))
 }
 
 /// The value of a form parameter.

@@ -298,7 +298,7 @@ async fn route_as(state: &AppState, ctx: &Ctx, method: &Method, s: &[&str], body
         }
         (Method::POST, []) => {
             let submitted = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
-            let result = interactions::bundle::process(store, &principal, submitted, &ctx.base, state.max_bundle_entries).await?;
+            let result = interactions::bundle::process(store, &principal, submitted, &ctx.base, state.max_bundle_entries, state.max_body_bytes).await?;
             respond(ctx, StatusCode::OK, bundle::bundle_response(ctx, &result), HeaderMap::new())
         }
         (Method::GET, []) => {
@@ -373,7 +373,7 @@ async fn route_type(
             let criteria = conditional_query(ctx)?;
             let doc = parse_patch_body(ctx, &read_body(state, body).await?)?;
             let outcome =
-                interactions::patch::patch(store, principal, rt, PatchTarget::Criteria { query: &criteria }, doc, ctx.header("if-match"), &ctx.base)
+                interactions::patch::patch(store, principal, rt, PatchTarget::Criteria { query: &criteria }, doc, ctx.header("if-match"), state.max_body_bytes, &ctx.base)
                     .await?;
             write_response(ctx, outcome)
         }
@@ -427,7 +427,7 @@ async fn route_instance(
         }
         (Method::PATCH, []) => {
             let doc = parse_patch_body(ctx, &read_body(state, body).await?)?;
-            let outcome = interactions::patch::patch(store, principal, rt, PatchTarget::Id(id), doc, ctx.header("if-match"), &ctx.base).await?;
+            let outcome = interactions::patch::patch(store, principal, rt, PatchTarget::Id(id), doc, ctx.header("if-match"), state.max_body_bytes, &ctx.base).await?;
             write_response(ctx, outcome)
         }
         (Method::DELETE, []) => {

@@ -112,8 +112,27 @@ pub fn reference_paths(resource_type: &ResourceType, code: &str, base: &str) -> 
     }
 }
 
+/// How many links a chained or reverse-chained parameter may have (`a.b.c` has 3; each `_has:`
+/// counts one): each link is a nested query, so an unbounded chain exhausts the stack or the
+/// database (a 20,000-link chain aborted the process).
+pub const MAX_CHAIN_LINKS: usize = 6;
+
+/// 400 when a parameter name chains further than [`MAX_CHAIN_LINKS`]; counted on the text
+/// before anything is parsed, so the check itself is linear.
+fn check_chain_length(key: &str) -> FhirResult<()> {
+    let links = key.matches('.').count() + key.matches("_has:").count();
+    if links > MAX_CHAIN_LINKS {
+        return Err(FhirError::BadRequest(format!(
+            "parameter '{}…': chains and _has are limited to {MAX_CHAIN_LINKS} links",
+            sanitize(&key.chars().take(60).collect::<String>())
+        )));
+    }
+    Ok(())
+}
+
 /// A chained parameter `ref[:Type].rest=value`; `Ok(None)` when a parameter is unknown.
 fn parse_chain(resource_type: &ResourceType, key: &str, value: &str, base: &str) -> FhirResult<Option<Clause>> {
+    check_chain_length(key)?;
     let bad = |why: String| FhirError::BadRequest(format!("chained parameter '{}': {why}", sanitize(key)));
     let Some((left, rest)) = key.split_once('.') else { return Ok(None) };
     let (name, type_modifier) = match left.split_once(':') {
@@ -156,6 +175,7 @@ fn parse_chain(resource_type: &ResourceType, key: &str, value: &str, base: &str)
 
 /// A reverse chain `_has:Type:reference:rest=value` (nests); `Ok(None)` when unknown.
 fn parse_has(resource_type: &ResourceType, key: &str, value: &str, base: &str) -> FhirResult<Option<Clause>> {
+    check_chain_length(key)?;
     let bad = |why: &str| FhirError::BadRequest(format!("parameter '{}': {why}", sanitize(key)));
     let parts: Vec<&str> = key.splitn(4, ':').collect();
     let [_, source, reference, rest] = parts.as_slice() else {

@@ -1,0 +1,78 @@
+"""Hostile input (issue 21, first findings): requests built to crash, stall or amplify get a
+clear 4xx and leave the server answering. Each was reproduced against the build before the fix:
+a 20,000-link chained parameter aborted the process (stack overflow), 80,000 distinct form keys
+at the token endpoint took 18 s (a quadratic repeated-parameter check), and 18 JSON Patch
+`copy` operations turned a 1.4 KB request into an 18 MB resource. Synthetic data only."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import requests
+
+from support import FHIR_JSON, JSON_HEADERS, JSON_PATCH, assert_outcome, create
+
+
+def server_answers(http, base):
+    r = http.get(f"{base}/metadata", timeout=10)
+    assert r.status_code == 200, "the server no longer answers"
+
+
+def test_a_chain_of_thousands_of_links_is_refused_not_a_crash(http, base):
+    """search.html#chaining sets no depth, but every link is a nested query: a 20,000-link chain
+    (140 KB of form body) is refused with 400, and the server keeps answering."""
+    chain = "subject:Patient.organization" + ".partof" * 20000 + ".name"
+    r = http.post(f"{base}/Observation/_search", data={chain: "x"},
+                  headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": FHIR_JSON}, timeout=30)
+    outcome = assert_outcome(r, 400)
+    assert "links" in json.dumps(outcome)
+    server_answers(http, base)
+    # The same as a GET of 1,000 links (was a 500: PostgreSQL ran out of memory).
+    r = http.get(f"{base}/Observation", params={"subject:Patient.organization" + ".partof" * 1000 + ".name": "x"}, timeout=30)
+    assert_outcome(r, 400)
+    # Within the limit, chains still work.
+    r = http.get(f"{base}/Observation", params={"subject:Patient.organization.partof.name": "x"}, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+
+
+def test_many_form_keys_at_the_token_endpoint_are_answered_at_once(base, http):
+    """RFC 6749 §3.2: a repeated parameter is an invalid_request; checking that must not cost
+    quadratic time in the number of keys (80,000 keys took 18 s, two such requests starved
+    everything else). The request is answered within the client's 10 s timeout."""
+    token_url = base.rsplit("/fhir", 1)[0] + "/auth/token"
+    body = "&".join(f"k{i}=v" for i in range(80_000)) + "&grant_type=client_credentials"
+    r = requests.post(token_url, data=body, headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
+    assert r.status_code in (400, 401), r.text[:300]
+    repeated = requests.post(token_url, data="grant_type=a&grant_type=b",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
+    assert repeated.status_code == 400 and repeated.json()["error"] == "invalid_request"
+    server_answers(http, base)
+
+
+def test_a_patch_may_not_grow_a_resource_past_the_body_limit(http, base):
+    """A JSON Patch `copy` duplicates what the resource holds: nested copies of an extension
+    into itself double the resource with every operation. The result of a patch is bounded like
+    a request body (--max-body-bytes, 10 MiB by default): 413, and nothing is written."""
+    basic = create(http, base, {"resourceType": "Basic", "code": {"text": "synthetic"},
+                                "extension": [{"url": "http://example.org/hostile", "valueString": "x" * 1000}]})
+    before = http.get(f"{base}/Basic/{basic['id']}").json()
+    # The extension gets itself as a nested extension, then a copy of itself 14 times over:
+    # each copy doubles it (2^15 KB, 32 MB, were it allowed).
+    ops = [{"op": "copy", "from": "/extension", "path": "/extension/0/extension"}] + [
+        {"op": "copy", "from": "/extension/0", "path": "/extension/0/extension/-"} for _ in range(14)]
+    r = http.patch(f"{base}/Basic/{basic['id']}", data=json.dumps(ops),
+                   headers={"Content-Type": JSON_PATCH, "Accept": FHIR_JSON}, timeout=60)
+    assert_outcome(r, 413)
+    after = http.get(f"{base}/Basic/{basic['id']}").json()
+    assert after["meta"]["versionId"] == before["meta"]["versionId"]
+    # A patch of ordinary size still applies.
+    r = http.patch(f"{base}/Basic/{basic['id']}", data=json.dumps([{"op": "replace", "path": "/code/text", "value": "changed"}]),
+                   headers={"Content-Type": JSON_PATCH, "Accept": FHIR_JSON}, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    # The same bound inside a transaction Bundle.
+    entry = {"resource": {"resourceType": "Binary", "contentType": JSON_PATCH,
+                          "data": base64.b64encode(json.dumps(ops).encode()).decode()},
+             "request": {"method": "PATCH", "url": f"Basic/{basic['id']}"}}
+    r = http.post(base, json={"resourceType": "Bundle", "type": "transaction", "entry": [entry]}, headers=JSON_HEADERS, timeout=60)
+    assert_outcome(r, 413)
