@@ -76,3 +76,33 @@ def test_a_patch_may_not_grow_a_resource_past_the_body_limit(http, base):
              "request": {"method": "PATCH", "url": f"Basic/{basic['id']}"}}
     r = http.post(base, json={"resourceType": "Bundle", "type": "transaction", "entry": [entry]}, headers=JSON_HEADERS, timeout=60)
     assert_outcome(r, 413)
+
+
+def test_control_characters_are_refused_and_cannot_poison_the_audit_trail(http, base):
+    """FHIR strings exclude characters below U+0020 other than tab, CR and LF (datatypes.html
+    #string). Requests carrying U+0000 — in a JSON string, in the URL, in a search value, in
+    If-None-Exist, at the token endpoint — are refused with 4xx, never 500; and the AuditEvents
+    of those refusals do not stop the audit trail's projection (before the fix every later
+    AuditEvent read answered 500)."""
+    r = http.post(f"{base}/Patient", data='{"resourceType": "Patient", "name": [{"family": "Nul\\u0000person"}]}',
+                  headers=JSON_HEADERS, timeout=30)
+    assert 400 <= r.status_code < 500, r.text[:300]
+    assert_outcome(http.get(f"{base}/Patient", params={"name": "a\x00b"}, timeout=30), 400)
+    assert_outcome(http.get(f"{base}/Patient", params={"subject": "Patient/x\x00y"}, timeout=30), 400)
+    r = http.get(f"{base}/Patient/abc%00def", timeout=30)
+    assert 400 <= r.status_code < 500, r.text[:300]
+    r = http.post(f"{base}/Patient", json={"resourceType": "Patient", "active": True},
+                  headers=JSON_HEADERS | {"If-None-Exist": "name=a%00b"}, timeout=30)
+    assert_outcome(r, 400)
+    token_url = base.rsplit("/fhir", 1)[0] + "/auth/token"
+    r = requests.post(token_url, data={"grant_type": "client_credentials", "client_id": "a\x00b", "client_secret": "x"}, timeout=10)
+    assert r.status_code in (400, 401), r.text[:300]
+    r = requests.post(token_url, data={"grant_type": "client_credentials"}, timeout=10,
+                      headers={"Authorization": "Basic " + base64.b64encode(b"a\x00b:secret").decode()})
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client", r.text[:300]
+    # The audit trail still projects and answers.
+    for params in ({"_count": "5"}, {"outcome": "4", "_count": "5"}):
+        r = http.get(f"{base}/AuditEvent", params=params, timeout=30)
+        assert r.status_code == 200, r.text[:300]
+    r = http.get(f"{base}/Patient", params={"name": "AuditEvent"}, timeout=30)
+    assert r.status_code == 200, r.text[:300]

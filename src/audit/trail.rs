@@ -42,6 +42,7 @@ struct Prepared {
 impl Prepared {
     /// Stamps `event` with a new id and meta and seals it as any resource is sealed.
     fn new(mut event: Value) -> FhirResult<Self> {
+        clean_controls(&mut event);
         let recorded = crate::interactions::now();
         // Time-ordered ids: appends land at the right edge of the id indexes instead of on
         // random pages (the event's time is in it anyway).
@@ -65,10 +66,36 @@ impl Prepared {
         event.id = Some(id.clone());
         event.meta = Some(Meta { version_id: "1", last_updated: crate::interactions::instant(&recorded) });
         if event.has_query() || !policy_seals_only_queries() {
-            return Self::sealed(id, recorded, &event.to_value()?);
+            let mut value = event.to_value()?;
+            clean_controls(&mut value);
+            return Self::sealed(id, recorded, &value);
         }
         let content = serde_json::to_string(&event).map_err(|e| FhirError::Internal(format!("audit event: {e}")))?;
+        if content.contains("\\u0000") {
+            // What a refused request named (its path, a patient in its query) may hold U+0000,
+            // which the projection's jsonb cannot store: cleaned, never left to block the chain.
+            let mut value = event.to_value()?;
+            clean_controls(&mut value);
+            return Self::sealed(id, recorded, &value);
+        }
         Ok(Prepared { id, recorded, content, sealed: None, key_id: None, mac: None })
+    }
+}
+
+/// Replaces U+0000 (which PostgreSQL's jsonb cannot store) and the other control characters
+/// FHIR strings exclude with U+FFFD in every string of an event, so no request can make an
+/// event the projection cannot store; iterative, whatever the nesting.
+fn clean_controls(event: &mut Value) {
+    let mut stack = vec![event];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) if crate::fhir::types::has_forbidden_control(s) => {
+                *s = s.chars().map(|c| if c < ' ' && !matches!(c, '\t' | '\r' | '\n') { '\u{fffd}' } else { c }).collect();
+            }
+            Value::Array(items) => stack.extend(items.iter_mut()),
+            Value::Object(map) => stack.extend(map.values_mut()),
+            _ => {}
+        }
     }
 }
 

@@ -80,6 +80,35 @@ pub fn local_reference<'a>(reference: &'a str, base: &str) -> &'a str {
 }
 
 /// Shortens and strips control characters from client text before it is echoed in an error.
+/// Whether text holds a character FHIR strings exclude (below U+0020 other than tab, CR and
+/// LF): refused with 400 wherever client text enters (bodies, URLs, search values, OAuth
+/// fields), because PostgreSQL cannot store U+0000 and no FHIR string may carry the others.
+pub fn has_forbidden_control(s: &str) -> bool {
+    s.chars().any(|c| c < ' ' && !matches!(c, '\t' | '\r' | '\n'))
+}
+
+/// The JSON pointer-ish location of the first string (key or value) in `value` that
+/// [`has_forbidden_control`], if any; iterative, so nesting cannot exhaust the stack.
+pub fn forbidden_control_in(value: &serde_json::Value) -> Option<String> {
+    let mut stack: Vec<(&serde_json::Value, String)> = vec![(value, String::new())];
+    while let Some((v, at)) = stack.pop() {
+        match v {
+            serde_json::Value::String(s) if has_forbidden_control(s) => return Some(at),
+            serde_json::Value::Array(items) => stack.extend(items.iter().enumerate().map(|(i, x)| (x, format!("{at}[{i}]")))),
+            serde_json::Value::Object(map) => {
+                for (k, x) in map {
+                    if has_forbidden_control(k) {
+                        return Some(at);
+                    }
+                    stack.push((x, if at.is_empty() { k.clone() } else { format!("{at}.{k}") }));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 pub fn sanitize(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(64).collect()
 }

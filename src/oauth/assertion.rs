@@ -36,7 +36,11 @@ pub fn claimed_client(assertion: &str) -> Option<String> {
     let payload = assertion.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("sub").or_else(|| v.get("iss")).and_then(|s| s.as_str()).map(str::to_owned)
+    v.get("sub")
+        .or_else(|| v.get("iss"))
+        .and_then(|s| s.as_str())
+        .filter(|s| !crate::fhir::types::has_forbidden_control(s))
+        .map(str::to_owned)
 }
 
 /// Verifies a client assertion for `client` against `token_endpoint` (the `aud`): signature by
@@ -95,7 +99,7 @@ pub async fn verify(pool: &PgPool, client: &Client, assertion: &str, token_endpo
     if claims.exp > now + MAX_LIFETIME_SECS + LEEWAY_SECS {
         return Err(OAuthError::invalid_client("the client assertion's exp is more than five minutes ahead"));
     }
-    if claims.jti.is_empty() || claims.jti.len() > 512 {
+    if claims.jti.is_empty() || claims.jti.len() > 512 || crate::fhir::types::has_forbidden_control(&claims.jti) {
         return Err(OAuthError::invalid_client("the client assertion needs a jti"));
     }
     // Replay protection: a jti is accepted once while the assertion could still be valid.

@@ -63,6 +63,9 @@ pub async fn authorize_get(State(state): State<Arc<AppState>>, headers: HeaderMa
 /// in progress (the pages' forms).
 pub async fn authorize_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    if let Some(k) = super::first_with_control(&pairs) {
+        return error_page(StatusCode::BAD_REQUEST, &format!("The parameter {} holds a control character.", crate::fhir::types::sanitize(k)));
+    }
     if param(&pairs, "req").is_some() {
         continue_request(&state, &headers, &pairs).await
     } else {
@@ -131,6 +134,9 @@ fn redirect_with(redirect_uri: &str, pairs: &[(&str, &str)]) -> Response {
 async fn start(state: &Arc<AppState>, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Response {
     if let Some(k) = super::first_repeated(&pairs) {
         return error_page(StatusCode::BAD_REQUEST, &format!("The parameter {} is repeated.", crate::fhir::types::sanitize(k)));
+    }
+    if let Some(k) = super::first_with_control(&pairs) {
+        return error_page(StatusCode::BAD_REQUEST, &format!("The parameter {} holds a control character.", crate::fhir::types::sanitize(k)));
     }
     let p = |name: &str| param(&pairs, name);
     let pool = state.store.pool();

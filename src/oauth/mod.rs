@@ -160,7 +160,17 @@ pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
     if let Some(k) = first_repeated(&pairs) {
         return Err(OAuthError::bad("invalid_request", format!("parameter {} is repeated", crate::fhir::types::sanitize(k))));
     }
+    if let Some(k) = first_with_control(&pairs) {
+        return Err(OAuthError::bad("invalid_request", format!("parameter {} holds a control character", crate::fhir::types::sanitize(k))));
+    }
     Ok(pairs)
+}
+
+/// The first parameter whose name or value holds a control character (RFC 6749 values are
+/// printable; PostgreSQL cannot store U+0000).
+pub fn first_with_control(pairs: &[(String, String)]) -> Option<&str> {
+    use crate::fhir::types::has_forbidden_control;
+    pairs.iter().find(|(k, v)| has_forbidden_control(k) || has_forbidden_control(v)).map(|(k, _)| k.as_str())
 }
 
 /// The first parameter name that occurs twice (RFC 6749 §3.1: parameters MUST NOT be

@@ -184,9 +184,12 @@ async fn authenticate_client(state: &AppState, headers: &HeaderMap, form: &[(Str
                 Some((dec(id), dec(secret)))
             })
         });
+    let readable = |(id, secret): &(String, String)| {
+        !crate::fhir::types::has_forbidden_control(id) && !crate::fhir::types::has_forbidden_control(secret)
+    };
     let credentials = match basic {
-        Some(Some(pair)) => Some(pair),
-        Some(None) => return Err(OAuthError::invalid_client("the Basic credentials cannot be read")),
+        Some(Some(pair)) if readable(&pair) => Some(pair),
+        Some(_) => return Err(OAuthError::invalid_client("the Basic credentials cannot be read")),
         None => param(form, "client_secret").map(|s| (param(form, "client_id").unwrap_or("").to_owned(), s.to_owned())),
     };
     if let Some((id, secret)) = credentials {

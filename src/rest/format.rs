@@ -90,8 +90,20 @@ pub fn parse_resource_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, F
     parse_in(format, body)
 }
 
-/// Parses bytes in a known format (400 when malformed).
+/// Parses bytes in a known format (400 when malformed, or when a string holds a control
+/// character FHIR strings exclude).
 pub fn parse_in(format: Format, body: &[u8]) -> Result<Value, FhirError> {
+    let value = parse_unchecked(format, body)?;
+    if let Some(at) = crate::fhir::types::forbidden_control_in(&value) {
+        return Err(FhirError::Invalid(vec![
+            crate::error::Issue::error("invalid", "a string holds a control character (U+0000–U+001F other than tab, CR, LF), which FHIR strings exclude")
+                .at(crate::fhir::types::sanitize(&at)),
+        ]));
+    }
+    Ok(value)
+}
+
+fn parse_unchecked(format: Format, body: &[u8]) -> Result<Value, FhirError> {
     match format {
         Format::Json => serde_json::from_slice::<Value>(body).map_err(|e| {
             FhirError::BadRequest(format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()))

@@ -191,6 +191,10 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     {
         let _ = ctx.mask.set(acting.mask.clone());
     }
+    // Control characters in the path or query are refused (and the refusal audited, its event
+    // cleaned of them: audit::trail).
+    let control = |t: &str| crate::fhir::types::has_forbidden_control(t);
+    let refused_input = s.iter().any(|x| control(x)) || ctx.query.iter().any(|(k, v)| control(k) || control(v));
     // A request that can read AuditEvents sees every event recorded before it (they are
     // projected from the audit chain: audit::projection).
     if crate::audit::projection::reads_audit_events(&s, &ctx.query) {
@@ -203,9 +207,9 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
     let result = if state.audit.enabled() {
         let intent = crate::audit::intent::Intent::new(request_id, principal.clone(), ctx.network.clone());
         noted = Some(intent.clone());
-        crate::audit::intent::scope(intent, route_as(state, ctx, method, &s, body, &principal)).await
+        crate::audit::intent::scope(intent, route_checked(state, ctx, method, &s, body, &principal, refused_input)).await
     } else {
-        route_as(state, ctx, method, &s, body, &principal).await
+        route_checked(state, ctx, method, &s, body, &principal, refused_input).await
     };
     if state.audit.enabled() {
         // Every request leaves its AuditEvent, committed before the response is sent.
@@ -248,6 +252,26 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
         }
     }
     result
+}
+
+/// [`route_as`], or 400 for a path or query holding control characters.
+#[allow(clippy::too_many_arguments)]
+async fn route_checked(
+    state: &AppState,
+    ctx: &Ctx,
+    method: &Method,
+    s: &[&str],
+    body: Body,
+    principal: &Arc<Principal>,
+    refused_input: bool,
+) -> FhirResult<Response> {
+    if refused_input {
+        let _ = axum::body::to_bytes(body, state.max_body_bytes).await;
+        return Err(FhirError::BadRequest(
+            "the URL holds a control character (U+0000–U+001F other than tab, CR, LF), which FHIR values exclude".into(),
+        ));
+    }
+    route_as(state, ctx, method, s, body, principal).await
 }
 
 /// The patients (`Patient/ID`) a request concerns, for its AuditEvent: the Patient it names,

@@ -213,6 +213,11 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
         cursor: None,
     };
     let bad = |name: &str, why: &str| FhirError::BadRequest(format!("parameter '{}': {why}", sanitize(name)));
+    // The one gate for search text (queries, _search forms, If-None-Exist, conditional URLs and
+    // references in Bundles): PostgreSQL cannot hold U+0000, and FHIR values exclude controls.
+    if let Some((key, _)) = pairs.iter().find(|(k, v)| crate::fhir::types::has_forbidden_control(k) || crate::fhir::types::has_forbidden_control(v)) {
+        return Err(bad(key, "a control character (U+0000–U+001F other than tab, CR, LF) is not allowed in search parameters"));
+    }
     for (key, value) in pairs {
         match key.as_str() {
             "_count" => {
