@@ -245,6 +245,25 @@ def test_an_assertion_for_another_server_is_refused_whatever_the_host_header(cli
     assert ok.status_code == 200, ok.text
 
 
+def test_an_assertion_not_valid_yet_is_refused(client, anon, token_url):
+    """RFC 7523 §3 item 5: a JWT with an nbf in the future must be rejected."""
+    client_id, key = client
+    later = int(time.time()) + 120
+    r = token_request(anon, token_url, sign(key, claims(client_id, token_url, nbf=later)))
+    assert assert_token_error(r) == "invalid_client"
+
+
+def test_two_client_authentication_methods_in_one_request_are_refused(client, anon, token_url):
+    """RFC 6749 §2.3: the client MUST NOT use more than one authentication method in each
+    request — a valid assertion does not excuse a client_secret beside it."""
+    client_id, key = client
+    r = anon.post(token_url, data={"grant_type": "client_credentials", "scope": "system/Patient.rs",
+                                   "client_assertion_type": ASSERTION_TYPE,
+                                   "client_assertion": sign(key, claims(client_id, token_url)),
+                                   "client_secret": "also-a-secret"}, headers={"Accept": "application/json"})
+    assert assert_token_error(r) == "invalid_client"
+
+
 def test_unregistered_key_is_refused(client, anon, token_url):
     """An assertion signed by a key the client did not register: same kid, and unknown kid."""
     client_id, key = client

@@ -70,6 +70,8 @@ pub async fn verify(pool: &PgPool, client: &Client, assertion: &str, token_endpo
     validation.set_audience(&[token_endpoint]);
     validation.set_issuer(&[client.client_id.as_str()]);
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    // RFC 7523 §3 item 5: an assertion not valid yet (nbf in the future) is refused.
+    validation.validate_nbf = true;
     validation.leeway = LEEWAY_SECS;
     let mut claims = None;
     for key in candidates {
@@ -84,6 +86,7 @@ pub async fn verify(pool: &PgPool, client: &Client, assertion: &str, token_endpo
                 match e.kind() {
                     ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => continue,
                     ErrorKind::ExpiredSignature => return Err(OAuthError::invalid_client("the client assertion has expired")),
+                    ErrorKind::ImmatureSignature => return Err(OAuthError::invalid_client("the client assertion is not valid yet (nbf)")),
                     ErrorKind::InvalidAudience => return Err(OAuthError::invalid_client("the client assertion's aud is not this token endpoint")),
                     ErrorKind::InvalidIssuer => return Err(OAuthError::invalid_client("the client assertion's iss is not the client id")),
                     _ => return Err(OAuthError::invalid_client("the client assertion is malformed")),

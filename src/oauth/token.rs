@@ -153,6 +153,11 @@ async fn authenticate_client(state: &AppState, headers: &HeaderMap, form: &[(Str
     let lookup = |id: String| async move {
         accounts::find_client(pool, &id).await?.ok_or_else(|| OAuthError::invalid_client("unknown client"))
     };
+    let assertion_given = param(form, "client_assertion_type").is_some() || param(form, "client_assertion").is_some();
+    if assertion_given && (param(form, "client_secret").is_some() || headers.get(header::AUTHORIZATION).is_some()) {
+        // RFC 6749 §2.3: a client MUST NOT use more than one authentication method per request.
+        return Err(OAuthError::invalid_client("use one client authentication method: a client assertion, or a secret, not both"));
+    }
     if let Some(kind) = param(form, "client_assertion_type") {
         if kind != assertion::JWT_BEARER {
             return Err(OAuthError::invalid_client("client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer"));
