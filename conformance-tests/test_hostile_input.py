@@ -106,3 +106,28 @@ def test_control_characters_are_refused_and_cannot_poison_the_audit_trail(http, 
         assert r.status_code == 200, r.text[:300]
     r = http.get(f"{base}/Patient", params={"name": "AuditEvent"}, timeout=30)
     assert r.status_code == 200, r.text[:300]
+
+
+def test_an_unreadable_precondition_is_refused_not_ignored(http, base):
+    """http.html#concurrency: an If-Match the server cannot read must not be taken as absent —
+    that would apply the write unconditionally. 400, and nothing is written."""
+    res = create(http, base, {"resourceType": "Basic", "code": {"text": "precondition"}})
+    body = dict(res, code={"text": "changed"})
+    r = http.put(f"{base}/Basic/{res['id']}", json=body, timeout=30,
+                 headers=JSON_HEADERS | {"If-Match": 'W/"1"\xe9'})
+    assert_outcome(r, 400)
+    r = http.post(f"{base}/Basic", json={"resourceType": "Basic", "code": {"text": "x"}}, timeout=30,
+                  headers=JSON_HEADERS | {"If-None-Exist": "_id=a\xe9"})
+    assert_outcome(r, 400)
+    assert http.get(f"{base}/Basic/{res['id']}").json()["meta"]["versionId"] == "1"
+
+
+def test_dates_that_do_not_exist_are_refused_in_search(http, base):
+    """search.html#date: a search value that is no date (month 13, 30 February, 25:61) is a
+    bad request, not a search that silently matches nothing."""
+    for value in ("2020-13-45", "2020-02-30", "2020-01-01T25:61:00Z", "ge2020-13"):
+        r = http.get(f"{base}/Observation", params={"date": value}, timeout=30)
+        assert_outcome(r, 400)
+    for value in ("2020-02-29", "2020-01-01T10:00:00Z", "ge2020-12", "2020"):
+        r = http.get(f"{base}/Observation", params={"date": value}, timeout=30)
+        assert r.status_code == 200, (value, r.text[:300])

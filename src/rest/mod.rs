@@ -97,6 +97,15 @@ impl Ctx {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// A precondition header (`If-Match`, `If-None-Exist`): 400 when it is present but cannot be
+    /// read, never taken as absent (which would apply the write unconditionally).
+    fn precondition(&self, name: &str) -> FhirResult<Option<&str>> {
+        match self.headers.get(name) {
+            None => Ok(None),
+            Some(v) => v.to_str().map(Some).map_err(|_| FhirError::BadRequest(format!("the {name} header cannot be read"))),
+        }
+    }
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -365,7 +374,7 @@ async fn route_type(
             search(ctx, store, principal, rt, &pairs).await
         }
         (Method::POST, []) if rt.as_str() == "AuditEvent" && state.audit.enabled() => {
-            if ctx.header("if-none-exist").is_some() {
+            if ctx.precondition("if-none-exist")?.is_some() {
                 return Err(FhirError::BadRequest("AuditEvents are appended to the audit trail: conditional create does not apply".into()));
             }
             let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
@@ -377,14 +386,14 @@ async fn route_type(
         }
         (Method::POST, []) => {
             let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
-            let outcome = interactions::create::create(store, principal, rt, resource, ctx.header("if-none-exist"), &ctx.base).await?;
+            let outcome = interactions::create::create(store, principal, rt, resource, ctx.precondition("if-none-exist")?, &ctx.base).await?;
             write_response(ctx, outcome)
         }
         (Method::PUT, []) => {
             let criteria = conditional_query(ctx)?;
             let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
             let outcome =
-                interactions::update::conditional_update(store, principal, rt, &criteria, resource, ctx.header("if-match"), &ctx.base)
+                interactions::update::conditional_update(store, principal, rt, &criteria, resource, ctx.precondition("if-match")?, &ctx.base)
                     .await?;
             write_response(ctx, outcome)
         }
@@ -397,7 +406,7 @@ async fn route_type(
             let criteria = conditional_query(ctx)?;
             let doc = parse_patch_body(ctx, &read_body(state, body).await?)?;
             let outcome =
-                interactions::patch::patch(store, principal, rt, PatchTarget::Criteria { query: &criteria }, doc, ctx.header("if-match"), state.max_body_bytes, &ctx.base)
+                interactions::patch::patch(store, principal, rt, PatchTarget::Criteria { query: &criteria }, doc, ctx.precondition("if-match")?, state.max_body_bytes, &ctx.base)
                     .await?;
             write_response(ctx, outcome)
         }
@@ -446,12 +455,12 @@ async fn route_instance(
         }
         (Method::PUT, []) => {
             let resource = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
-            let outcome = interactions::update::update(store, principal, rt, id, resource, ctx.header("if-match"), &ctx.base).await?;
+            let outcome = interactions::update::update(store, principal, rt, id, resource, ctx.precondition("if-match")?, &ctx.base).await?;
             write_response(ctx, outcome)
         }
         (Method::PATCH, []) => {
             let doc = parse_patch_body(ctx, &read_body(state, body).await?)?;
-            let outcome = interactions::patch::patch(store, principal, rt, PatchTarget::Id(id), doc, ctx.header("if-match"), state.max_body_bytes, &ctx.base).await?;
+            let outcome = interactions::patch::patch(store, principal, rt, PatchTarget::Id(id), doc, ctx.precondition("if-match")?, state.max_body_bytes, &ctx.base).await?;
             write_response(ctx, outcome)
         }
         (Method::DELETE, []) => {

@@ -400,11 +400,12 @@ pub fn split_prefix(v: &str) -> Result<(Prefix, String), String> {
     Ok((Prefix::Eq, v.to_owned()))
 }
 
-/// Checks a date search value's shape (the SQL side computes its range).
+/// Checks a date search value: a FHIR date or dateTime that exists (`2020-13-45`, `2020-02-30`
+/// and `T25:61` are refused, never silently matching nothing).
 pub fn check_date(v: &str) -> Result<(), String> {
     let b = v.as_bytes();
     let ok = b.len() >= 4 && b[..4].iter().all(u8::is_ascii_digit) && b.iter().all(|c| c.is_ascii_digit() || b"-:T.+Z".contains(c));
-    if ok { Ok(()) } else { Err("not a valid date".into()) }
+    if ok && date_bounds(v).is_some() { Ok(()) } else { Err("not a valid date (a FHIR date or dateTime that exists)".into()) }
 }
 
 /// The instants a date search value covers, `[low, high)` — exactly what the SQL function
