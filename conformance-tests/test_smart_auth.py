@@ -488,6 +488,19 @@ def test_admin_api_registers_clients_and_users_for_operators_only(base, server, 
     r = requests.post(f"{origin}/auth/admin/clients", json={"client_id": f"x-{tag}", "scope": "user/*.rs", "public": True,
                                                            "secret": "both"}, headers=op, timeout=30)
     assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+    # A second registration of the same client_id does not silently replace the first.
+    again = requests.post(f"{origin}/auth/admin/clients", json=dict(client, redirect_uris=["https://elsewhere.example/cb"]),
+                          headers=op, timeout=30)
+    assert again.status_code == 409, again.text
+    # Redirect URIs that would run or read instead of reaching an app, and a jwks_uri the server
+    # would fetch from a file or plain http elsewhere, are refused.
+    for bad in ({"redirect_uris": ["javascript:alert(1)"], "public": True},
+                {"redirect_uris": ["data:text/html,x"], "public": True},
+                {"redirect_uris": [REDIRECT], "jwks_uri": "file:///etc/passwd"},
+                {"redirect_uris": [REDIRECT], "jwks_uri": "http://keys.example/jwks"}):
+        body = {"client_id": f"bad-{secrets.token_hex(3)}", "scope": "system/*.rs", **bad}
+        r = requests.post(f"{origin}/auth/admin/clients", json=body, headers=op, timeout=30)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", (bad, r.text)
 
     org = http.post(f"{base}/Organization", json={"resourceType": "Organization", "name": f"API org {tag}"},
                     headers={"Content-Type": "application/fhir+json"}).json()["id"]

@@ -109,9 +109,24 @@ pub async fn add_client(pool: &PgPool, new: NewClient) -> Result<Client, String>
         return Err("a public client needs at least one redirect URI (--redirect-uri, redirect_uris)".into());
     }
     for uri in &new.redirect_uris {
-        let parsed = url_scheme(uri);
-        if parsed.is_none() || uri.contains('#') {
-            return Err(format!("--redirect-uri {uri}: not an absolute URI without fragment"));
+        let scheme = url_scheme(uri).map(str::to_ascii_lowercase);
+        if scheme.is_none() || uri.contains('#') || has_control_or_space(uri) {
+            return Err(format!("--redirect-uri {}: not an absolute URI without fragment", crate::fhir::types::sanitize(uri)));
+        }
+        // A code must reach an app, never run as script or be read from a local file
+        // (RFC 6749 §10.6, RFC 8252 §7: https, http, or an app's private-use scheme).
+        if matches!(scheme.as_deref(), Some("javascript" | "data" | "vbscript" | "file" | "blob" | "about")) {
+            return Err(format!("--redirect-uri {}: the {} scheme cannot receive an authorization code", crate::fhir::types::sanitize(uri), scheme.unwrap_or_default()));
+        }
+    }
+    if let Some(uri) = &new.jwks_uri {
+        // The server fetches it: https only, or http on a loopback address (local tooling).
+        let lower = uri.to_ascii_lowercase();
+        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+            .iter()
+            .any(|p| lower.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/'])));
+        if has_control_or_space(uri) || !(lower.starts_with("https://") || loopback) {
+            return Err("--jwks-uri must be an https:// URL (or http:// on a loopback address)".into());
         }
     }
     if let Some(jwks) = &new.jwks {
@@ -156,6 +171,10 @@ pub async fn add_client(pool: &PgPool, new: NewClient) -> Result<Client, String>
         jwks: new.jwks,
         jwks_uri: new.jwks_uri,
     })
+}
+
+fn has_control_or_space(s: &str) -> bool {
+    s.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
 fn url_scheme(uri: &str) -> Option<&str> {

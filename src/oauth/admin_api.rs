@@ -88,6 +88,15 @@ async fn add_client_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) ->
         (_, _, Some(_)) => ClientAuth::Jwks,
         _ => ClientAuth::JwksUri,
     };
+    // Over HTTP a registration never silently replaces a client (the CLI's `client add` is the
+    // operator's explicit replace).
+    if accounts::find_client(state.store.pool(), &request.client_id).await.map_err(OAuthError::server)?.is_some() {
+        return Err(OAuthError {
+            status: StatusCode::CONFLICT,
+            error: "invalid_client_metadata",
+            description: "a client with this client_id is registered already".into(),
+        });
+    }
     let jwks = request.jwks.map(accounts::jwk_set);
     let client = accounts::add_client(
         state.store.pool(),
