@@ -524,22 +524,8 @@ impl Distinct {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn distinct_keeps_one_of_each_entry_past_the_list_limit() {
-        let mut seen = Distinct::default();
-        let mut out: Vec<IndexEntry> = vec![];
-        for i in 0..500 {
-            for _ in 0..2 {
-                let entry = IndexEntry { param: "name".into(), value: IndexValue::String { normalized: format!("n{i}"), exact: format!("N{i}") } };
-                if seen.is_new(&out, &entry) {
-                    out.push(entry);
-                }
-            }
-        }
-        assert_eq!(out.len(), 500, "each value once, below and above the list limit");
-    }
     use serde_json::json;
+
 
     fn params<'a>(entries: &'a [IndexEntry], name: &str) -> Vec<&'a IndexValue> {
         entries.iter().filter(|e| e.param == name).map(|e| &e.value).collect()
@@ -664,5 +650,20 @@ mod tests {
         }
         println!("{planned} of {total} (type, parameter) expressions parse");
         assert!(planned * 100 >= total * 95, "only {planned} of {total} parse");
+    }
+
+    #[test]
+    fn distinct_keeps_one_of_each_entry_past_the_list_limit() {
+        let mut seen = Distinct::default();
+        let mut out: Vec<IndexEntry> = vec![];
+        for i in 0..500 {
+            for _ in 0..2 {
+                let entry = IndexEntry { param: "name".into(), value: IndexValue::String { normalized: format!("n{i}"), exact: format!("N{i}") } };
+                if seen.is_new(&out, &entry) {
+                    out.push(entry);
+                }
+            }
+        }
+        assert_eq!(out.len(), 500, "each value once, below and above the list limit");
     }
 }

@@ -185,6 +185,13 @@ pub async fn reaches_pooled(pool: &sqlx::PgPool, reach: &Reach, resource_type: &
     }
 }
 
+/// Whether the principal's `interaction` on `resource_type` must be decided resource by resource
+/// ([`visible`], [`authorize_write`]): its reach is confined, a role's rules or mask apply, or a
+/// granular scope filters it. Otherwise the write needs no look at the stored version.
+pub fn checks_each_resource(principal: &Principal, reach: &Reach, resource_type: &str, interaction: Interaction) -> bool {
+    *reach != Reach::All || principal.acting.is_some() || principal.filters(resource_type, interaction).is_some()
+}
+
 /// Whether the current version of `resource_type/id` (`content`, `None` when deleted or never
 /// written) exists for the principal's `interaction`: within its reach and its granular
 /// scopes. A confined principal cannot tell a deleted resource from an unknown one (there is

@@ -152,7 +152,6 @@ impl OrgScope {
             _ => Ok(false),
         }
     }
-
 }
 
 impl crate::search::Membership for OrgScope {

@@ -65,20 +65,17 @@ impl Prepared {
         let id = crate::fhir::types::Id::generate_time_ordered().as_str().to_owned();
         event.id = Some(id.clone());
         event.meta = Some(Meta { version_id: "1", last_updated: crate::interactions::instant(&recorded) });
-        if event.has_query() || !policy_seals_only_queries() {
-            let mut value = event.to_value()?;
-            clean_controls(&mut value);
-            return Self::sealed(id, recorded, &value);
-        }
-        let content = serde_json::to_string(&event).map_err(|e| FhirError::Internal(format!("audit event: {e}")))?;
-        if content.contains("\\u0000") {
+        if !event.has_query() && policy_seals_only_queries() {
+            let content = serde_json::to_string(&event).map_err(|e| FhirError::Internal(format!("audit event: {e}")))?;
             // What a refused request named (its path, a patient in its query) may hold U+0000,
-            // which the projection's jsonb cannot store: cleaned, never left to block the chain.
-            let mut value = event.to_value()?;
-            clean_controls(&mut value);
-            return Self::sealed(id, recorded, &value);
+            // which the projection's jsonb cannot store: such an event is cleaned below.
+            if !content.contains("\\u0000") {
+                return Ok(Prepared { id, recorded, content, sealed: None, key_id: None, mac: None });
+            }
         }
-        Ok(Prepared { id, recorded, content, sealed: None, key_id: None, mac: None })
+        let mut value = event.to_value()?;
+        clean_controls(&mut value);
+        Self::sealed(id, recorded, &value)
     }
 }
 
@@ -90,7 +87,7 @@ fn clean_controls(event: &mut Value) {
     while let Some(v) = stack.pop() {
         match v {
             Value::String(s) if crate::fhir::types::has_forbidden_control(s) => {
-                *s = s.chars().map(|c| if c < ' ' && !matches!(c, '\t' | '\r' | '\n') { '\u{fffd}' } else { c }).collect();
+                *s = s.chars().map(|c| if crate::fhir::types::is_forbidden_control(c) { '\u{fffd}' } else { c }).collect();
             }
             Value::Array(items) => stack.extend(items.iter_mut()),
             Value::Object(map) => stack.extend(map.values_mut()),

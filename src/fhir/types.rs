@@ -84,7 +84,12 @@ pub fn local_reference<'a>(reference: &'a str, base: &str) -> &'a str {
 /// LF): refused with 400 wherever client text enters (bodies, URLs, search values, OAuth
 /// fields), because PostgreSQL cannot store U+0000 and no FHIR string may carry the others.
 pub fn has_forbidden_control(s: &str) -> bool {
-    s.chars().any(|c| c < ' ' && !matches!(c, '\t' | '\r' | '\n'))
+    s.chars().any(is_forbidden_control)
+}
+
+/// A character FHIR strings exclude (see [`has_forbidden_control`]).
+pub fn is_forbidden_control(c: char) -> bool {
+    c < ' ' && !matches!(c, '\t' | '\r' | '\n')
 }
 
 /// The JSON pointer-ish location of the first string (key or value) in `value` that

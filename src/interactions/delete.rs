@@ -32,7 +32,7 @@ pub async fn delete(store: &Store, principal: &Principal, resource_type: &Resour
 /// does not exist for the principal — outside its reach it answers like an unknown id
 /// (nothing deleted), never with a status that would tell it exists.
 pub async fn check_delete(tx: &mut Tx, principal: &Principal, reach: &Reach, rt: &str, id: &str, base: &str) -> FhirResult<bool> {
-    if *reach != Reach::All || principal.acting.is_some() || principal.filters(rt, Interaction::Delete).is_some() {
+    if crate::access::checks_each_resource(principal, reach, rt, Interaction::Delete) {
         let current = store::current_content(tx, rt, id).await?;
         if !crate::access::visible(tx, principal, Interaction::Delete, rt, id, current.as_ref(), base).await? {
             return Ok(false);

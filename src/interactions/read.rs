@@ -31,9 +31,9 @@ pub async fn current_for(
 
 /// [`read`] inside a transaction (sees the transaction's own writes).
 pub async fn read_in(tx: &mut Tx, principal: &Principal, resource_type: &ResourceType, id: &Id, base: &str) -> FhirResult<StoredResource> {
-    let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
+    let _ = principal.require(resource_type.as_str(), Interaction::Read)?;
     let stored = store::read_in(tx, resource_type.as_str(), id.as_str()).await?;
-    within_reach_in(tx, principal, &reach, stored.as_ref(), base).await?;
+    within_reach_in(tx, principal, stored.as_ref(), base).await?;
     live(stored, resource_type, id)
 }
 
@@ -57,30 +57,24 @@ async fn within_reach_for(
     if *reach == Reach::All && principal.filters(&s.resource_type, interaction).is_none() {
         return Ok(());
     }
-    within_reach_on(&mut *store.pool().acquire().await?, principal, interaction, reach, stored, base).await
+    within_reach_on(&mut *store.pool().acquire().await?, principal, interaction, stored, base).await
 }
 
 /// [`within_reach`] on a connection (inside a transaction).
-pub async fn within_reach_in(conn: &mut sqlx::PgConnection, principal: &Principal, reach: &Reach, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
-    within_reach_on(conn, principal, Interaction::Read, reach, stored, base).await
+pub async fn within_reach_in(conn: &mut sqlx::PgConnection, principal: &Principal, stored: Option<&StoredResource>, base: &str) -> FhirResult<()> {
+    within_reach_on(conn, principal, Interaction::Read, stored, base).await
 }
 
+/// 404 unless the version exists for the principal's `interaction` ([`crate::access::visible`]).
 async fn within_reach_on(
     conn: &mut sqlx::PgConnection,
     principal: &Principal,
     interaction: Interaction,
-    reach: &Reach,
     stored: Option<&StoredResource>,
     base: &str,
 ) -> FhirResult<()> {
     let Some(s) = stored else { return Ok(()) };
-    if *reach != Reach::All {
-        match &s.content {
-            Some(content) if crate::access::reaches(&mut *conn, reach, &s.resource_type, &s.id, content, base).await? => {}
-            _ => return Err(not_known(s)),
-        }
-    }
-    if !crate::access::matches_filters(conn, principal, &s.resource_type, &s.id, interaction, base).await? {
+    if !crate::access::visible(conn, principal, interaction, &s.resource_type, &s.id, s.content.as_ref(), base).await? {
         return Err(not_known(s));
     }
     Ok(())
@@ -119,10 +113,10 @@ pub async fn vread_in(
     version: &str,
     base: &str,
 ) -> FhirResult<StoredResource> {
-    let reach = principal.require(resource_type.as_str(), Interaction::Read)?;
+    let _ = principal.require(resource_type.as_str(), Interaction::Read)?;
     let version = parse_version(resource_type, id, version)?;
     let stored = store::vread_in(tx, resource_type.as_str(), id.as_str(), version).await?;
-    match within_reach_in(tx, principal, &reach, stored.as_ref(), base).await {
+    match within_reach_in(tx, principal, stored.as_ref(), base).await {
         Err(FhirError::NotFound(_)) => version_found(None, resource_type, id, version),
         Err(e) => Err(e),
         Ok(()) => version_found(stored, resource_type, id, version),

@@ -30,10 +30,8 @@ pub async fn update(
     check_body(resource_type, &body, Some(id))?;
     // A confined principal's update must look at the current version first (put_version).
     if if_match.is_none()
-        && reach == Reach::All
+        && !crate::access::checks_each_resource(principal, &reach, resource_type.as_str(), Interaction::Update)
         && principal.access(resource_type.as_str(), Interaction::Create) == Some(Reach::All)
-        && principal.acting.is_none()
-        && principal.filters(resource_type.as_str(), Interaction::Update).is_none()
     {
         return upsert_fast(store, resource_type, id, body, base).await;
     }
@@ -142,7 +140,7 @@ pub async fn put_version(
     let rt = resource_type.as_str();
     let current = store::lock_current(tx, rt, id.as_str()).await?;
     let reach = principal.require(rt, Interaction::Update)?;
-    if reach != Reach::All || principal.acting.is_some() || principal.filters(rt, Interaction::Update).is_some() {
+    if crate::access::checks_each_resource(principal, &reach, rt, Interaction::Update) {
         let old = store::current_content(tx, rt, id.as_str()).await?;
         if !server_chose_id && !crate::access::visible(tx, principal, Interaction::Update, rt, id.as_str(), old.as_ref(), base).await? {
             return Err(FhirError::NotFound(format!("{rt}/{id} is not known")));

@@ -8,7 +8,6 @@ use crate::fhir::types::{Id, ResourceType};
 use crate::fhir::validate::{validate_against_profile, validate_resource};
 use crate::store::Store;
 
-
 /// Validates `body` (a resource, or a Parameters with a `resource` parameter) and returns the
 /// issues found; the caller renders them as an OperationOutcome with 200. `mode=delete` checks
 /// only that the instance exists.

@@ -56,6 +56,9 @@ struct AuthRequest {
 pub async fn authorize_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let pairs: Vec<(String, String)> =
         form_urlencoded::parse(query.unwrap_or_default().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    if let Some(refused) = control_refusal(&pairs) {
+        return refused;
+    }
     start(&state, &headers, pairs).await
 }
 
@@ -63,8 +66,8 @@ pub async fn authorize_get(State(state): State<Arc<AppState>>, headers: HeaderMa
 /// in progress (the pages' forms).
 pub async fn authorize_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    if let Some(k) = super::first_with_control(&pairs) {
-        return error_page(StatusCode::BAD_REQUEST, &format!("The parameter {} holds a control character.", crate::fhir::types::sanitize(k)));
+    if let Some(refused) = control_refusal(&pairs) {
+        return refused;
     }
     if param(&pairs, "req").is_some() {
         continue_request(&state, &headers, &pairs).await
@@ -76,20 +79,22 @@ pub async fn authorize_post(State(state): State<Arc<AppState>>, headers: HeaderM
 /// `GET|POST /auth/logout`: ends the sign-in session.
 pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Some(sid) = cookie(&headers, SESSION_COOKIE) {
-        let ended: Result<Option<(String,)>, _> =
-            sqlx::query_as("UPDATE auth_session SET ended = true WHERE id_hash = $1 AND NOT ended RETURNING username")
-                .bind(hash_token(&sid))
-                .fetch_optional(state.store.pool())
-                .await;
+        // Ends the session and names its person (for the audit) in one statement.
+        let ended: Result<Option<(String, String)>, _> = sqlx::query_as(
+            "UPDATE auth_session s SET ended = true FROM app_user u
+              WHERE s.id_hash = $1 AND NOT s.ended AND u.username = s.username RETURNING s.username, u.fhir_user",
+        )
+        .bind(hash_token(&sid))
+        .fetch_optional(state.store.pool())
+        .await;
         match ended {
-            Ok(Some((username,))) => {
-                let fhir_user = accounts::find_user(state.store.pool(), &username).await.ok().flatten().map(|u| u.fhir_user);
+            Ok(Some((username, fhir_user))) => {
                 crate::audit::record_auth_success(
                     &state.audit,
                     crate::audit::AuthStep::SignOut,
                     None,
                     Some(&username),
-                    fhir_user.as_deref(),
+                    Some(&fhir_user),
                     "sign-out at the authorization server",
                 )
                 .await;
@@ -100,6 +105,12 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
     }
     let clear = set_cookie(SESSION_COOKIE, "", &state, Some(0));
     pages::page(StatusCode::OK, "Signed out", "<h1>Signed out</h1><p>You have been signed out.</p>", vec![(header::SET_COOKIE, clear)])
+}
+
+/// The page refusing a request whose parameters hold control characters, if they do.
+fn control_refusal(pairs: &[(String, String)]) -> Option<Response> {
+    super::first_with_control(pairs)
+        .map(|k| error_page(StatusCode::BAD_REQUEST, &format!("The parameter {} holds a control character.", crate::fhir::types::sanitize(k))))
 }
 
 fn error_page(status: StatusCode, message: &str) -> Response {
@@ -134,9 +145,6 @@ fn redirect_with(redirect_uri: &str, pairs: &[(&str, &str)]) -> Response {
 async fn start(state: &Arc<AppState>, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Response {
     if let Some(k) = super::first_repeated(&pairs) {
         return error_page(StatusCode::BAD_REQUEST, &format!("The parameter {} is repeated.", crate::fhir::types::sanitize(k)));
-    }
-    if let Some(k) = super::first_with_control(&pairs) {
-        return error_page(StatusCode::BAD_REQUEST, &format!("The parameter {} holds a control character.", crate::fhir::types::sanitize(k)));
     }
     let p = |name: &str| param(&pairs, name);
     let pool = state.store.pool();
