@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 
 import requests
 
-from support import FHIR_JSON, JSON_HEADERS, JSON_PATCH, assert_outcome, create
+from support import FHIR_JSON, JSON_HEADERS, JSON_PATCH, assert_outcome, create, entry_ids, search
 
 
 def server_answers(http, base):
@@ -131,3 +132,65 @@ def test_dates_that_do_not_exist_are_refused_in_search(http, base):
     for value in ("2020-02-29", "2020-01-01T10:00:00Z", "ge2020-12", "2020"):
         r = http.get(f"{base}/Observation", params={"date": value}, timeout=30)
         assert r.status_code == 200, (value, r.text[:300])
+
+
+def test_values_of_any_length_are_indexed_and_found_exactly(http, base):
+    """A 3,200-character code, reference, uri or name is a valid FHIR value (strings may hold
+    up to 1 MB): the write succeeds (was a 500 — PostgreSQL refuses index entries over 2,704
+    bytes) and an exact search finds that resource and not one whose value differs only at
+    the end."""
+    long = secrets.token_hex(1600)
+    twin = long[:-1] + ("0" if long[-1] != "0" else "1")
+    system = "http://example.org/hostile/long-codes"
+    made = {}
+    for value in (long, twin):
+        made[value] = create(http, base, {
+            "resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": system, "code": value}]},
+            "subject": {"reference": f"http://other.example.org/fhir/Patient/{value}"},
+        })["id"]
+    for value in (long, twin):
+        assert entry_ids(search(http, base, "Observation", {"code": f"{system}|{value}"})) == [made[value]]
+        assert entry_ids(search(http, base, "Observation", {"code": value})) == [made[value]]
+        assert entry_ids(search(http, base, "Observation", {"subject": f"http://other.example.org/fhir/Patient/{value}"})) == [made[value]]
+
+    url = f"http://example.org/hostile/vs/{long}"
+    vs = create(http, base, {"resourceType": "ValueSet", "status": "draft", "url": url})["id"]
+    assert entry_ids(search(http, base, "ValueSet", {"url": url})) == [vs]
+    assert entry_ids(search(http, base, "ValueSet", {"url": url[:-1]})) == []
+    assert entry_ids(search(http, base, "ValueSet", {"url:below": url[:200]})) == [vs]
+    # A :below prefix longer than the indexed start of long uris is refused, not answered wrong.
+    assert_outcome(http.get(f"{base}/ValueSet", params={"url:below": url[:1500]}, timeout=30), 400)
+
+    name = "Hostile " + long
+    org = create(http, base, {"resourceType": "Organization", "name": name})["id"]
+    assert entry_ids(search(http, base, "Organization", {"name": name[:100]})) == [org]
+    # A prefix longer than the 250 indexed characters: the whole value still decides.
+    assert entry_ids(search(http, base, "Organization", {"name": name[:2000]})) == [org]
+    assert entry_ids(search(http, base, "Organization", {"name": name[:1999] + "!"})) == []
+    assert entry_ids(search(http, base, "Organization", {"name:exact": name})) == [org]
+    assert entry_ids(search(http, base, "Organization", {"name:contains": long[-40:]})) == [org]
+
+
+def test_decimals_beyond_what_can_be_stored_are_refused(http, base):
+    """`valueQuantity.value = 1e999999` was a 500 (PostgreSQL: value overflows numeric format),
+    and a stored 1e400 made every `code-value-quantity` search of Observations a 500. Such
+    decimals are refused with 422 naming the element; ordinary ones are stored and found."""
+    def obs(value: str) -> str:
+        return ('{"resourceType":"Observation","status":"final","code":{"coding":[{"system":'
+                '"http://loinc.org","code":"8480-6"}]},"valueQuantity":{"value":' + value
+                + ',"system":"http://unitsofmeasure.org","code":"mm[Hg]"}}')
+    for value in ("1e999999", "1e-999999", "1e400", "-1e400", "1e-400", "1." + "5" * 100):
+        r = http.post(f"{base}/Observation", data=obs(value), headers=JSON_HEADERS, timeout=30)
+        outcome = assert_outcome(r, 422)
+        assert "Observation.valueQuantity.value" in json.dumps(outcome), outcome
+    r = http.post(f"{base}/Observation", data=obs("131.25"), headers=JSON_HEADERS, timeout=30)
+    assert r.status_code == 201, r.text[:300]
+    made = r.headers["Location"].split("/Observation/")[1].split("/")[0]
+    for value in ("0", "0.0e10", "-0.5", "1e-5"):
+        r = http.post(f"{base}/Observation", data=obs(value), headers=JSON_HEADERS, timeout=30)
+        assert r.status_code == 201, (value, r.text[:300])
+    found = search(http, base, "Observation", {"code-value-quantity": "http://loinc.org|8480-6$gt131.2"})
+    assert made in entry_ids(found)
+    found = search(http, base, "Observation", {"code-value-quantity": "http://loinc.org|8480-6$gt1000"})
+    assert made not in entry_ids(found)

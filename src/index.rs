@@ -330,7 +330,7 @@ pub fn definitions_hash() -> String {
 }
 
 /// Bumped whenever `values` changes what it extracts, so existing rows get rebuilt.
-const EXTRACTION_VERSION: u32 = 4;
+const EXTRACTION_VERSION: u32 = 5;
 
 /// The index rows of resources as the JSON `search_index_replace` takes: one object per value,
 /// `k` the table (`s`tring, `t`oken, `r`eference, `d`ate, `n`umber/quantity, `u`ri) and
@@ -373,6 +373,34 @@ impl IndexRow {
     }
 }
 
+/// The longest token code or system, reference target or uri stored verbatim in the index
+/// tables. PostgreSQL refuses a btree entry over 2704 bytes (a 3,000-character identifier made
+/// the whole write fail with 500); longer values are stored as [`index_key`]s.
+pub const MAX_VERBATIM_KEY_BYTES: usize = 1000;
+
+/// How much of a longer value its key keeps before the hash, so prefix searches (`:below`)
+/// of up to this many bytes still match it.
+pub const KEY_PREFIX_BYTES: usize = 900;
+
+/// The form in which an exact-match index column holds `value`, and in which a search looks
+/// it up: the value itself up to [`MAX_VERBATIM_KEY_BYTES`], otherwise its first
+/// [`KEY_PREFIX_BYTES`] (at a character boundary), U+0001 and the SHA-256 of the whole value.
+/// Equal values give equal keys and different values different keys (the hash), so exact
+/// matching keeps its meaning; no stored or searched string holds U+0001 (control characters
+/// are refused at the edge), so a short value never equals a long value's key.
+pub fn index_key(value: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::Digest;
+    if value.len() <= MAX_VERBATIM_KEY_BYTES {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut end = KEY_PREFIX_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let digest = sha2::Sha256::digest(value.as_bytes());
+    std::borrow::Cow::Owned(format!("{}\u{1}{}", &value[..end], hex::encode(digest)))
+}
+
 /// The index rows of one resource (see [`rows_json`]).
 pub fn rows(rt: &str, id: &str, content: &Value, base: &str) -> Vec<Value> {
     index_rows(rt, content, base).iter().map(|row| row.to_json(rt, id)).collect()
@@ -392,9 +420,9 @@ pub fn index_rows(rt: &str, content: &Value, base: &str) -> Vec<IndexRow> {
         let param = entry.param;
         let (kind, a, b, c, n) = match entry.value {
             IndexValue::String { normalized, exact } => ("s", Some(normalized), Some(exact), None, None),
-            IndexValue::Token { system, code } => ("t", Some(code), system, None, None),
+            IndexValue::Token { system, code } => ("t", Some(index_key(&code).into_owned()), system.map(|s| index_key(&s).into_owned()), None, None),
             IndexValue::Reference(target) => {
-                rows.push(IndexRow::Reference { param, target });
+                rows.push(IndexRow::Reference { param, target: index_key(&target).into_owned() });
                 continue;
             }
             IndexValue::Date { start, end } => {
@@ -411,7 +439,7 @@ pub fn index_rows(rt: &str, content: &Value, base: &str) -> Vec<IndexRow> {
             }
             IndexValue::Number(n) => ("n", None, None, None, Some(n)),
             IndexValue::Quantity { value, system, code, unit } => ("n", system, code, unit, Some(value)),
-            IndexValue::Uri(uri) => ("u", Some(uri), None, None, None),
+            IndexValue::Uri(uri) => ("u", Some(index_key(&uri).into_owned()), None, None, None),
         };
         rows.push(IndexRow::Column { param, kind, a, b, c, n });
     }
@@ -650,6 +678,19 @@ mod tests {
         }
         println!("{planned} of {total} (type, parameter) expressions parse");
         assert!(planned * 100 >= total * 95, "only {planned} of {total} parse");
+    }
+
+    #[test]
+    fn long_values_get_keys_that_fit_an_index_and_tell_values_apart() {
+        let short = "http://loinc.org";
+        assert_eq!(super::index_key(short), short);
+        let long: String = "é".repeat(700); // 1,400 bytes, a char boundary falls mid-prefix
+        let other = format!("{}x", &long[..long.len() - 2]);
+        let (a, b) = (super::index_key(&long), super::index_key(&other));
+        assert_ne!(a, b);
+        assert_eq!(a, super::index_key(&long));
+        assert!(a.len() <= super::MAX_VERBATIM_KEY_BYTES && a.contains('\u{1}'));
+        assert!(a.starts_with(&long[..super::KEY_PREFIX_BYTES - 2]) && !a.starts_with(&long[..super::KEY_PREFIX_BYTES + 2]));
     }
 
     #[test]

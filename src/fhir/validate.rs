@@ -33,6 +33,27 @@ use crate::fhir::definitions::{ElementDefinition, StructureDefinition, TypeRef, 
 const MAX_DEPTH: usize = 64;
 /// datatypes.html#string: strings are limited to 1 MB.
 const MAX_STRING_BYTES: usize = 1024 * 1024;
+
+/// The longest decimal accepted, in characters of its JSON text. FHIR sets no bound, but every
+/// stored decimal is also a PostgreSQL numeric (which refuses `1e999999`) and an indexed float8:
+/// 64 characters is far past any measured quantity and keeps both from failing the write.
+const MAX_DECIMAL_CHARS: usize = 64;
+
+/// Whether a decimal can be stored and indexed exactly as sent: short enough
+/// ([`MAX_DECIMAL_CHARS`]), and zero or of a magnitude between 1e-300 and 1e300, so that it
+/// neither overflows nor silently underflows to zero as a float8.
+fn decimal_is_storable(n: &serde_json::Number) -> bool {
+    let text = n.to_string();
+    if text.len() > MAX_DECIMAL_CHARS {
+        return false;
+    }
+    let Ok(x) = text.parse::<f64>() else { return false };
+    let mantissa_is_zero = text.split(['e', 'E']).next().is_some_and(|m| m.bytes().all(|c| matches!(c, b'0' | b'.' | b'-' | b'+')));
+    if mantissa_is_zero {
+        return true;
+    }
+    x.is_finite() && (1e-300..=1e300).contains(&x.abs())
+}
 /// After this many issues the rest of the resource is not looked at; the client has enough to fix.
 const MAX_ISSUES: usize = 500;
 
@@ -557,11 +578,18 @@ impl Validator {
                     self.report("value", path, format!("value is out of range for {t}"));
                 }
             }
-            "decimal" => {
-                if !v.is_number() {
-                    self.shape(path, "a decimal must be a JSON number");
-                }
-            }
+            "decimal" => match v {
+                Value::Number(n) if !decimal_is_storable(n) => self.report(
+                    "value",
+                    path,
+                    format!(
+                        "value is not a decimal this server can store: at most {MAX_DECIMAL_CHARS} characters, \
+                         and zero or a magnitude between 1e-300 and 1e300"
+                    ),
+                ),
+                Value::Number(_) => {}
+                _ => self.shape(path, "a decimal must be a JSON number"),
+            },
             _ => {
                 let Some(s) = v.as_str() else {
                     return self.shape(path, &format!("a {t} must be a JSON string"));

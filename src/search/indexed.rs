@@ -83,7 +83,7 @@ pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str
                 StringMode::Exact => {
                     sql.push("s.exact = ").push_bind(value.clone());
                 }
-                StringMode::StartsWith => push_prefix(sql, "s.normalized", &super::normalize(value)),
+                StringMode::StartsWith => push_string_prefix(sql, &super::normalize(value)),
                 StringMode::Contains => {
                     sql.push("s.normalized LIKE ").push_bind(format!("%{}%", like_escape(&super::normalize(value))));
                 }
@@ -96,7 +96,7 @@ pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str
             push_any(sql, values.iter(), |sql, (system, code)| {
                 sql.push("(true");
                 if let Some(code) = code {
-                    sql.push(" AND s.code = ").push_bind(code.clone());
+                    sql.push(" AND s.code = ").push_bind(index::index_key(code).into_owned());
                 }
                 // Bare codes are stored with system "" (see `index::values`): a system in the
                 // query cannot be checked against them, so only their code must match.
@@ -105,10 +105,10 @@ pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str
                         sql.push(" AND s.system IS NULL");
                     }
                     (Some(s), Some(_)) => {
-                        sql.push(" AND (s.system = ").push_bind(s.clone()).push(" OR s.system = '')");
+                        sql.push(" AND (s.system = ").push_bind(index::index_key(s).into_owned()).push(" OR s.system = '')");
                     }
                     (Some(s), None) => {
-                        sql.push(" AND s.system = ").push_bind(s.clone());
+                        sql.push(" AND s.system = ").push_bind(index::index_key(s).into_owned());
                     }
                     (None, _) => {}
                 }
@@ -119,7 +119,8 @@ pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str
         }
         ClauseKind::Reference { values, .. } if param_type == "reference" => {
             open(sql, table, resource_type, code);
-            sql.push("s.target = ANY(").push_bind(values.clone()).push(")))");
+            let keys: Vec<String> = values.iter().map(|v| index::index_key(v).into_owned()).collect();
+            sql.push("s.target = ANY(").push_bind(keys).push(")))");
             true
         }
         ClauseKind::ReferencePrefix { prefixes, .. } if param_type == "reference" => {
@@ -163,7 +164,7 @@ pub(super) fn push_indexed(sql: &mut QueryBuilder<Postgres>, resource_type: &str
             open(sql, table, resource_type, code);
             push_any(sql, values.iter(), |sql, value| match mode {
                 UriMode::Exact => {
-                    sql.push("s.uri = ").push_bind(value.clone());
+                    sql.push("s.uri = ").push_bind(index::index_key(value).into_owned());
                 }
                 UriMode::Below => push_prefix(sql, "s.uri", value),
                 UriMode::Above => {
@@ -221,6 +222,19 @@ fn push_prefix(sql: &mut QueryBuilder<Postgres>, column: &str, prefix: &str) {
         }
     }
     sql.push(")");
+}
+
+/// How many characters of a normalized string the prefix index covers (migrations/0015).
+const STRING_PREFIX_INDEXED_CHARS: usize = 250;
+
+/// `s.normalized` starts with `prefix`: a range on the indexed `left(s.normalized, 250)`, and
+/// for a longer prefix also the whole value (the index entry holds only its start).
+fn push_string_prefix(sql: &mut QueryBuilder<Postgres>, prefix: &str) {
+    let indexed: String = prefix.chars().take(STRING_PREFIX_INDEXED_CHARS).collect();
+    push_prefix(sql, "left(s.normalized, 250)", &indexed);
+    if indexed.len() < prefix.len() {
+        sql.push(" AND starts_with(s.normalized, ").push_bind(prefix.to_owned()).push(")");
+    }
 }
 
 /// The least string greater than every string starting with `prefix` (its last character

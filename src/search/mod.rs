@@ -353,6 +353,12 @@ pub fn build_clause(
                 Some("above") => UriMode::Above,
                 Some(_) => return Err(bad("unsupported modifier")),
             };
+            // Longer uris are indexed by a key that keeps only their first bytes
+            // (`index::index_key`): a prefix past those bytes could not be told apart.
+            let limit = if mode == UriMode::Below { crate::index::KEY_PREFIX_BYTES } else { crate::index::MAX_VERBATIM_KEY_BYTES };
+            if mode != UriMode::Exact && plain.iter().any(|v| v.len() > limit) {
+                return Err(bad(&format!(":{} takes uris of at most {limit} bytes", modifier.unwrap_or_default())));
+            }
             ClauseKind::Uri { paths, values: plain, mode }
         }
         _ => return Err(bad("not supported by this server")),
@@ -634,7 +640,7 @@ fn push_clause(sql: &mut QueryBuilder<Postgres>, kind: &ClauseKind) {
             push_exists(sql, paths, |sql| {
                 sql.push("(");
                 push_any(sql, values.iter().zip(quantity), |sql, ((prefix, lo, hi), (system, code))| {
-                    let num = "(CASE jsonb_typeof(v) WHEN 'number' THEN (v #>> '{}')::float8 WHEN 'object' THEN (v ->> 'value')::float8 END)";
+                    let num = "(CASE jsonb_typeof(v) WHEN 'number' THEN fhir_number(v) WHEN 'object' THEN fhir_number(v -> 'value') END)";
                     let columns = (num, "v ->> 'system'", "v ->> 'code'", "v ->> 'unit'");
                     push_number_test(sql, columns, *prefix, *lo, *hi, system, code);
                 });
