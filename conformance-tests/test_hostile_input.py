@@ -194,3 +194,43 @@ def test_decimals_beyond_what_can_be_stored_are_refused(http, base):
     assert made in entry_ids(found)
     found = search(http, base, "Observation", {"code-value-quantity": "http://loinc.org|8480-6$gt1000"})
     assert made not in entry_ids(found)
+
+
+def test_a_transaction_refuses_references_it_cannot_resolve(http, base):
+    """bundle.html#references and http.html#trules: a `urn:uuid:` reference names an entry of the
+    Bundle, and `Type?criteria` is a conditional reference. One that names no entry, or whose
+    type is no resource type, was stored verbatim — a reference nothing can ever resolve. The
+    transaction is refused (400 naming the entry) and nothing of it is written."""
+    marker = "unresolved-" + secrets.token_hex(4)
+    for reference in ("urn:uuid:" + "7" * 8 + "-0000-4000-8000-" + "0" * 12, "Nope?name=x"):
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111",
+             "resource": {"resourceType": "Basic", "code": {"text": marker}},
+             "request": {"method": "POST", "url": "Basic"}},
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": marker},
+                          "subject": {"reference": reference}},
+             "request": {"method": "POST", "url": "Observation"}},
+        ]}
+        r = http.post(base, json=bundle, headers=JSON_HEADERS, timeout=30)
+        outcome = assert_outcome(r, 400)
+        assert "Bundle.entry[1]" in json.dumps(outcome), outcome
+    for rt in ("Basic", "Observation"):
+        assert entry_ids(search(http, base, rt, {"code:text": marker})) == []
+    # References that resolve still work: to an entry, and to a single conditional match.
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:22222222-2222-4222-8222-222222222222",
+         "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:hostile", "value": marker}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": marker},
+                      "subject": {"reference": "urn:uuid:22222222-2222-4222-8222-222222222222"}},
+         "request": {"method": "POST", "url": "Observation"}},
+    ]}
+    r = http.post(base, json=bundle, headers=JSON_HEADERS, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    patient = r.json()["entry"][0]["response"]["location"].split("/_history")[0]
+    bundle["entry"] = [{"resource": {"resourceType": "Observation", "status": "final", "code": {"text": marker},
+                                     "subject": {"reference": f"Patient?identifier=urn:hostile|{marker}"}},
+                        "request": {"method": "POST", "url": "Observation"}}]
+    r = http.post(base, json=bundle, headers=JSON_HEADERS | {"Prefer": "return=representation"}, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["entry"][0]["resource"]["subject"]["reference"] == patient

@@ -543,6 +543,16 @@ fn conditional_reference(reference: &str) -> Option<(&str, &str)> {
     (!query.is_empty() && !path.contains('/') && definitions().is_resource_type(path)).then_some((path, query))
 }
 
+/// `Word?query` with no scheme or path: the shape of a conditional reference, whatever the word.
+fn looks_conditional(reference: &str) -> bool {
+    reference.split_once('?').is_some_and(|(path, _)| !path.is_empty() && path.bytes().all(|c| c.is_ascii_alphanumeric()))
+}
+
+/// "the reference at <JSON Pointer>", for errors about a reference without echoing its value.
+fn reference_at(pointer: &str) -> String {
+    format!("the reference at {}", crate::fhir::types::sanitize(pointer))
+}
+
 /// Every `reference` string in `value` with its JSON Pointer.
 fn collect_references(value: &Value, pointer: &mut String, found: &mut Vec<(String, String)>) {
     match value {
@@ -596,6 +606,15 @@ async fn resolve_references(
                     r
                 }
             }
+        } else if is_urn(&reference) {
+            // bundle.html#references: a urn: names an entry of this Bundle; stored as it is, it
+            // would be a reference that nothing can ever resolve.
+            return Err(bad(format!("{} names no entry of this Bundle (no entry has it as its fullUrl)", reference_at(&pointer))));
+        } else if looks_conditional(&reference) {
+            return Err(bad(format!(
+                "{} cannot be resolved: a conditional reference is a resource type and search criteria (Type?param=value)",
+                reference_at(&pointer)
+            )));
         } else {
             continue;
         };
