@@ -85,6 +85,7 @@ pub async fn search(
     base: &str,
 ) -> FhirResult<SearchOutcome> {
     let request = parse_checked(principal, resource_type, pairs, strict, base)?;
+    let _turn = search::cost::scanning_turn(&[&request.criteria]).await?;
     let mut conn = store.pool().acquire().await?;
     run_on(&mut conn, principal, request, resource_type.to_string(), base).await
 }
@@ -151,6 +152,7 @@ pub async fn compartment_search(
     let member = crate::access::compartment_clause(compartment.as_str(), id.as_str(), resource_type.as_str(), base)
         .unwrap_or_else(crate::access::nothing);
     request.criteria.clauses.push(member);
+    let _turn = search::cost::scanning_turn(&[&request.criteria]).await?;
     let mut conn = store.pool().acquire().await?;
     run_on(&mut conn, principal, request, format!("{compartment}/{id}/{resource_type}"), base).await
 }
@@ -194,6 +196,7 @@ pub async fn system_search(store: &Store, principal: &Principal, pairs: &[(Strin
     let Some(mut request) = first else {
         return Err(crate::error::FhirError::Forbidden("the access token's scopes do not allow searching any type".into()));
     };
+    let _turn = search::cost::scanning_turn(&parts.iter().collect::<Vec<_>>()).await?;
     let (found, total) = search::execute_union(store.pool(), &parts, None, request.count, request.offset).await?;
     if explicit {
         request.used.insert(0, ("_type".into(), types.join(",")));
@@ -218,5 +221,6 @@ pub async fn search_in(
     base: &str,
 ) -> FhirResult<SearchOutcome> {
     let request = parse_checked(principal, resource_type, pairs, strict, base)?;
+    let _turn = search::cost::scanning_turn(&[&request.criteria]).await?;
     run_on(&mut **tx, principal, request, resource_type.to_string(), base).await
 }

@@ -231,4 +231,10 @@ async fn text_searches_the_narrative_and_content_searches_every_string() {
     assert!(ids(&app, "Patient?_text=xhtml").await.is_empty(), "markup is not text");
     assert_eq!(ids(&app, "Patient?_content=penicillin").await, ["Patient/t1", "Patient/t2"]);
     assert_eq!(ids(&app, "Patient?_content=narrativeperson,nobody").await, ["Patient/t1"]);
+    // Accents fold on both sides (the non-ASCII path of fhir_normalize), and element names
+    // are not content even though the document's JSON text holds them.
+    app.put(json!({"resourceType": "Patient", "id": "t3", "name": [{"family": "Ñúñez-Zoë"}]})).await;
+    assert_eq!(ids(&app, "Patient?_content=NUNEZ-zoe").await, ["Patient/t3"]);
+    assert!(ids(&app, "Patient?_content=resourcetype").await.is_empty());
+    assert!(ids(&app, "Patient?_text=xmlns").await.is_empty());
 }
