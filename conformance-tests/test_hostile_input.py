@@ -234,3 +234,26 @@ def test_a_transaction_refuses_references_it_cannot_resolve(http, base):
     r = http.post(base, json=bundle, headers=JSON_HEADERS | {"Prefer": "return=representation"}, timeout=30)
     assert r.status_code == 200, r.text[:300]
     assert r.json()["entry"][0]["resource"]["subject"]["reference"] == patient
+
+
+def test_searches_larger_than_the_documented_bounds_are_refused(http, base):
+    """Each search parameter is a clause of one SQL statement: 70,000 of them (or 70,000
+    comma-separated values) ended in a 500 — PostgreSQL binds at most 65,535 values — and
+    2,000 `_sort` keys in another (at most 1,664 columns). The README's bounds (100 parameters,
+    1,000 values per parameter, 12 sort keys) answer 400 at once; searches within them work."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    cases = [
+        "&".join(f"code=c{i}" for i in range(70_000)),
+        "code=" + ",".join(f"c{i}" for i in range(70_000)),
+        "&".join("_include:iterate=Observation:subject" for _ in range(5_000)),
+        "_sort=" + ",".join(["date"] * 2_000),
+        "_sort=date&_sort=-date",
+    ]
+    for body in cases:
+        r = http.post(f"{base}/Observation/_search", data=body, headers=form, timeout=30)
+        outcome = assert_outcome(r, 400)
+        assert "at most" in json.dumps(outcome) or "once" in json.dumps(outcome), outcome
+    within = "&".join(f"code:not=c{i}" for i in range(90)) + "&_id=" + ",".join(f"i{i}" for i in range(999)) + "&_sort=" + ",".join(["date", "-_lastUpdated"] * 6)
+    r = http.post(f"{base}/Observation/_search", data=within, headers=form, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    server_answers(http, base)
