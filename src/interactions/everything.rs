@@ -56,7 +56,7 @@ impl EverythingParams {
                         .min(MAX_COUNT)
                 }
                 "_offset" => {
-                    p.offset = v.parse::<usize>().map_err(|_| FhirError::BadRequest("_offset must be a non-negative integer".into()))?
+                    p.offset = crate::search::params::parse_offset(v).map_err(|why| FhirError::BadRequest(format!("_offset {why}")))?
                 }
                 _ => {}
             }

@@ -226,6 +226,19 @@ fn check_size(pairs: &[(String, String)]) -> FhirResult<()> {
     Ok(())
 }
 
+/// The deepest `_offset` a page may start at: past it, keyset paging (`next` links) is the
+/// way on. Also keeps the value within PostgreSQL's bigint (2^64-1 was a 500).
+pub const MAX_OFFSET: usize = 1_000_000;
+
+/// `_offset`: a non-negative integer of at most [`MAX_OFFSET`].
+pub fn parse_offset(value: &str) -> Result<usize, &'static str> {
+    match value.parse::<u64>() {
+        Ok(n) if n <= MAX_OFFSET as u64 => Ok(n as usize),
+        Ok(_) => Err("must be at most 1000000 (follow the next links to page further)"),
+        Err(_) => Err("must be a non-negative integer"),
+    }
+}
+
 /// Parses `pairs` into a search request. Unknown or unsupported parameters are ignored, or
 /// rejected with 400 when `strict` (`Prefer: handling=strict`, and conditional interactions).
 /// `base` is the server's FHIR base URL, against which relative references resolve.
@@ -256,7 +269,7 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
                 request.count = value.parse::<usize>().map_err(|_| bad(key, "must be a non-negative integer"))?.min(MAX_COUNT);
             }
             "_offset" => {
-                request.offset = value.parse::<usize>().map_err(|_| bad(key, "must be a non-negative integer"))?;
+                request.offset = parse_offset(value).map_err(|why| bad(key, why))?;
                 continue;
             }
             "_cursor" => {
