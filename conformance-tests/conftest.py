@@ -142,6 +142,10 @@ def server():
     # that none of that carries a seeded name, phone number or birth date.
     env.setdefault("RUST_LOG", "info,tower_http=debug")
     env.pop("IRONFHIR_BASE_URL", None)
+    # Short connection timeouts, so test_hostile_http.py can watch them fire (it reads these
+    # values from server.env); requests' pooled connections reconnect when one was closed.
+    env.setdefault("IRONFHIR_HEADER_READ_TIMEOUT_SECS", "3")
+    env.setdefault("IRONFHIR_IDLE_TIMEOUT_SECS", "6")
     log_path = data_dir / "server.log"
     srv = Server(binary=binary, data_dir=data_dir, base_url=f"http://127.0.0.1:{port}/fhir",
                  env=env, log_path=log_path)

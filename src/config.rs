@@ -251,6 +251,15 @@ pub struct ServeArgs {
     /// Largest number of entries in a batch or transaction Bundle (413 above it).
     #[arg(long, env = "IRONFHIR_MAX_BUNDLE_ENTRIES", default_value_t = 10_000)]
     pub max_bundle_entries: usize,
+    /// Seconds a client may take from the first byte of a request head to its end (a slow
+    /// head holds a connection: slowloris); 408 with an OperationOutcome, then the connection
+    /// is closed.
+    #[arg(long, env = "IRONFHIR_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight (before its first request
+    /// and between keep-alive requests) before the server closes it.
+    #[arg(long, env = "IRONFHIR_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_secs: u64,
     /// Statement timeout for database queries, in milliseconds.
     #[arg(long, env = "IRONFHIR_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
     pub statement_timeout_ms: u64,

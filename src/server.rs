@@ -7,6 +7,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{TokenAuthority, keys};
 use crate::config::{Config, ServeArgs};
+use crate::rest::connection::{Guard, MAX_HEADER_FIELDS, MAX_REQUEST_HEAD_BYTES, Timeouts};
 use crate::rest::{AppState, router};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedPostgres;
@@ -64,8 +65,10 @@ pub fn token_authority_with_id_tokens(config: &Config) -> Result<TokenAuthority,
 
 /// The complete HTTP application (router plus middleware) for a state.
 pub fn app(state: Arc<AppState>) -> axum::Router {
+    let max_body_bytes = state.max_body_bytes;
     router(state)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn_with_state(max_body_bytes, crate::rest::hygiene::drain_unread_body))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
 }
 
@@ -163,23 +166,47 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         shutdown_signal().await;
         shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
     });
-    let result = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let config = tls_config(cert, key, &args.tls_min_version)?;
-            tracing::info!(listen = %args.listen, "serving FHIR R4 over HTTPS at https://{}/fhir", args.listen);
-            println!("ironfhir listening on https://{}/fhir", args.listen);
-            print_token_hint(&args);
-            axum_server::bind_rustls(args.listen, config).handle(handle).serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
-        }
-        _ => {
-            tracing::info!(listen = %args.listen, "serving FHIR R4 over HTTP at http://{}/fhir", args.listen);
-            println!("ironfhir listening on http://{}/fhir", args.listen);
-            print_token_hint(&args);
-            axum_server::bind(args.listen).handle(handle).serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
-        }
+    let timeouts = Timeouts {
+        header_read: Duration::from_secs(args.header_read_timeout_secs),
+        idle: Duration::from_secs(args.idle_timeout_secs),
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key, &args.tls_min_version)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %args.listen, "serving FHIR R4 at {scheme}://{}/fhir", args.listen);
+    println!("ironfhir listening on {scheme}://{}/fhir", args.listen);
+    print_token_hint(&args);
+    let result = listen(app, args.listen, tls, timeouts, handle).await;
     db.close().await?;
     result.map_err(|e| format!("server error: {e}"))
+}
+
+/// Serves `app` on `addr` over HTTP, or HTTPS with `tls`, until `handle` shuts it down. Both
+/// listeners go through the same connection guard (`rest::connection`: header-read and idle
+/// timeouts, OperationOutcomes for the requests hyper refuses itself, lingering close) and the
+/// same HTTP/1 limits on the request head.
+pub async fn listen(
+    app: axum::Router,
+    addr: std::net::SocketAddr,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    timeouts: Timeouts,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+) -> std::io::Result<()> {
+    let make_service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match tls {
+        Some(config) => {
+            let mut server = axum_server::bind_rustls(addr, config).map(|tls| Guard::new(tls, timeouts));
+            server.http_builder().http1().max_buf_size(MAX_REQUEST_HEAD_BYTES).max_headers(MAX_HEADER_FIELDS);
+            server.handle(handle).serve(make_service).await
+        }
+        None => {
+            let mut server = axum_server::bind(addr).map(|plain| Guard::new(plain, timeouts));
+            server.http_builder().http1().max_buf_size(MAX_REQUEST_HEAD_BYTES).max_headers(MAX_HEADER_FIELDS);
+            server.handle(handle).serve(make_service).await
+        }
+    }
 }
 
 /// Tells the operator how to get a token for this server's key.
@@ -232,5 +259,133 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The HTTPS listener gets the same connection guard as the plain one (the conformance
+    //! suite, test_hostile_http.py, drives the plain listener).
+
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    /// A self-signed test certificate for `localhost` / 127.0.0.1 (valid until 2126) and its
+    /// key; a test fixture, protecting nothing.
+    const CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBlzCCAT6gAwIBAgIUc6pUgUXhOF7RAaLZNfGqOqSEFFYwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTIwNzE3MzMxOFoYDzIxMjYxMTEz
+MTczMzE4WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAASkvWjfNA85/6vpwTO0pfgY7rQgMtlykzVTs4OJ0/OFfprZwRgHEE3A
+yYvA4kqp/+tb4nrv10xiD5M7QEkfZmKQo2wwajAdBgNVHQ4EFgQUHH247v7Gy64Y
+f74koNZ8HPY3drUwHwYDVR0jBBgwFoAUHH247v7Gy64Yf74koNZ8HPY3drUwGgYD
+VR0RBBMwEYIJbG9jYWxob3N0hwR/AAABMAwGA1UdEwEB/wQCMAAwCgYIKoZIzj0E
+AwIDRwAwRAIgf0YQuDMHSTqXW3jlzsQvDZfk7aW+2sHteAWhJqd6+u4CICG7yXYH
+9tmiSYpsXjtlhFdMnhHgxNhnDWqkS8XN8xAK
+-----END CERTIFICATE-----
+";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgTisiDtmYa3TTpzsi
+rG/VWpsmh/JDz/yKjzkXlWOWOWuhRANCAASkvWjfNA85/6vpwTO0pfgY7rQgMtly
+kzVTs4OJ0/OFfprZwRgHEE3AyYvA4kqp/+tb4nrv10xiD5M7QEkfZmKQ
+-----END PRIVATE KEY-----
+";
+
+    async fn https_server(timeouts: Timeouts) -> SocketAddr {
+        let dir = std::env::temp_dir().join(format!("ironfhir-tls-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), CERT).unwrap();
+        std::fs::write(dir.join("key.pem"), KEY).unwrap();
+        let config = tls_config(&dir.join("cert.pem"), &dir.join("key.pem"), "1.3").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let app = axum::Router::new().route("/fhir/metadata", axum::routing::get(|| async { "{}" }));
+        let handle = axum_server::Handle::new();
+        tokio::spawn(listen(app, "127.0.0.1:0".parse().unwrap(), Some(config), timeouts, handle.clone()));
+        handle.listening().await.unwrap()
+    }
+
+    /// A blocking TLS client connection to the test server (handshake done).
+    fn tls_client(addr: SocketAddr) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from_pem_slice(CERT.as_bytes()).unwrap()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let socket = std::net::TcpStream::connect(addr).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut stream = rustls::StreamOwned::new(connection, socket);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock).unwrap();
+        }
+        stream
+    }
+
+    /// Everything the server sends until it closes (close_notify or end of stream).
+    fn read_to_close(stream: &mut impl Read) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return out,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return out,
+                Err(e) => panic!("read failed after {} bytes: {e}", out.len()),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_https_listener_times_out_slow_heads_and_idle_connections_and_explains_refusals() {
+        let timeouts = Timeouts { header_read: Duration::from_secs(1), idle: Duration::from_secs(3) };
+        let addr = https_server(timeouts).await;
+        tokio::task::spawn_blocking(move || {
+            // A request head that never ends: 408 with an OperationOutcome after the header timeout.
+            let started = std::time::Instant::now();
+            let mut slow = tls_client(addr);
+            slow.write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: localhost\r\n").unwrap();
+            slow.flush().unwrap();
+            let answer = String::from_utf8_lossy(&read_to_close(&mut slow)).into_owned();
+            let waited = started.elapsed();
+            assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+            assert!(answer.contains("application/fhir+json") && answer.contains("\"code\":\"timeout\""), "{answer}");
+            assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "{waited:?}");
+
+            // A connection with no request: closed, without an answer, after the idle timeout
+            // (not at the shorter header timeout).
+            let started = std::time::Instant::now();
+            let mut idle = tls_client(addr);
+            let answer = read_to_close(&mut idle);
+            let waited = started.elapsed();
+            assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+            assert!(waited >= Duration::from_millis(2900) && waited < Duration::from_secs(6), "{waited:?}");
+
+            // hyper's own refusal of a request target over 65,534 bytes carries an OperationOutcome.
+            let mut long = tls_client(addr);
+            let target = format!("/fhir/metadata?x={}", "a".repeat(70_000));
+            long.write_all(format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
+            long.flush().unwrap();
+            let answer = String::from_utf8_lossy(&read_to_close(&mut long)).into_owned();
+            assert!(answer.starts_with("HTTP/1.1 414 "), "{answer}");
+            assert!(answer.contains("\"resourceType\":\"OperationOutcome\""), "{answer}");
+
+            // An ordinary request is answered and the connection kept.
+            let mut ok = tls_client(addr);
+            ok.write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+            ok.flush().unwrap();
+            let mut buf = [0u8; 1024];
+            let n = ok.read(&mut buf).unwrap();
+            let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+            assert!(!answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+        })
+        .await
+        .unwrap();
     }
 }

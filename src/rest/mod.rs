@@ -2,8 +2,10 @@
 //! as FHIR JSON or XML with the headers http.html asks for.
 
 pub mod bundle;
+pub mod connection;
 mod export;
 pub mod format;
+pub mod hygiene;
 
 use std::sync::Arc;
 
@@ -528,11 +530,10 @@ fn parse_patch_body(ctx: &Ctx, bytes: &Bytes) -> FhirResult<Value> {
     format::parse_in(Format::Json, bytes)
 }
 
-/// Reads the body up to the configured limit (413 beyond it).
+/// Reads the body up to the configured limit: 413 beyond it, 400 when it cannot be read (broken
+/// chunked coding, a body shorter than declared).
 async fn read_body(state: &AppState, body: Body) -> FhirResult<Bytes> {
-    axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|_| {
-        FhirError::PayloadTooLarge(format!("the request body exceeds the limit of {} bytes", state.max_body_bytes))
-    })
+    axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|e| hygiene::body_error(&e, state.max_body_bytes))
 }
 
 /// The 401 message for requests without any Authorization header.
