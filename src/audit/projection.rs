@@ -109,22 +109,82 @@ pub async fn catch_up(store: &Store) -> FhirResult<usize> {
     }
 }
 
+/// What projecting some chain rows came to.
+enum Projected {
+    /// How many and the last one's sequence number, or `None` when nothing was behind.
+    Done(Option<(usize, i64)>),
+    /// A row's content could not be stored (the database refused it as data, or its text is
+    /// not JSON): nothing was written; the reason, for the log.
+    Unstorable(String),
+}
+
 /// Projects the next batch of chain rows (at most [`BATCH`]) in one transaction under the
 /// projection lock; returns how many and the last one's sequence number, or `None` when
 /// nothing was behind.
+///
+/// No event can stop the projection (issue 21: once, one event that PostgreSQL refused made
+/// every later AuditEvent read answer 500): when a batch cannot be stored, the next event is
+/// projected alone, then alone without its search index rows, and an event that cannot be
+/// stored even so is passed over with an error in the log. It stays in the hash chain, which
+/// `ironfhir audit verify` checks, and the events behind it are projected.
 async fn project_batch(store: &Store) -> FhirResult<Option<(usize, i64)>> {
+    let why = match project_rows(store, BATCH, true).await? {
+        Projected::Done(done) => return Ok(done),
+        Projected::Unstorable(why) => why,
+    };
+    tracing::warn!(reason = %why, "a batch of audit events could not be projected; projecting them one at a time");
+    if let Projected::Done(done) = project_rows(store, 1, true).await? {
+        return Ok(done);
+    }
+    match project_rows(store, 1, false).await? {
+        Projected::Done(done) => {
+            tracing::warn!(seq = ?done.map(|(_, seq)| seq), "an audit event was projected without its search index rows");
+            Ok(done)
+        }
+        Projected::Unstorable(why) => pass_over_next(store, &why).await,
+    }
+}
+
+/// Moves the projection past the next chain row, which cannot be stored as a resource.
+async fn pass_over_next(store: &Store, why: &str) -> FhirResult<Option<(usize, i64)>> {
+    let mut tx = store.pool().begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PROJECTION_LOCK).execute(&mut *tx).await?;
+    let next: Option<i64> = sqlx::query_scalar(
+        "UPDATE audit_projection SET projected_seq = s.seq
+           FROM (SELECT min(seq) AS seq FROM audit_log WHERE seq > (SELECT projected_seq FROM audit_projection)) s
+          WHERE s.seq IS NOT NULL RETURNING s.seq",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if let Some(seq) = next {
+        tracing::error!(seq, reason = %why, "an audit event cannot be stored as a resource; it stays in the hash chain and the projection goes on after it");
+    }
+    Ok(next.map(|seq| (1, seq)))
+}
+
+/// Whether the database refused a statement because of the data it was given (SQLSTATE
+/// classes 22 data exception, 23 integrity, 54 program limit such as an index entry's size),
+/// not because it was unavailable.
+fn refused_as_data(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).is_some_and(|code| ["22", "23", "54"].iter().any(|class| code.starts_with(class)))
+}
+
+/// Projects up to `limit` chain rows in one transaction under the projection lock, with their
+/// search index rows when `with_index`.
+async fn project_rows(store: &Store, limit: i64, with_index: bool) -> FhirResult<Projected> {
     let mut tx = store.pool().begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PROJECTION_LOCK).execute(&mut *tx).await?;
     let rows = sqlx::query(
         "SELECT l.seq, l.recorded, l.resource_id, l.event_text, l.sealed, l.key_id FROM audit_log l \
          WHERE l.seq > (SELECT projected_seq FROM audit_projection) ORDER BY l.seq LIMIT $1",
     )
-    .bind(BATCH)
+    .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
     let Some(last) = rows.last().map(|r| r.get::<i64, _>("seq")) else {
         tx.commit().await?;
-        return Ok(None);
+        return Ok(Projected::Done(None));
     };
     let n = rows.len();
     let (mut ids, mut recorded, mut events, mut sealed, mut key_ids) =
@@ -139,11 +199,16 @@ async fn project_batch(store: &Store) -> FhirResult<Option<(usize, i64)>> {
         let Some(text) = text else { continue };
         let ciphertext: Option<Vec<u8>> = row.get("sealed");
         let key_id: Option<String> = row.get("key_id");
-        let stripped: Value = serde_json::from_str(&text).map_err(|e| crate::error::FhirError::Internal(format!("audit chain row {id}: {e}")))?;
-        // The index is built from the complete event (blind rows for its sealed elements).
-        let complete = crate::crypto::open("AuditEvent", &id, 1, Some(stripped), ciphertext.as_deref(), key_id.as_deref())?.unwrap_or_default();
-        for index_row in crate::index::index_rows("AuditEvent", &complete, "") {
-            index.add(&id, index_row);
+        let stripped: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => return Ok(Projected::Unstorable(format!("audit chain row {id} is not JSON (line {}, column {})", e.line(), e.column()))),
+        };
+        if with_index {
+            // The index is built from the complete event (blind rows for its sealed elements).
+            let complete = crate::crypto::open("AuditEvent", &id, 1, Some(stripped), ciphertext.as_deref(), key_id.as_deref())?.unwrap_or_default();
+            for index_row in crate::index::index_rows("AuditEvent", &complete, "") {
+                index.add(&id, index_row);
+            }
         }
         // A chain row sealed under a key that was rotated away since: the resource gets its
         // elements under the active key (key rotation may have passed the resources already).
@@ -160,7 +225,7 @@ async fn project_batch(store: &Store) -> FhirResult<Option<(usize, i64)>> {
         sealed.push(ciphertext);
         key_ids.push(key_id);
     }
-    sqlx::query("SELECT audit_project($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)")
+    let stored = sqlx::query("SELECT audit_project($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)")
         .bind(last)
         .bind(&ids)
         .bind(&recorded)
@@ -176,9 +241,18 @@ async fn project_batch(store: &Store) -> FhirResult<Option<(usize, i64)>> {
         .bind(&index.date_highs)
         .bind(Value::Array(index.other))
         .execute(&mut *tx)
-        .await?;
+        .await;
+    match stored {
+        Ok(_) => {}
+        // The SQLSTATE only: PostgreSQL's message may quote the value it refused.
+        Err(e) if refused_as_data(&e) => {
+            let code = e.as_database_error().and_then(|d| d.code()).unwrap_or_default();
+            return Ok(Projected::Unstorable(format!("the database refused the events (SQLSTATE {code})")));
+        }
+        Err(e) => return Err(e.into()),
+    }
     tx.commit().await?;
-    Ok(Some((n, last)))
+    Ok(Projected::Done(Some((n, last))))
 }
 
 /// Whether a request may read AuditEvents (and so must see every event recorded before it):

@@ -362,14 +362,43 @@ async fn append_elsewhere(app: &TestApp, entity: &str) {
                        "recorded": "2026-01-02T00:00:00Z", "outcome": "0",
                        "agent": [{"requestor": true, "altId": "other-instance"}], "source": {"observer": {"display": "test"}},
                        "entity": [{"what": {"reference": entity}}]});
+    append_text(app, &id, &event.to_string()).await;
+}
+
+/// Appends one event's text, whatever it holds, straight to the chain.
+async fn append_text(app: &TestApp, id: &str, text: &str) {
     sqlx::query(
         "SELECT audit_append(ARRAY[now()], ARRAY[$1], ARRAY[$2], ARRAY[NULL::bytea], ARRAY[]::uuid[], ARRAY[NULL::bytea], ARRAY[NULL::text])",
     )
-    .bind(&id)
-    .bind(event.to_string())
+    .bind(id)
+    .bind(text)
     .execute(app.store.pool())
     .await
     .unwrap();
+}
+
+/// Issue 21: one event that PostgreSQL refused to store as a resource stopped the projection,
+/// and from then on every request reading AuditEvents answered 500. Such an event (here its
+/// text holds a `\u0000` escape, which jsonb refuses) is passed over, stays in the chain, and
+/// the events behind it are projected and found.
+#[tokio::test]
+async fn an_event_the_projection_cannot_store_does_not_block_the_events_behind_it() {
+    let app = TestApp::spawn().await;
+    app.get("Patient").await;
+    let id = uuid::Uuid::now_v7().to_string();
+    let unstorable = format!(r#"{{"resourceType":"AuditEvent","id":"{id}","recorded":"2026-01-02T00:00:00Z","outcome":"0","agent":[{{"requestor":true,"altId":"a\u0000b"}}]}}"#);
+    append_text(&app, &id, &unstorable).await;
+    append_elsewhere(&app, "Patient/behind-the-unstorable-one").await;
+    for _ in 0..2 {
+        let r = app.get("AuditEvent?entity=Patient/behind-the-unstorable-one").await;
+        assert_eq!(r.status(), 200);
+        let found: Value = r.json().await.unwrap();
+        let appended = found["entry"].as_array().into_iter().flatten().filter(|e| e["resource"]["agent"][0]["altId"] == "other-instance");
+        assert_eq!(appended.count(), 1, "{found}");
+    }
+    assert_eq!(app.get(&format!("AuditEvent/{id}")).await.status(), 404, "the unstorable event is not a resource");
+    let later = app.get_json("AuditEvent?_count=1000").await;
+    assert!(later["total"].as_u64().unwrap() >= 2, "the events before and after it are projected: {later}");
 }
 
 /// AuditEvents are projected from the chain off the request's path; a search, and a Bundle
