@@ -122,7 +122,9 @@ class Gen:
         words = []
         while base + len(" ".join(words)) < target:
             words.append(self.pick(WORDS))
-        div = f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{" ".join(words)}</p></div>'
+        # narrative.html txt-2: a narrative has some content, even when the resource alone is
+        # long enough (no random pick here, so the data sets stay the same otherwise).
+        div = f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{" ".join(words) or "Synthetic record."}</p></div>'
         out = {"resourceType": res["resourceType"]}
         if "id" in res:
             out["id"] = res["id"]

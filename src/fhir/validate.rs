@@ -9,13 +9,14 @@
 //! `_name` companions of primitives; array versus single value; empty arrays, objects and
 //! strings; `null`; min/max cardinality; JSON kinds and formats of every primitive type;
 //! required bindings whose value set can be enumerated; fixed and pattern values; the resource
-//! `id`; `Narrative.div`; contained and nested resources; and every profile in `meta.profile`
+//! `id`; `Narrative.div` (well-formed XHTML in one div, txt-1 and txt-2 of narrative.html, read
+//! by `fhir_xml::check_narrative`); contained and nested resources; and every profile in `meta.profile`
 //! that the definitions hold (narrowed cardinality and types, fixed/pattern values, bindings,
 //! value/url-discriminated slices with a minimum).
 //!
 //! Not checked: FHIRPath invariants (`constraint`), reference targets and resolution,
 //! extension definitions (not in `fhir-profiles/`), extensible/preferred bindings, code systems
-//! we cannot enumerate, XHTML content beyond the `<div` start, `exists`/`type`/`profile`
+//! we cannot enumerate, `exists`/`type`/`profile`
 //! discriminators and `resolve()` paths.
 //!
 //! Diagnostics never repeat the submitted data (invariant 7): they name elements, types and
@@ -600,6 +601,13 @@ impl Validator {
                 if s.len() > MAX_STRING_BYTES {
                     return self.report("value", path, "value is longer than 1 MB");
                 }
+                if t == "xhtml" {
+                    // The narrative says which rule it breaks (never quoting the narrative).
+                    if let Err(e) = fhir_xml::check_narrative(s) {
+                        self.report(e.issue_code(), path, e.message);
+                    }
+                    return;
+                }
                 if !valid_primitive(t, s) {
                     self.report("value", path, format!("value is not a valid {t}"));
                 }
@@ -818,7 +826,7 @@ fn valid_primitive(t: &str, s: &str) -> bool {
         "uuid" => is_uuid(s),
         "uri" | "url" | "canonical" => !s.chars().any(char::is_whitespace),
         "base64Binary" => is_base64(s),
-        "xhtml" => s.trim_start().starts_with("<div"),
+        "xhtml" => fhir_xml::check_narrative(s).is_ok(),
         // string, markdown and anything else string-shaped: some non-whitespace content.
         _ => !s.chars().all(char::is_whitespace),
     }
@@ -1278,6 +1286,23 @@ mod tests {
                 vec![("value", "Patient.text.div")],
             ),
             (
+                "narrative that is not well-formed XHTML",
+                json!({"resourceType": "Patient", "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><<<"}}),
+                vec![("value", "Patient.text.div")],
+            ),
+            (
+                "narrative with a script (txt-1), in a contained resource",
+                json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "o1", "text": {"status": "generated",
+                    "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>alert(1)</script></div>"}}]}),
+                vec![("invariant", "Patient.contained[0].text.div")],
+            ),
+            (
+                "narrative with an event attribute (txt-1)",
+                json!({"resourceType": "Patient", "text": {"status": "generated",
+                    "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><img src=\"x\" onerror=\"alert(1)\"/></div>"}}),
+                vec![("invariant", "Patient.text.div")],
+            ),
+            (
                 "extension without url",
                 json!({"resourceType": "Patient", "extension": [{"valueString": "x"}]}),
                 vec![("required", "Patient.extension[0].url")],
@@ -1387,7 +1412,10 @@ mod tests {
             ("base64Binary", "aGVsbG8", false),
             ("base64Binary", "aG=sbG8=", false),
             ("base64Binary", "aGVsbG8*", false),
-            ("xhtml", "<div xmlns=\"http://www.w3.org/1999/xhtml\"/>", true),
+            ("xhtml", "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>", true),
+            ("xhtml", "<div xmlns=\"http://www.w3.org/1999/xhtml\"/>", false),
+            ("xhtml", "<div>x</div>", false),
+            ("xhtml", "<div><<<", false),
             ("xhtml", "text", false),
             ("string", "x", true),
             ("string", " \n", false),

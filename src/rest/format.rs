@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::error::FhirError;
-use crate::fhir::definitions::definitions;
+use crate::fhir::definitions::{ElementDefinition, StructureDefinition, definitions};
 
 /// A wire format of FHIR resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,65 +110,33 @@ fn parse_unchecked(format: Format, body: &[u8]) -> Result<Value, FhirError> {
         }),
         Format::Xml => {
             let text = std::str::from_utf8(body).map_err(|_| FhirError::BadRequest("the XML body is not UTF-8".into()))?;
-            let json = fhir_xml::xml_to_json(text)
-                .map_err(|e| FhirError::BadRequest(format!("the body is not a valid FHIR XML resource: {}", first_line(&e))))?;
-            serde_json::from_str(&json).map_err(|_| FhirError::BadRequest("the XML body could not be converted".into()))
+            fhir_xml::xml_to_value(text)
+                .map_err(|e| FhirError::BadRequest(format!("the body is not a valid FHIR XML resource: {}", first_line(&e))))
         }
     }
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").chars().take(200).collect()
+    s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
-/// Serialises a resource for the response.
+/// Serialises a resource for the response. XML is written by our own writer (crates/fhir-xml)
+/// from the JSON, ordered by the definitions at every level as FHIR XML requires: it renders
+/// any document the server holds, subsets without their required elements included.
 pub fn render(mut value: Value, format: Format, pretty: bool) -> Result<Vec<u8>, FhirError> {
-    crate::fhir::order::order_resources(&mut value);
-    let value = &value;
     match format {
-        Format::Json => if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) }
-            .map_err(|e| FhirError::Internal(e.to_string())),
+        Format::Json => {
+            crate::fhir::order::order_resources(&mut value);
+            if pretty { serde_json::to_vec_pretty(&value) } else { serde_json::to_vec(&value) }
+                .map_err(|e| FhirError::Internal(e.to_string()))
+        }
         Format::Xml => {
-            let json = serde_json::to_string(value).map_err(|e| FhirError::Internal(e.to_string()))?;
-            let xml = fhir_xml::json_to_xml(&json).map_err(|e| FhirError::Internal(format!("XML rendering failed: {e}")))?;
-            if pretty { Ok(indent_xml(&xml).into_bytes()) } else { Ok(xml.into_bytes()) }
+            crate::fhir::order::order_elements(&mut value);
+            fhir_xml::json_to_xml(&value, pretty)
+                .map(String::into_bytes)
+                .map_err(|e| FhirError::Internal(format!("XML rendering failed: {e}")))
         }
     }
-}
-
-/// Minimal pretty-printer for the compact XML fhirbolt writes (one element per line).
-fn indent_xml(xml: &str) -> String {
-    let mut out = String::with_capacity(xml.len() * 2);
-    let mut depth: usize = 0;
-    let mut rest = xml;
-    while let Some(start) = rest.find('<') {
-        let text = &rest[..start];
-        let Some(end) = rest[start..].find('>') else { break };
-        let tag = &rest[start..start + end + 1];
-        out.push_str(text);
-        let closing = tag.starts_with("</");
-        let self_closing = tag.ends_with("/>") || tag.starts_with("<?");
-        if closing {
-            depth = depth.saturating_sub(1);
-        }
-        if !text.is_empty() && closing {
-            out.push_str(tag);
-        } else {
-            if !out.is_empty() && !out.ends_with('\n') && text.is_empty() {
-                out.push('\n');
-            }
-            if text.is_empty() {
-                out.push_str(&"  ".repeat(depth));
-            }
-            out.push_str(tag);
-        }
-        if !closing && !self_closing {
-            depth += 1;
-        }
-        rest = &rest[start + end + 1..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The `SUBSETTED` tag that marks summarised or element-filtered resources.
@@ -186,20 +154,27 @@ fn mark_subsetted(obj: &mut Map<String, Value>) {
     }
 }
 
+/// The top-level element definition a member belongs to: `_name` companions to their element,
+/// choice members (`medicationCodeableConcept`) to the choice (`medication[x]`).
+fn top_element<'d>(sd: Option<&'d StructureDefinition>, rt: &'d str, key: &str) -> Option<&'d ElementDefinition> {
+    let name = key.trim_start_matches('_');
+    let sd = sd?;
+    sd.element(&format!("{rt}.{name}"))
+        .or_else(|| sd.children(rt).find(|e| e.is_choice() && name.starts_with(e.name().trim_end_matches("[x]"))))
+}
+
+/// Whether a top-level member is mandatory (min ≥ 1): subsets keep those (search.html#summary,
+/// #elements).
+fn is_mandatory(sd: Option<&StructureDefinition>, rt: &str, key: &str) -> bool {
+    top_element(sd, rt, key).is_some_and(|e| e.min > 0)
+}
+
 /// Applies `_summary` (`true`, `text`, `data`, `false`) — search.html#summary.
 pub fn summarize(resource: &Value, mode: &str) -> Value {
     let Some(obj) = resource.as_object() else { return resource.clone() };
     let rt = obj.get("resourceType").and_then(Value::as_str).unwrap_or_default();
     let sd = definitions().structure(rt);
-    let is_summary = |key: &str| -> bool {
-        let name = key.trim_start_matches('_');
-        sd.and_then(|sd| {
-            sd.element(&format!("{rt}.{name}")).or_else(|| {
-                sd.children(rt).find(|e| e.is_choice() && name.starts_with(e.name().trim_end_matches("[x]")))
-            })
-        })
-        .is_some_and(|e| e.is_summary || e.min > 0)
-    };
+    let is_summary = |key: &str| -> bool { top_element(sd, rt, key).is_some_and(|e| e.is_summary || e.min > 0) };
     let mut out = Map::new();
     match mode {
         "true" => {
@@ -211,8 +186,7 @@ pub fn summarize(resource: &Value, mode: &str) -> Value {
         }
         "text" => {
             for (k, v) in obj {
-                let mandatory = sd.and_then(|sd| sd.element(&format!("{rt}.{k}"))).is_some_and(|e| e.min > 0);
-                if matches!(k.as_str(), "resourceType" | "id" | "meta" | "text") || mandatory {
+                if matches!(k.as_str(), "resourceType" | "id" | "meta" | "text") || is_mandatory(sd, rt, k) {
                     out.insert(k.clone(), v.clone());
                 }
             }
@@ -244,8 +218,7 @@ pub fn select_elements(resource: &Value, elements: &[String]) -> Value {
     };
     let mut out = Map::new();
     for (k, v) in obj {
-        let mandatory = sd.and_then(|sd| sd.element(&format!("{rt}.{k}"))).is_some_and(|e| e.min > 0);
-        if matches!(k.as_str(), "resourceType" | "id" | "meta") || mandatory || wanted(k) {
+        if matches!(k.as_str(), "resourceType" | "id" | "meta") || is_mandatory(sd, rt, k) || wanted(k) {
             out.insert(k.clone(), v.clone());
         }
     }
