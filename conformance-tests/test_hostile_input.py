@@ -258,3 +258,20 @@ def test_searches_larger_than_the_documented_bounds_are_refused(http, base):
     r = http.post(f"{base}/Observation/_search", data=within, headers=form, timeout=30)
     assert r.status_code == 200, r.text[:300]
     server_answers(http, base)
+
+
+def test_contained_resources_do_not_nest(http, base):
+    """references.html#contained and DomainResource dom-2: a contained resource SHALL NOT
+    contain resources — containment is one level deep, however deep a client nests it (it was
+    stored). dom-4: nor does it carry its own meta.versionId or meta.lastUpdated."""
+    nested = {"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "o1", "name": "Synthetic",
+              "contained": [{"resourceType": "Organization", "id": "o2", "name": "Deeper"}]}],
+              "managingOrganization": {"reference": "#o1"}}
+    outcome = assert_outcome(http.post(f"{base}/Patient", json=nested, headers=JSON_HEADERS, timeout=30), 422)
+    assert "Patient.contained[0].contained" in json.dumps(outcome), outcome
+    versioned = {"resourceType": "Patient", "managingOrganization": {"reference": "#o1"},
+                 "contained": [{"resourceType": "Organization", "id": "o1", "meta": {"versionId": "7"}, "name": "Synthetic"}]}
+    assert_outcome(http.post(f"{base}/Patient", json=versioned, headers=JSON_HEADERS, timeout=30), 422)
+    del versioned["contained"][0]["meta"]
+    r = http.post(f"{base}/Patient", json=versioned, headers=JSON_HEADERS, timeout=30)
+    assert r.status_code == 201, r.text[:300]

@@ -40,6 +40,11 @@ const MAX_STRING_BYTES: usize = 1024 * 1024;
 /// 64 characters is far past any measured quantity and keeps both from failing the write.
 const MAX_DECIMAL_CHARS: usize = 64;
 
+/// Whether `path` (`Patient.contained[0]`) names a resource in a `contained` list.
+fn is_contained_path(path: &str) -> bool {
+    path.strip_suffix(']').and_then(|p| p.rsplit_once('[')).is_some_and(|(element, _)| element.ends_with(".contained"))
+}
+
 /// Whether a decimal can be stored and indexed exactly as sent: short enough
 /// ([`MAX_DECIMAL_CHARS`]), and zero or of a magnitude between 1e-300 and 1e300, so that it
 /// neither overflows nor silently underflows to zero as a float8.
@@ -237,8 +242,26 @@ impl Validator {
         }
         let Some(sd) = definitions().structure(rt) else { return };
         let base_path = path.unwrap_or(rt);
+        if path.is_some_and(is_contained_path) {
+            self.contained_rules(obj, base_path);
+        }
         self.object(Scope::root(sd), obj, base_path, depth, true);
         self.claimed_profiles(obj, rt, base_path, depth);
+    }
+
+    /// The invariants every contained resource keeps (DomainResource dom-2, dom-4): it holds
+    /// no resources of its own — so containment is one level deep, whatever a client nests —
+    /// and has no version or last-updated time apart from its container's.
+    fn contained_rules(&mut self, obj: &Map<String, Value>, path: &str) {
+        if obj.contains_key("contained") {
+            self.report("invariant", &format!("{path}.contained"), "dom-2: a contained resource must not contain resources");
+        }
+        let meta = obj.get("meta");
+        for key in ["versionId", "lastUpdated"] {
+            if meta.and_then(|m| m.get(key)).is_some() {
+                self.report("invariant", &format!("{path}.meta.{key}"), format!("dom-4: a contained resource has no meta.{key} of its own"));
+            }
+        }
     }
 
     /// meta.profile: each held constraint profile is walked; unknown ones are a warning.
@@ -1311,6 +1334,12 @@ mod tests {
                 "contained resource with an unknown element",
                 json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "o1", "foo": true}]}),
                 vec![("structure", "Patient.contained[0].foo")],
+            ),
+            (
+                "contained resource holding resources of its own (dom-2) and a version (dom-4)",
+                json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "o1", "meta": {"versionId": "3"},
+                    "contained": [{"resourceType": "Organization", "id": "o2"}]}]}),
+                vec![("invariant", "Patient.contained[0].contained"), ("invariant", "Patient.contained[0].meta.versionId")],
             ),
             (
                 "bundle entry resource",
