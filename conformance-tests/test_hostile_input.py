@@ -275,3 +275,20 @@ def test_contained_resources_do_not_nest(http, base):
     del versioned["contained"][0]["meta"]
     r = http.post(f"{base}/Patient", json=versioned, headers=JSON_HEADERS, timeout=30)
     assert r.status_code == 201, r.text[:300]
+
+
+def test_edge_dates_and_empty_text_searches_are_answered(http, base):
+    """Found by the hostile campaign: a date on the last day FHIR can write (9999-12-31) was a
+    500 on every write (its end is the first instant of year 10000, which the index could not
+    store), and a `_content` value that is only whitespace (U+0085) produced an empty SQL
+    condition (500). The date is stored and found; the empty search is 400."""
+    made = create(http, base, {"resourceType": "Observation", "status": "final", "code": {"text": "edge"},
+                               "effectiveDateTime": "9999-12-31"})["id"]
+    created = create(http, base, {"resourceType": "Observation", "status": "final", "code": {"text": "edge"},
+                                  "effectivePeriod": {"start": "0001-01-01", "end": "9999-12-31T23:59:59Z"}})["id"]
+    assert made in entry_ids(search(http, base, "Observation", {"date": "9999-12-31", "_count": 200}))
+    assert made in entry_ids(search(http, base, "Observation", {"date": "ge9999", "_count": 200}))
+    assert created in entry_ids(search(http, base, "Observation", {"date": "le0001-06", "_count": 200}))
+    assert made not in entry_ids(search(http, base, "Observation", {"date": "lt9999-12-31", "_count": 200}))
+    for param in ("_content", "_text"):
+        assert_outcome(http.get(f"{base}/Observation", params={param: "\u0085"}, timeout=30), 400)

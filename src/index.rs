@@ -340,9 +340,17 @@ pub fn rows_json<'a>(resources: impl IntoIterator<Item = (&'a str, &'a str, &'a 
     Value::Array(resources.into_iter().flat_map(|(rt, id, content)| rows(rt, id, content, base)).collect())
 }
 
-/// An instant as PostgreSQL reads a timestamptz.
+/// An instant as PostgreSQL reads a timestamptz. The end of 9999-12-31 is the first instant of
+/// year 10000, which chrono writes `+10000-…` and PostgreSQL refuses (every write holding that
+/// date was a 500): the sign goes. PostgreSQL has no year 0, so earlier instants are the
+/// beginning of time.
 fn instant_text(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    use chrono::Datelike;
+    if t.year() < 1 {
+        return "-infinity".into();
+    }
+    let text = t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    text.strip_prefix('+').map(str::to_owned).unwrap_or(text)
 }
 
 /// One index row of a resource, before it is given its type and id: references and dates typed

@@ -208,7 +208,11 @@ pub fn build_clause(
         if modifier.is_some() {
             return Err(bad("unsupported modifier"));
         }
-        let values = plain.iter().map(|v| normalize(v).split_whitespace().map(str::to_owned).collect::<Vec<_>>()).filter(|w| !w.is_empty()).collect();
+        let values: Vec<Vec<String>> =
+            plain.iter().map(|v| normalize(v).split_whitespace().map(str::to_owned).collect::<Vec<_>>()).filter(|w| !w.is_empty()).collect();
+        if values.is_empty() {
+            return Err(bad("needs a word to search for"));
+        }
         return Ok(Clause { name: full_name, kind: ClauseKind::FullText { narrative_only: sp.code == "_text", values }, negate: false });
     }
     if crate::crypto::policy::is_protected(resource_type.as_str(), &sp.code) {
@@ -413,11 +417,17 @@ fn push_where(sql: &mut QueryBuilder<Postgres>, criteria: &Criteria) {
 
 /// Pushes `a OR b OR …` for the items (the caller wraps it in parentheses when needed).
 fn push_any<T>(sql: &mut QueryBuilder<Postgres>, items: impl IntoIterator<Item = T>, mut each: impl FnMut(&mut QueryBuilder<Postgres>, T)) {
+    let mut none = true;
     for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
             sql.push(" OR ");
         }
         each(sql, item);
+        none = false;
+    }
+    // No alternatives match nothing (an empty `()` was a syntax error, answered 500).
+    if none {
+        sql.push("false");
     }
 }
 
