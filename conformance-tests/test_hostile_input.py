@@ -292,3 +292,26 @@ def test_edge_dates_and_empty_text_searches_are_answered(http, base):
     assert made not in entry_ids(search(http, base, "Observation", {"date": "lt9999-12-31", "_count": 200}))
     for param in ("_content", "_text"):
         assert_outcome(http.get(f"{base}/Observation", params={param: "\u0085"}, timeout=30), 400)
+
+
+def test_full_text_searches_are_bounded_and_periods_are_ordered(http, base):
+    """Found by the hostile campaign. A system-wide `_content` of a few hundred words read every
+    resource of all 146 types once per word and ran into the statement timeout (30 s): without
+    `_type` it is 400, and a value of more than 16 words is 400. An Encounter whose period ends
+    before it starts (Period per-1) was stored, and then every `_sort=date` over Encounters was a
+    500: it is 422, and sorting works."""
+    words = " ".join(f"w{i}" for i in range(300))
+    assert_outcome(http.get(base, params={"_content": words}, timeout=30), 400)
+    assert_outcome(http.get(base, params={"_content": "synthetic"}, timeout=30), 400)
+    assert_outcome(http.get(base, params={"_type": ",".join(["Basic"] * 11), "_content": "synthetic"}, timeout=30), 400)
+    assert_outcome(http.get(f"{base}/Observation", params={"_content": words}, timeout=30), 400)
+    r = http.get(base, params={"_type": "Observation,Basic", "_content": "synthetic words"}, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    inverted = {"resourceType": "Encounter", "status": "finished", "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "period": {"start": "2021-03-02T10:00:00Z", "end": "2021-03-01"}}
+    outcome = assert_outcome(http.post(f"{base}/Encounter", json=inverted, headers=JSON_HEADERS, timeout=30), 422)
+    assert "Encounter.period" in json.dumps(outcome), outcome
+    inverted["period"]["end"] = "2021-03-02"
+    create(http, base, inverted)  # same day: its end covers the start
+    r = http.get(f"{base}/Encounter", params={"_sort": "-date"}, timeout=30)
+    assert r.status_code == 200, r.text[:300]

@@ -40,6 +40,17 @@ const MAX_STRING_BYTES: usize = 1024 * 1024;
 /// 64 characters is far past any measured quantity and keeps both from failing the write.
 const MAX_DECIMAL_CHARS: usize = 64;
 
+/// Period per-1 ("if present, start SHALL have a lower value than end"), compared as the
+/// ranges the values cover so that `2020` … `2020-06` holds. A value that is no date is
+/// reported by its own check, not here.
+fn period_is_ordered(period: &Map<String, Value>) -> bool {
+    let bounds = |key: &str| period.get(key).and_then(Value::as_str).and_then(crate::search::params::date_bounds);
+    match (bounds("start"), bounds("end")) {
+        (Some((start, _)), Some((_, end))) => start < end,
+        _ => true,
+    }
+}
+
 /// Whether `path` (`Patient.contained[0]`) names a resource in a `contained` list.
 fn is_contained_path(path: &str) -> bool {
     path.strip_suffix(']').and_then(|p| p.rsplit_once('[')).is_some_and(|(element, _)| element.ends_with(".contained"))
@@ -538,6 +549,9 @@ impl Validator {
             };
             if let Some(inner) = self.child_scope(scope, t) {
                 self.object(inner, obj, path, depth + 1, false);
+            }
+            if t == "Period" && self.base() && !period_is_ordered(obj) {
+                self.report("invariant", path, "per-1: a Period's start must not be after its end");
             }
             // A single type profile such as SimpleQuantity (`Observation.referenceRange.low`);
             // with several, any one may apply, which is not worth guessing at.
@@ -1340,6 +1354,12 @@ mod tests {
                 json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "o1", "meta": {"versionId": "3"},
                     "contained": [{"resourceType": "Organization", "id": "o2"}]}]}),
                 vec![("invariant", "Patient.contained[0].contained"), ("invariant", "Patient.contained[0].meta.versionId")],
+            ),
+            (
+                "period ending before it starts (per-1)",
+                json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                    "period": {"start": "2021-03-02", "end": "2021-03-01T10:00:00Z"}}),
+                vec![("invariant", "Encounter.period")],
             ),
             (
                 "bundle entry resource",

@@ -175,6 +175,13 @@ pub async fn system_search(store: &Store, principal: &Principal, pairs: &[(Strin
         }
     }
     let explicit = types.is_some();
+    let full_text = pairs.iter().any(|(k, _)| k.starts_with("_content") || k.starts_with("_text"));
+    if full_text && types.as_ref().is_none_or(|t| t.len() > search::cost::MAX_FULL_TEXT_TYPES) {
+        return Err(crate::error::FhirError::BadRequest(format!(
+            "_content and _text read every resource of every type searched: name at most {} types with _type",
+            search::cost::MAX_FULL_TEXT_TYPES
+        )));
+    }
     let types = types.unwrap_or_else(|| defs.resource_types().iter().filter(|t| principal.allows(t, Interaction::Search)).cloned().collect());
     if !principal.allows_any(Interaction::Search) {
         return Err(crate::error::FhirError::Forbidden("the access token's scopes do not allow search".into()));

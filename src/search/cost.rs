@@ -11,6 +11,13 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::{ClauseKind, Criteria};
 use crate::error::{FhirError, FhirResult};
 
+/// How many words a `_content` or `_text` parameter may have, all values together.
+pub const MAX_FULL_TEXT_WORDS: usize = 16;
+
+/// How many types a system-level `_content` or `_text` search may name in `_type` (it may
+/// not leave them out).
+pub const MAX_FULL_TEXT_TYPES: usize = 10;
+
 /// How many document-scanning searches run at once, whatever the connection pool's size.
 pub const SCANNING_SEARCHES_AT_ONCE: usize = 2;
 

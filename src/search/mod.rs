@@ -213,6 +213,10 @@ pub fn build_clause(
         if values.is_empty() {
             return Err(bad("needs a word to search for"));
         }
+        // Each word is a pass over the text of every document of the type.
+        if values.iter().map(Vec::len).sum::<usize>() > cost::MAX_FULL_TEXT_WORDS {
+            return Err(bad(&format!("at most {} words", cost::MAX_FULL_TEXT_WORDS)));
+        }
         return Ok(Clause { name: full_name, kind: ClauseKind::FullText { narrative_only: sp.code == "_text", values }, negate: false });
     }
     if crate::crypto::policy::is_protected(resource_type.as_str(), &sp.code) {

@@ -66,11 +66,16 @@ pub type TxFuture<'c, T> = Pin<Box<dyn Future<Output = (Tx, FhirResult<T>)> + Se
 
 impl Store {
     /// Connects a pool; `statement_timeout` turns runaway queries into errors instead of hangs.
+    ///
+    /// JIT compilation is off: PostgreSQL compiles a query it expects to be costly with LLVM,
+    /// which does not heed cancellation, so a search of many alternatives over many types held
+    /// a backend for minutes past the statement timeout (even `pg_terminate_backend` waited).
+    /// Our statements are short index lookups that JIT does not speed up.
     pub async fn connect(url: &str, pool_size: u32, statement_timeout: Duration) -> Result<Self, sqlx::Error> {
         let options: PgConnectOptions = url.parse()?;
         let options = options
             .application_name("ironfhir")
-            .options([("statement_timeout", format!("{}", statement_timeout.as_millis()))]);
+            .options([("statement_timeout", format!("{}", statement_timeout.as_millis())), ("jit", "off".to_owned())]);
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(10))

@@ -425,3 +425,14 @@ async fn search_sees_only_the_current_version_of_live_resources() {
     ]).await;
     assert_eq!(app.count("Patient").await, 2);
 }
+
+/// A search of many alternatives over many types was compiled by PostgreSQL's LLVM JIT, which
+/// does not heed cancellation: the backend ran minutes past the statement timeout and even
+/// `pg_terminate_backend` waited (so did every `DROP DATABASE` of the cluster). The store's
+/// connections have JIT off.
+#[tokio::test]
+async fn the_store_connections_never_jit_compile() {
+    let app = TestApp::spawn().await;
+    let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(app.store.pool()).await.unwrap();
+    assert_eq!(jit, "off");
+}
