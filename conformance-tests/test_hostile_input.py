@@ -315,3 +315,13 @@ def test_full_text_searches_are_bounded_and_periods_are_ordered(http, base):
     create(http, base, inverted)  # same day: its end covers the start
     r = http.get(f"{base}/Encounter", params={"_sort": "-date"}, timeout=30)
     assert r.status_code == 200, r.text[:300]
+
+
+def test_numbers_with_extreme_exponents_in_search_are_refused(http, base):
+    """Found by the hostile campaign: `abatement-age=lt0.5e-2147483648` overflowed the exponent
+    arithmetic of number precision (search.html#number) and panicked the handler (500). Such a
+    value is a bad request; ordinary exponents still search."""
+    for params in ({"abatement-age": "lt0.5e-2147483648"}, {"abatement-age": "1e2147483648"}):
+        assert_outcome(http.get(f"{base}/Condition", params=params, timeout=30), 400)
+    r = http.get(f"{base}/Condition", params={"abatement-age": "lt1.5e2"}, timeout=30)
+    assert r.status_code == 200, r.text[:300]

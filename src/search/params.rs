@@ -502,9 +502,13 @@ pub fn number_range(v: &str) -> Option<(f64, f64)> {
         return None;
     }
     let mantissa = v.split(['e', 'E']).next().unwrap_or(v);
-    let decimals = mantissa.split_once('.').map(|(_, d)| d.len() as i32).unwrap_or(0);
-    let exponent: i32 = v.split_once(['e', 'E']).and_then(|(_, e)| e.parse().ok()).unwrap_or(0);
-    let half = 0.5 * 10f64.powi(exponent - decimals);
+    // Checked: `0.5e-2147483648` overflowed `exponent - decimals` and panicked the handler.
+    let decimals = i32::try_from(mantissa.split_once('.').map_or(0, |(_, d)| d.len())).ok()?;
+    let exponent: i32 = match v.split_once(['e', 'E']) {
+        Some((_, e)) => e.parse().ok()?,
+        None => 0,
+    };
+    let half = 0.5 * 10f64.powi(exponent.checked_sub(decimals)?);
     Some((n - half, n + half))
 }
 
@@ -525,6 +529,15 @@ mod tests {
         assert_eq!(b("2024-13"), None);
         assert_eq!(b("2024-02-30"), None);
         assert_eq!(b("20x4"), None);
+    }
+
+    #[test]
+    fn numbers_with_extreme_exponents_are_no_numbers_or_ranges_not_panics() {
+        assert!(number_range("0.5e-2147483648").is_none(), "the precision's exponent does not fit: no range");
+        assert!(number_range("1e2147483648").is_none());
+        assert!(number_range("1e400").is_none());
+        let (lo, hi) = number_range("0.5e-300").expect("a tiny number");
+        assert!(lo <= 0.5e-300 && 0.5e-300 <= hi);
     }
 
     #[test]

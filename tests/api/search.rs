@@ -436,3 +436,18 @@ async fn the_store_connections_never_jit_compile() {
     let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(app.store.pool()).await.unwrap();
     assert_eq!(jit, "off");
 }
+
+/// `fhir_text_range` catches errors (a subtransaction), which a parallel worker may not start:
+/// a search run in parallel failed with 500. It and its caller run in the leader only.
+#[tokio::test]
+async fn date_range_functions_are_not_run_by_parallel_workers() {
+    let app = TestApp::spawn().await;
+    for name in ["fhir_text_range", "fhir_value_range"] {
+        let parallel: String = sqlx::query_scalar("SELECT proparallel::text FROM pg_proc WHERE proname = $1")
+            .bind(name)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(parallel, "r", "{name}");
+    }
+}
