@@ -325,3 +325,13 @@ def test_numbers_with_extreme_exponents_in_search_are_refused(http, base):
         assert_outcome(http.get(f"{base}/Condition", params=params, timeout=30), 400)
     r = http.get(f"{base}/Condition", params={"abatement-age": "lt1.5e2"}, timeout=30)
     assert r.status_code == 200, r.text[:300]
+
+
+def test_a_period_holding_text_that_is_no_date_is_refused_not_a_crash(http, base):
+    """Found by the fuzz targets and the campaign: a Period whose start is not ASCII
+    (`1-\ufffdnt`) was cut inside a character while its order was checked (per-1): a panic,
+    500 on every such write. It is 422, like any value that is no dateTime."""
+    body = {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+            "period": {"start": "1-\ufffdnt", "end": "2001"}}
+    assert_outcome(http.post(f"{base}/Encounter", json=body, headers=JSON_HEADERS, timeout=30), 422)
+    server_answers(http, base)

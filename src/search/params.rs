@@ -464,6 +464,11 @@ pub fn date_bounds(v: &str) -> Option<(chrono::DateTime<chrono::Utc>, chrono::Da
     use chrono::{Duration, Months, NaiveDate, TimeZone, Utc};
     let day = |y: i32, m: u32, d: u32| NaiveDate::from_ymd_opt(y, m, d).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| Utc.from_utc_datetime(&t));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    // Every form below is ASCII and is cut at byte offsets: other text is no date (and
+    // `1-\u{fffd}nt` cut inside a character panicked, a 500 on every write of such a Period).
+    if !v.is_ascii() {
+        return None;
+    }
     match v.len() {
         4 if digits(v) => {
             let low = day(v.parse().ok()?, 1, 1)?;
@@ -529,6 +534,8 @@ mod tests {
         assert_eq!(b("2024-13"), None);
         assert_eq!(b("2024-02-30"), None);
         assert_eq!(b("20x4"), None);
+        assert_eq!(b("1-\u{fffd}nt"), None);
+        assert_eq!(b("2024-0\u{e9}"), None);
     }
 
     #[test]
