@@ -213,6 +213,9 @@ fn check_size(pairs: &[(String, String)]) -> FhirResult<()> {
             pairs.len()
         )));
     }
+    if pairs.iter().filter(|(k, _)| k == "_sort").count() > 1 {
+        return Err(FhirError::BadRequest("parameter '_sort': may be given once (list the keys, comma-separated)".into()));
+    }
     for (key, value) in pairs {
         let values = value.matches(',').count() + 1;
         let limit = if key == "_sort" { MAX_SORT_KEYS } else { MAX_VALUES_PER_PARAMETER };
@@ -277,9 +280,6 @@ pub fn parse_search(resource_type: &ResourceType, pairs: &[(String, String)], st
                 continue;
             }
             "_sort" => {
-                if pairs.iter().filter(|(k, _)| k == "_sort").count() > 1 {
-                    return Err(bad(key, "may be given once (list the keys, comma-separated)"));
-                }
                 for k in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
                     let (name, desc) = match k.strip_prefix('-') {
                         Some(n) => (n, true),
