@@ -8,7 +8,7 @@
 //!   (one is generated when it has none) and is written with update-as-create semantics (a new id
 //!   is version 1, a known one gets the next version), many rows per statement
 //!   ([`store::import::write_batch`]) and `--batch-size` resources per database transaction.
-//! - **Resumable**: `import_progress` (migrations/0003) records per file (path, size, mtime) how
+//! - **Resumable**: `import_progress` records per file (path, size, mtime) how
 //!   far it is imported, in the same transaction as each batch; a re-run continues after the
 //!   last committed batch and skips completed files. A Bundle is one unit (a transaction Bundle
 //!   records itself inside its own transaction; a batch Bundle, whose entries commit one by one,
@@ -35,7 +35,6 @@ use crate::error::{FhirError, FhirResult, Severity};
 use crate::fhir::types::{Id, ResourceType};
 use crate::interactions::bundle::{self, EntryOutcome};
 use crate::interactions::{check_body, now, stamp};
-use crate::server;
 use crate::store::import::{ImportRow, Progress, progress, record_progress, write_batch};
 use crate::store::{Store, Tx};
 
@@ -45,30 +44,9 @@ const DEFERRED: &str = "deferred";
 /// Errors reported per file before the rest are only counted.
 const MAX_REPORTED_PER_FILE: u64 = 100;
 
-/// Runs `import`; `Err` (non-zero exit) when a file could not be read or any resource failed.
-pub async fn run(args: ImportArgs) -> Result<(), String> {
-    let inputs = inputs(&args.files)?;
-    if inputs.is_empty() {
-        return Err("no *.json or *.ndjson files to import".into());
-    }
-    // Parse the FHIR definitions while the database starts.
-    let definitions = tokio::task::spawn_blocking(|| {
-        crate::fhir::definitions::definitions();
-    });
-    let db = server::open_database(&args.config, args.parallel + 2, Duration::from_secs(600)).await?;
-    let _ = definitions.await;
-    crate::search::custom::refresh(&db.store).await.map_err(|e| format!("cannot load the custom SearchParameters: {e}"))?;
-    let mut result = import_all(&db.store, &args, inputs).await;
-    if let Err(e) = crate::store::import::flush(db.store.pool()).await {
-        result = Err(format!("cannot make the import durable: {e}"));
-    }
-    db.close().await?;
-    result
-}
-
 /// An input file: how it is shown, its `import_progress` key, size and format.
 #[derive(Debug, Clone)]
-struct Input {
+pub struct Input {
     path: PathBuf,
     key: String,
     size: u64,
@@ -77,7 +55,7 @@ struct Input {
 
 /// Expands directories (their `*.json` and `*.ndjson` files, sorted by name) and keys each file
 /// by absolute path, size and modification time.
-fn inputs(paths: &[PathBuf]) -> Result<Vec<Input>, String> {
+pub fn inputs(paths: &[PathBuf]) -> Result<Vec<Input>, String> {
     let mut files = Vec::new();
     for path in paths {
         let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -150,6 +128,16 @@ struct FileReport {
     resources: u64,
     errors: u64,
     status: &'static str,
+}
+
+/// Imports `inputs` (from [`inputs`]) and makes the result durable; `Err` (non-zero exit) when a
+/// file could not be read or any resource failed.
+pub async fn import(store: &Store, args: &ImportArgs, inputs: Vec<Input>) -> Result<(), String> {
+    let mut result = import_all(store, args, inputs).await;
+    if let Err(e) = crate::store::import::flush(store.pool()).await {
+        result = Err(format!("cannot make the import durable: {e}"));
+    }
+    result
 }
 
 async fn import_all(store: &Store, args: &ImportArgs, inputs: Vec<Input>) -> Result<(), String> {

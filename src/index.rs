@@ -1,5 +1,5 @@
 //! Search index values of a resource: what the index tables (`search_string`, `search_token`,
-//! … in migrations/0006) hold. Each SearchParameter of the type is evaluated with FHIRPath
+//! … in migrations/0001_baseline.sql) hold. Each SearchParameter of the type is evaluated with FHIRPath
 //! ([`crate::fhirpath`]) and its results become typed values the way search.html compares
 //! them: strings folded for prefix search, tokens as system and code, references as local
 //! `Type/id` or the absolute URL, dates as the texts PostgreSQL turns into ranges (with the

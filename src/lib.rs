@@ -14,12 +14,13 @@
 //! - [`rest`]: the thin axum layer — route, parse, call an interaction, render JSON or XML.
 //! - [`export`]: Bulk Data `$export` jobs and their background worker; [`documents`]: where
 //!   their files live.
-//! - [`import`]: the `import` command (bulk loading of Bundles and NDJSON).
+//! - [`import`]: bulk loading of Bundles and NDJSON; [`cli`]: the `ironfhir` subcommands.
 //! - [`server`]: wiring: start the database, build the router, serve HTTP or HTTPS.
 
 pub mod access;
 pub mod audit;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod demo;

@@ -13,28 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::Row;
 
-use crate::config::ReindexArgs;
 use crate::error::FhirResult;
 use crate::index;
-use crate::server;
 use crate::store::Store;
-
-/// Runs `ironfhir reindex`: prints the number of resources re-indexed.
-pub async fn run(args: ReindexArgs) -> Result<(), String> {
-    let db = server::open_database(&args.config, 2, Duration::from_secs(600)).await?;
-    crate::search::custom::refresh(&db.store).await.map_err(|e| format!("cannot load the custom SearchParameters: {e}"))?;
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {pos} resources re-indexed ({per_sec}, {elapsed})")
-            .map_err(|e| e.to_string())?,
-    );
-    let result = rebuild(&db.store, args.base_url.trim_end_matches('/'), args.batch_size, args.restart, |done| bar.set_position(done)).await;
-    bar.finish_and_clear();
-    db.close().await?;
-    let done = result.map_err(|e| format!("reindex failed: {e}"))?;
-    println!("{done} resources re-indexed");
-    Ok(())
-}
 
 /// Resources re-indexed per transaction.
 pub const DEFAULT_BATCH: i64 = 500;

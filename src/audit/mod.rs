@@ -420,21 +420,66 @@ pub async fn submit(
     Ok(crate::store::StoredResource::written("AuditEvent", &id, 1, recorded, event))
 }
 
-/// The AuditEvent of a bulk write made from the command line (`ironfhir import`, `serve
-/// --demo`): DICOM 110107 Import, the command as the agent, the resource count in
-/// `outcomeDesc` (no file names: they may name people). Outcome 4 when some resources failed.
-pub fn operator_import_event(command: &str, resources: u64, errors: u64) -> Value {
+/// A change an operator makes from the command line, recorded as an AuditEvent of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorChange {
+    /// `ironfhir import`, `serve --demo`: resources written in bulk (DICOM 110107 Import).
+    Import,
+    /// `ironfhir reindex`: the search index rebuilt (110100 Application Activity).
+    Reindex,
+    /// `ironfhir keys rotate|rotate-kek`: keys replaced (110113 Security Alert, 110129 Security
+    /// Configuration).
+    KeyRotation,
+    /// `ironfhir admin client add`: a client may now ask for tokens (110113, 110129).
+    ClientRegistered,
+    /// `ironfhir admin user add`: an account may now sign in (110113, 110137 User Security
+    /// Attributes Changed).
+    UserRegistered,
+}
+
+impl OperatorChange {
+    /// (type code, type display, subtype, action) of the AuditEvent.
+    fn coding(self) -> (&'static str, &'static str, Value, &'static str) {
+        let dcm = |code: &str, display: &str| json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": code, "display": display});
+        match self {
+            OperatorChange::Import => {
+                ("110107", "Import", json!({"system": "http://hl7.org/fhir/restful-interaction", "code": "create", "display": "create"}), "C")
+            }
+            OperatorChange::Reindex => ("110100", "Application Activity", dcm("110131", "Software Configuration"), "E"),
+            OperatorChange::KeyRotation => ("110113", "Security Alert", dcm("110129", "Security Configuration"), "U"),
+            OperatorChange::ClientRegistered => ("110113", "Security Alert", dcm("110129", "Security Configuration"), "C"),
+            OperatorChange::UserRegistered => ("110113", "Security Alert", dcm("110137", "User Security Attributes Changed"), "C"),
+        }
+    }
+}
+
+/// The AuditEvent of a change made from the command line: the command as the agent, what it
+/// did in `outcomeDesc` (counts and identifiers an operator chose, never file names or
+/// resource content: they may name people). Outcome 0, or 8 when the command failed.
+pub fn operator_event(change: OperatorChange, command: &str, succeeded: bool, description: &str) -> Value {
+    operator_event_with_outcome(change, command, if succeeded { "0" } else { "8" }, description)
+}
+
+fn operator_event_with_outcome(change: OperatorChange, command: &str, outcome: &str, description: &str) -> Value {
+    let (code, display, subtype, action) = change.coding();
     json!({
         "resourceType": "AuditEvent",
-        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110107", "display": "Import"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "create", "display": "create"}],
-        "action": "C",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": code, "display": display},
+        "subtype": [subtype],
+        "action": action,
         "recorded": crate::interactions::instant(&crate::interactions::now()),
-        "outcome": if errors > 0 { "4" } else { "0" },
-        "outcomeDesc": format!("{command}: {resources} resources written, {errors} failed"),
+        "outcome": outcome,
+        "outcomeDesc": format!("{command}: {description}"),
         "agent": [{"requestor": true, "name": format!("ironfhir {command} (operator command line)"), "altId": command}],
         "source": source(),
     })
+}
+
+/// The AuditEvent of a bulk write made from the command line (`ironfhir import`, `serve
+/// --demo`): the resource count in `outcomeDesc`; outcome 4 when some resources failed.
+pub fn operator_import_event(command: &str, resources: u64, errors: u64) -> Value {
+    let outcome = if errors > 0 { "4" } else { "0" };
+    operator_event_with_outcome(OperatorChange::Import, command, outcome, &format!("{resources} resources written, {errors} failed"))
 }
 
 /// Appends [`operator_import_event`] to the chain from a command-line process (its own

@@ -1,5 +1,5 @@
 //! The searchable AuditEvents: a projection of the audit chain
-//! (migrations/0012_audit_chain_first.sql).
+//! (`audit_project` in migrations/functions/audit.sql).
 //!
 //! A request's audit record is its chain row (`audit_log`), committed by the group-commit
 //! writer before the response: one small row on the request's path. The AuditEvent resource,

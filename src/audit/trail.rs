@@ -1,4 +1,4 @@
-//! The audit trail's writer and verifier (migrations/0008_audit.sql).
+//! The audit trail's writer and verifier (`audit_log` in migrations/0001_baseline.sql, `audit_append` in migrations/functions/audit.sql).
 //!
 //! Requests hand their AuditEvent to one writer task and wait until it is committed (durable
 //! before the response is sent). The writer takes whatever events have queued up meanwhile and
@@ -235,7 +235,7 @@ async fn append(store: &Store, events: Vec<Prepared>, requests: &[uuid::Uuid]) -
         key_ids.push(event.key_id);
     }
     // The requests' audit intents, then the chain lock, head and chain rows, in one statement
-    // (migrations/0012_audit_chain_first.sql, as 0013_audit_append_lighter.sql restates it).
+    // (`audit_append`, migrations/functions/audit.sql).
     let (last,): (Option<i64>,) = sqlx::query_as("SELECT audit_append($1, $2, $3, $4, $5, $6, $7)")
         .bind(&recorded)
         .bind(&ids)
@@ -336,21 +336,6 @@ pub async fn verify(store: &Store) -> FhirResult<Result<i64, Broken>> {
         return Ok(Err(Broken { seq: expected_seq, reason: format!("AuditEvent/{id} is not in the trail: it was stored beside the chain") }));
     }
     Ok(Ok(expected_seq - 1))
-}
-
-/// `ironfhir audit verify`: prints the result; an error (non-zero exit) names the first bad
-/// record.
-pub async fn verify_command(config: crate::config::Config) -> Result<(), String> {
-    let db = crate::server::open_database(&config, 2, std::time::Duration::from_secs(3600)).await?;
-    let result = verify(&db.store).await;
-    db.close().await?;
-    match result.map_err(|e| format!("cannot read the audit trail: {e}"))? {
-        Ok(count) => {
-            println!("audit trail intact: {count} records");
-            Ok(())
-        }
-        Err(broken) => Err(format!("audit trail broken at record {}: {}", broken.seq, broken.reason)),
-    }
 }
 
 #[cfg(test)]

@@ -284,6 +284,32 @@ pub async fn rotate_kek(store: &Store, config: &Config, new: &LocalKek) -> Resul
     Ok(stored.len())
 }
 
+/// One data key as `ironfhir keys status` shows it: what it is for, whether new rows are sealed
+/// under it, its key-encryption key, and how many rows of each table it still seals.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyStatus {
+    pub id: String,
+    pub purpose: String,
+    pub active: bool,
+    pub kek_id: String,
+    pub current_rows: i64,
+    pub history_rows: i64,
+    pub audit_rows: i64,
+}
+
+/// Every data key, by purpose and age, with the rows it seals.
+pub async fn status(store: &Store) -> FhirResult<Vec<KeyStatus>> {
+    Ok(sqlx::query_as(
+        "SELECT k.id, k.purpose, k.active, k.kek_id, \
+           (SELECT count(*) FROM resource r WHERE r.key_id = k.id) AS current_rows, \
+           (SELECT count(*) FROM resource_history h WHERE h.key_id = k.id) AS history_rows, \
+           (SELECT count(*) FROM audit_log a WHERE a.key_id = k.id) AS audit_rows \
+         FROM data_key k ORDER BY k.purpose, k.created",
+    )
+    .fetch_all(store.pool())
+    .await?)
+}
+
 /// Rows (current, history and audit chain) still sealed under a data key other than the
 /// active one.
 pub async fn rows_behind(store: &Store) -> FhirResult<i64> {

@@ -13,7 +13,6 @@
 //! the store's free functions (which only see a transaction) seal and open through it.
 
 pub mod blind;
-pub mod cli;
 pub mod keys;
 pub mod policy;
 

@@ -2,7 +2,7 @@
 //!
 //! - **Kick-off** (`[base]/$export`, `[base]/Patient/$export`, `[base]/Group/[id]/$export`, GET
 //!   or POST with a `Parameters` body) needs `Prefer: respond-async` and `system/` read scopes;
-//!   it validates the parameters, stores a job row (`export_job`, migrations/0004) and answers
+//!   it validates the parameters, stores a job row (`export_job`) and answers
 //!   202 with `Content-Location: [base]/$export-status/<job>`.
 //! - **Status** (`GET` on that URL): 202 with `X-Progress` and `Retry-After` while the job runs,
 //!   200 with the manifest when done, 500 with an OperationOutcome when it failed; `DELETE`

@@ -5,10 +5,9 @@
 //! (discovery), `/auth/authorize` (server-rendered login, role picker, patient picker and
 //! consent pages), `/auth/token`, `/auth/introspect`, `/auth/revoke`, `/auth/jwks`,
 //! `/auth/launch` (EHR launch contexts) and `/auth/logout`. Every piece of state lives in
-//! PostgreSQL (`migrations/0007_smart.sql`), so several server instances can run side by side.
+//! PostgreSQL (`migrations/0001_baseline.sql`), so several server instances can run side by side.
 
 pub mod accounts;
-pub mod admin;
 pub mod admin_api;
 pub mod assertion;
 pub mod authorize;

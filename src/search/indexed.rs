@@ -1,4 +1,4 @@
-//! Search clauses answered from the index tables (migrations/0006, written by
+//! Search clauses answered from the index tables (migrations/0001_baseline.sql, written by
 //! [`crate::index`]): `r.id IN (SELECT id FROM search_<kind> WHERE resource_type = … AND
 //! param = … AND <value test>)`, so PostgreSQL seeks the `(resource_type, param, value)` indexes
 //! instead of evaluating jsonpath over every resource of the type. Chains and `_has` become
@@ -224,7 +224,7 @@ fn push_prefix(sql: &mut QueryBuilder<Postgres>, column: &str, prefix: &str) {
     sql.push(")");
 }
 
-/// How many characters of a normalized string the prefix index covers (migrations/0015).
+/// How many characters of a normalized string the prefix index covers (`search_string_value` in migrations/0001_baseline.sql).
 const STRING_PREFIX_INDEXED_CHARS: usize = 250;
 
 /// `s.normalized` starts with `prefix`: a range on the indexed `left(s.normalized, 250)`, and

@@ -922,7 +922,7 @@ impl Criteria {
 
 /// Case- and accent-folding of string search (search.html#string): lower case, and the Latin
 /// letters with diacritics of `ACCENTED` replaced by their base letters. Must equal the SQL
-/// function `fhir_normalize` (migrations/0005) so values and stored text fold alike.
+/// function `fhir_normalize` (migrations/functions/search.sql) so values and stored text fold alike.
 pub fn normalize(s: &str) -> String {
     s.chars()
         .map(|c| match ACCENTED.chars().position(|a| a == c) {
@@ -933,7 +933,7 @@ pub fn normalize(s: &str) -> String {
         .collect()
 }
 
-/// Keep in sync with migrations/0005_normalize.sql (and its ASCII fast path, 0016).
+/// Keep in sync with `fhir_normalize` in migrations/functions/search.sql (and its ASCII fast path).
 const ACCENTED: &str = "ÀÁÂÃÄÅàáâãäåÇçÈÉÊËèéêëÌÍÎÏìíîïÑñÒÓÔÕÖØòóôõöøÙÚÛÜùúûüÝýÿŠšŽžŁłŚśŹźŻżĆćŃńĘęĄąŐőŰűČčŘřĎďŤťŇňĚěŮů";
 const UNACCENTED: &str = "AAAAAAaaaaaaCcEEEEeeeeIIIIiiiiNnOOOOOOooooooUUUUuuuuYyySsZzLlSsZzZzCcNnEeAaOoUuCcRrDdTtNnEeUu";
 

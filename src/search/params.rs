@@ -457,7 +457,7 @@ pub fn check_date(v: &str) -> Result<(), String> {
 }
 
 /// The instants a date search value covers, `[low, high)` — exactly what the SQL function
-/// `fhir_text_range` (migrations/0002) makes of the stored texts: a year, month or day in UTC
+/// `fhir_text_range` (migrations/functions/search.sql) makes of the stored texts: a year, month or day in UTC
 /// when no zone is given, a time to its minute, second or millisecond. `None` when it is not a
 /// FHIR date. Computed here so search SQL binds plain instants (no function call to plan).
 pub fn date_bounds(v: &str) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {

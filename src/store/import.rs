@@ -1,5 +1,5 @@
 //! SQL of `ironfhir import`: batched writes of resources with client ids and the per-file
-//! progress (`import_progress`, migrations/0003) committed in the same transaction.
+//! progress (`import_progress`) committed in the same transaction.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;

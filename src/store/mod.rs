@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod import;
+pub mod schema;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,8 +20,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use crate::error::{FhirError, FhirResult};
 use crate::index;
 
-/// Embedded migrations (`migrations/`).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub use schema::MIGRATOR;
 
 /// A version of a resource as stored: current row or history row.
 #[derive(Debug, Clone)]
@@ -84,9 +84,9 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// Applies pending migrations.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
+    /// Brings the database to this build's schema (functions and migrations, [`schema::apply`]).
+    pub async fn migrate(&self) -> Result<(), String> {
+        schema::apply(&self.pool).await
     }
 
     /// The underlying pool, for subsystems that own their SQL (search).

@@ -239,3 +239,52 @@ async fn serve_with_demo_loads_the_synthetic_data_set_once() {
         assert_eq!(history["total"], 147, "a second start with --demo writes no new versions");
     }
 }
+
+#[tokio::test]
+async fn every_command_line_change_leaves_an_audit_event_and_the_chain_verifies() {
+    let (url, name) = fresh_database().await;
+    let _db = crate::helpers::DatabaseGuard(name);
+    let dir = temp_dir("operator-audit");
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--data-dir").arg(&dir).env("DATABASE_URL", &url);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["admin", "user", "add", "--username", "synthetic-clerk", "--password-stdin", "--fhir-user", "Practitioner/synthetic-1"], Some("a-long-synthetic-passphrase\n"));
+    run(&["admin", "client", "add", "--client-id", "synthetic-app", "--public", "--redirect-uri", "http://127.0.0.1:9/cb", "--scope", "openid"], None);
+    run(&["keys", "rotate", "--no-wait"], None);
+    run(&["reindex"], None);
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    use sqlx::Connection;
+    let events: Vec<String> = sqlx::query_scalar("SELECT event_text FROM audit_log ORDER BY seq").fetch_all(&mut db).await.unwrap();
+    let find = |command: &str| -> serde_json::Value {
+        let text = events.iter().find(|e| e.contains(&format!("\"ironfhir {command} (operator command line)\""))).unwrap_or_else(|| panic!("no event of {command}: {events:?}"));
+        serde_json::from_str(text).unwrap()
+    };
+    let user = find("admin user add");
+    assert_eq!(user["type"]["code"], "110113");
+    assert_eq!(user["subtype"][0]["code"], "110137");
+    assert_eq!(user["outcomeDesc"], "admin user add: account synthetic-clerk registered");
+    assert!(!user.to_string().contains("passphrase"), "no secret in the event");
+    let client = find("admin client add");
+    assert_eq!(client["subtype"][0]["code"], "110129");
+    assert_eq!(client["action"], "C");
+    let rotation = find("keys rotate");
+    assert_eq!(rotation["type"]["code"], "110113");
+    assert_eq!(rotation["action"], "U");
+    assert!(rotation["outcomeDesc"].as_str().unwrap().starts_with("keys rotate: new data key "), "{rotation}");
+    let reindex = find("reindex");
+    assert_eq!(reindex["type"]["code"], "110100");
+    assert_eq!(reindex["outcome"], "0");
+    db.close().await.unwrap();
+    let verify = Command::new(BIN).args(["audit", "verify", "--data-dir"]).arg(&dir).env("DATABASE_URL", &url).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains(&format!("intact: {} records", events.len())), "{}", String::from_utf8_lossy(&verify.stdout));
+}

@@ -7,7 +7,7 @@ use ironfhir::auth::{TokenAuthority, keys};
 use ironfhir::documents::DocumentStore;
 use ironfhir::export::ExportService;
 use ironfhir::rest::AppState;
-use ironfhir::store::{MIGRATOR, Store};
+use ironfhir::store::Store;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection};
@@ -29,14 +29,7 @@ fn with_db(url: &str, db: &str) -> String {
 /// Name of the template database for the current migrations (a new set of migrations gets a
 /// new template, so stale templates are never used).
 fn template_name() -> String {
-    let mut hash: u64 = 0xcbf29ce484222325;
-    for m in MIGRATOR.iter() {
-        for b in m.checksum.iter() {
-            hash ^= u64::from(*b);
-            hash = hash.wrapping_mul(0x100000001b3);
-        }
-    }
-    format!("ironfhir_tpl_{hash:016x}")
+    format!("ironfhir_tpl_{}", ironfhir::store::schema::fingerprint())
 }
 
 /// The configuration a command-line tool would be given for a test's database and keys.

@@ -5,7 +5,8 @@
 use std::io::BufRead;
 use std::time::Duration;
 
-use super::accounts::{self, ClientAuth, NewClient};
+use crate::oauth::accounts::{self, ClientAuth, NewClient};
+use crate::audit::{OperatorChange, operator_event};
 use crate::config::{ClientAddArgs, UserAddArgs};
 use crate::server::open_database;
 
@@ -36,8 +37,13 @@ pub async fn client_add(args: ClientAddArgs) -> Result<(), String> {
         },
     )
     .await;
+    let recorded = match &result {
+        Ok(client) => super::record(&db.store, operator_event(OperatorChange::ClientRegistered, "admin client add", true, &format!("client {} registered", client.client_id))).await,
+        Err(_) => Ok(()),
+    };
     db.close().await?;
     let client = result?;
+    recorded?;
     println!("{}", serde_json::to_string_pretty(&client).map_err(|e| e.to_string())?);
     Ok(())
 }
@@ -48,9 +54,15 @@ pub async fn user_add(args: UserAddArgs) -> Result<(), String> {
     std::io::stdin().lock().read_line(&mut password).map_err(|e| format!("cannot read the password from standard input: {e}"))?;
     let password = password.trim_end_matches(['\r', '\n']).to_owned();
     let db = open_database(&args.config, 2, Duration::from_secs(60)).await?;
+    let username = args.username.clone();
     let result = accounts::register_user(db.store.pool(), args.username, password, args.fhir_user, args.totp, &args.config.issuer).await;
+    let recorded = match &result {
+        Ok(_) => super::record(&db.store, operator_event(OperatorChange::UserRegistered, "admin user add", true, &format!("account {username} registered"))).await,
+        Err(_) => Ok(()),
+    };
     db.close().await?;
     let out = result?;
+    recorded?;
     println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
     Ok(())
 }
