@@ -6,9 +6,11 @@ the audit trail and of masked responses. Synthetic data only."""
 from __future__ import annotations
 
 import base64
+import itertools
+import random
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 import requests
@@ -198,6 +200,17 @@ class Refs(NamedTuple):
     schedule: str | None = None
 
 
+_half_hours = itertools.count(random.randrange(0, 1_000_000))
+
+
+def _next_half_hour() -> tuple[str, str]:
+    """A half hour no other appointment made here uses: the server refuses double booking of
+    a practitioner (role), so each Appointment body gets its own time."""
+    start = datetime(2030, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=30 * next(_half_hours))
+    fmt = lambda t: t.isoformat().replace("+00:00", "Z")
+    return fmt(start), fmt(start + timedelta(minutes=30))
+
+
 def resource_body(resource_type: str, refs: Refs, **extra) -> dict:
     """A valid R4 resource of `resource_type` that belongs to refs.org's subtree (an
     organisation reference, a PractitionerRole of the organisation, or the Patient compartment
@@ -206,6 +219,7 @@ def resource_body(resource_type: str, refs: Refs, **extra) -> dict:
     org = {"reference": f"Organization/{refs.org}"}
     patient = {"reference": f"Patient/{refs.patient}"}
     role = {"reference": f"PractitionerRole/{refs.role}"}
+    start, end = _next_half_hour()
     code = {"coding": [{"system": "http://example.org/conformance/hierarchy", "code": "synthetic"}],
             "text": "Synthetic test code"}
     bodies = {
@@ -218,7 +232,7 @@ def resource_body(resource_type: str, refs: Refs, **extra) -> dict:
         "MedicationDispense": {"status": "completed", "medicationCodeableConcept": code, "subject": patient,
                                "performer": [{"actor": org}]},
         "Task": {"status": "requested", "intent": "order", "for": patient, "owner": org, "requester": role},
-        "Appointment": {"status": "booked", "start": "2030-01-01T09:00:00Z", "end": "2030-01-01T09:30:00Z",
+        "Appointment": {"status": "booked", "start": start, "end": end,
                         "participant": [{"actor": patient, "status": "accepted"},
                                         {"actor": role, "status": "accepted"}]},
         "Schedule": {"active": True, "actor": [role]},

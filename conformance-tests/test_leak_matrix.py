@@ -371,7 +371,9 @@ def masked(base, http, world):
             "participant": [{"actor": {"reference": f"Patient/{world.pa}"}, "status": "accepted"},
                             {"actor": {"reference": f"PractitionerRole/{world.staff['front-desk'].role_id}"}, "status": "accepted"}]}
     with_comment = create(http, base, appt)["id"]
-    plain = create(http, base, {k: v for k, v in appt.items() if k != "comment"})["id"]
+    # Its own half hour: the same role cannot be booked twice at once.
+    plain = create(http, base, {**{k: v for k, v in appt.items() if k != "comment"},
+                                "start": "2031-01-01T10:00:00Z", "end": "2031-01-01T10:30:00Z"})["id"]
     condition = create(http, base, {
         "resourceType": "Condition", "subject": {"reference": f"Patient/{world.pa}"},
         "code": {"text": "Synthetic condition"},

@@ -260,6 +260,10 @@ pub struct ServeArgs {
     /// and between keep-alive requests) before the server closes it.
     #[arg(long, env = "IRONFHIR_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_timeout_secs: u64,
+    /// Seconds an `Appointment/$hold` keeps its slot before it expires (the hold sweeper then
+    /// cancels the pending Appointment and frees the slot).
+    #[arg(long, env = "IRONFHIR_HOLD_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub hold_seconds: u64,
     /// Statement timeout for database queries, in milliseconds.
     #[arg(long, env = "IRONFHIR_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
     pub statement_timeout_ms: u64,

@@ -198,6 +198,10 @@ impl From<sqlx::Error> for FhirError {
                 Some("42501") => {
                     return FhirError::MethodNotAllowed("the audit trail is append-only: AuditEvents cannot be changed or deleted".into());
                 }
+                // exclusion_violation of the booking table: double booking (migrations/0002).
+                Some("23P01") if db.constraint() == Some("appointment_booking_no_overlap") => {
+                    return FhirError::Conflict(double_booking_message(db.as_ref()));
+                }
                 // query_canceled: statement_timeout.
                 Some("57014") => return FhirError::Unavailable("the database did not answer in time".into()),
                 _ => {}
@@ -208,6 +212,20 @@ impl From<sqlx::Error> for FhirError {
         }
         tracing::error!(error = %e, "database error");
         FhirError::Internal("database error".into())
+    }
+}
+
+/// What a refused double booking says: which practitioner or slot is already taken (an id, no
+/// PHI), read from the constraint's detail "Key (occupant, during)=(Slot/1, [...)) conflicts …".
+fn double_booking_message(db: &dyn sqlx::error::DatabaseError) -> String {
+    let occupant = db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .and_then(|pg| pg.detail())
+        .and_then(|detail| detail.split_once(")=(").map(|(_, rest)| rest))
+        .and_then(|rest| rest.split_once(", ").map(|(occupant, _)| occupant.to_owned()));
+    match occupant {
+        Some(o) => format!("double booking refused: {o} is already booked by an active appointment that overlaps this time"),
+        None => "double booking refused: a participant or slot is already booked by an active appointment that overlaps this time".into(),
     }
 }
 

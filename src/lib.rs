@@ -35,6 +35,7 @@ pub mod interactions;
 pub mod oauth;
 pub mod reindex;
 pub mod rest;
+pub mod scheduling;
 pub mod search;
 pub mod server;
 pub mod store;

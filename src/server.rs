@@ -151,7 +151,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         oauth: args.oauth_settings(),
         role_grants: Default::default(),
         audit: if args.no_audit { Default::default() } else { crate::audit::trail::AuditTrail::start(db.store.clone()) },
+        hold_for: chrono::Duration::seconds(args.hold_seconds as i64),
     });
+    crate::scheduling::holds::spawn(db.store.clone(), state.audit.clone(), args.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned());
     if state.audit.enabled() {
         crate::audit::intent::spawn_recovery(db.store.clone(), state.audit.clone());
     }

@@ -952,6 +952,9 @@ async fn transaction_in(
         for (index, rt, id, body) in &creates {
             let reach = tagged(failed, *index, principal.require(rt.as_str(), Interaction::Create))?;
             tagged(failed, *index, crate::access::check_write_reach(tx, &reach, rt.as_str(), id.as_str(), None, Some(body), base).await)?;
+            if rt.as_str() == "Appointment" {
+                tagged(failed, *index, crate::scheduling::appointment_written(tx, None, Some(body), base).await)?;
+            }
         }
     }
     for (index, rt, id, body) in creates {

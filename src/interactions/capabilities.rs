@@ -82,6 +82,23 @@ fn build() -> Value {
                     }));
                 }
             }
+            if rt == "Appointment" {
+                // Argonaut Scheduling (http://fhir.org/guides/argonaut/scheduling): find open
+                // slots, hold one (it expires), book it. Double booking is refused (409).
+                if let Some(ops) = resource["operation"].as_array_mut() {
+                    for (name, doc) in [
+                        ("find", "Open Slots as proposed Appointments: start, end (required), provider, location, specialty, service-type, patient, _count."),
+                        ("hold", "appt-resource or appt-id: the proposed Appointment becomes pending and holds its Slots until the hold expires (--hold-seconds)."),
+                        ("book", "appt-resource or appt-id: a hold that has not expired, or a proposed Appointment, becomes booked."),
+                    ] {
+                        ops.push(json!({
+                            "name": name,
+                            "definition": format!("http://fhir.org/guides/argonaut/scheduling/OperationDefinition/appointment-{name}"),
+                            "documentation": doc,
+                        }));
+                    }
+                }
+            }
             if rt == "Patient" || rt == "Group" {
                 if let Some(ops) = resource["operation"].as_array_mut() {
                     let definition = if rt == "Patient" { "patient-export" } else { "group-export" };

@@ -42,7 +42,8 @@ pub async fn create(
     let last_updated = now();
     stamp(&mut body, id.as_str(), 1, &last_updated);
     let rt = resource_type.as_str();
-    if criteria.is_none() {
+    // An Appointment's write also moves its Slots, in the same transaction.
+    if criteria.is_none() && rt != "Appointment" {
         store::create_one(store, rt, id.as_str(), last_updated, &body, base).await?;
         return Ok(WriteOutcome {
             stored: StoredResource::written(rt, id.as_str(), 1, last_updated, body),
@@ -86,6 +87,9 @@ pub async fn create_in(
         }
     }
     store::insert_new(tx, rt, id.as_str(), last_updated, body, base).await?;
+    if rt == "Appointment" {
+        crate::scheduling::appointment_written(tx, None, Some(body), base).await?;
+    }
     Ok(WriteOutcome {
         stored: StoredResource::written(rt, id.as_str(), 1, last_updated, body.clone()),
         created: true,

@@ -88,8 +88,13 @@ async fn conditional_delete_in(tx: &mut Tx, principal: &Principal, rt: &str, cri
 pub async fn delete_in(tx: &mut Tx, rt: &str, id: &str) -> FhirResult<u32> {
     match store::lock_current(tx, rt, id).await? {
         Some((version, false)) => {
+            let replaced = if rt == "Appointment" { store::current_content(tx, rt, id).await? } else { None };
             // A delete leaves no index rows, so no base is needed to make references local.
             store::write_version(tx, rt, id, version + 1, now(), "DELETE", None, "").await?;
+            if let Some(appointment) = &replaced {
+                // Its Slots are free again (Slot references are relative or on this server).
+                crate::scheduling::appointment_written(tx, Some(appointment), None, "").await?;
+            }
             Ok(1)
         }
         _ => Ok(0),

@@ -47,6 +47,8 @@ pub struct AppState {
     pub role_grants: crate::access::RoleGrants,
     /// The audit trail every request is recorded in.
     pub audit: crate::audit::trail::AuditTrail,
+    /// How long an `Appointment/$hold` keeps its slot.
+    pub hold_for: chrono::Duration,
 }
 
 /// Builds the router: everything under `/fhir` goes through [`dispatch`]; other paths are 404
@@ -425,6 +427,25 @@ async fn route_type(
         }
         (m @ (Method::GET | Method::POST), ["$export"]) if rt.as_str() == "Patient" => {
             export::kick_off(state, ctx, principal, &m, crate::export::Level::Patient, body).await
+        }
+        (m @ (Method::GET | Method::POST), ["$find"]) if rt.as_str() == "Appointment" => {
+            let mut params = ctx.query.clone();
+            if m == Method::POST {
+                let parameters = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
+                params.extend(crate::scheduling::operations::parameters_as_pairs(&parameters)?);
+            }
+            let found = crate::scheduling::operations::find(store, principal, &params, &ctx.base).await?;
+            respond(ctx, StatusCode::OK, found, HeaderMap::new())
+        }
+        (Method::POST, ["$hold"]) if rt.as_str() == "Appointment" => {
+            let body = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
+            let held = crate::scheduling::operations::hold(store, principal, body, state.hold_for, &ctx.base).await?;
+            respond(ctx, StatusCode::OK, held, HeaderMap::new())
+        }
+        (Method::POST, ["$book"]) if rt.as_str() == "Appointment" => {
+            let body = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
+            let booked = crate::scheduling::operations::book(store, principal, body, &ctx.base).await?;
+            respond(ctx, StatusCode::OK, booked, HeaderMap::new())
         }
         (_, [op]) if op.starts_with('$') => Err(FhirError::NotFound(format!("operation {} is not supported on {rt}", crate::fhir::types::sanitize(op)))),
         (method, [id, rest @ ..]) => {

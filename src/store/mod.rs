@@ -385,6 +385,38 @@ pub async fn write_version(
     Ok(())
 }
 
+/// Whether an active appointment other than `except` (a hold only until it expires) occupies
+/// `occupant` (`Slot/ID`, `Practitioner/ID`, `PractitionerRole/ID`): the rows the booking
+/// trigger keeps (migrations/0002_scheduling.sql), including this transaction's own writes.
+pub async fn occupant_booked(tx: &mut Tx, occupant: &str, except: Option<&str>) -> FhirResult<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM appointment_booking WHERE occupant = $1 AND appointment_id IS DISTINCT FROM $2 \
+           AND (hold_expires IS NULL OR hold_expires > now()))",
+    )
+    .bind(occupant)
+    .bind(except)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// Appointments whose hold has expired (still holding their time, or removed from it by a
+/// booking that overlapped them), for the hold sweeper (`scheduling::holds`).
+pub async fn expired_holds(store: &Store, limit: i64) -> FhirResult<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT appointment_id FROM appointment_booking WHERE hold_expires <= now() \
+         UNION SELECT appointment_id FROM appointment_hold_lapsed LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&store.pool)
+    .await?)
+}
+
+/// Forgets a lapsed hold once the sweeper has dealt with its Appointment.
+pub async fn forget_lapsed_hold(store: &Store, appointment_id: &str) -> FhirResult<()> {
+    sqlx::query("DELETE FROM appointment_hold_lapsed WHERE appointment_id = $1").bind(appointment_id).execute(&store.pool).await?;
+    Ok(())
+}
+
 /// Creates a brand-new resource (server-assigned id, so no conflict is possible).
 pub async fn insert_new(
     tx: &mut Tx,

@@ -20,6 +20,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 const FUNCTIONS: &[(&str, &str)] = &[
     ("search.sql", include_str!("../../migrations/functions/search.sql")),
     ("audit.sql", include_str!("../../migrations/functions/audit.sql")),
+    ("scheduling.sql", include_str!("../../migrations/functions/scheduling.sql")),
 ];
 
 /// The last version of the chain the baseline replaced, and its first migration's description.

@@ -93,11 +93,13 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// Whether the Bulk Data export worker runs (off to test jobs surviving a restart).
     pub export_worker: bool,
+    /// How long an `Appointment/$hold` keeps its slot.
+    pub hold_seconds: i64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_body_bytes: 1024 * 1024, export_worker: true }
+        Options { max_body_bytes: 1024 * 1024, export_worker: true, hold_seconds: 600 }
     }
 }
 
@@ -162,6 +164,7 @@ impl TestApp {
             oauth: Default::default(),
             role_grants: Default::default(),
             audit: ironfhir::audit::trail::AuditTrail::start(store.clone()),
+            hold_for: chrono::Duration::seconds(options.hold_seconds),
         });
         let app = ironfhir::server::app(state);
         tokio::spawn(async move {

@@ -21,6 +21,7 @@ mod import;
 mod layout;
 mod metadata;
 mod sealing;
+mod scheduling;
 mod schema;
 mod search;
 mod search_index;

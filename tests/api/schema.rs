@@ -81,22 +81,40 @@ async fn pretend_pre_baseline(url: &str, last: i64) {
     db.close().await.unwrap();
 }
 
+/// A database as the pre-baseline chain left it: the baseline's schema (functions, then the
+/// first migration alone), recorded as migrations 1..=`last` of that chain.
+async fn pre_baseline_database(url: &str, last: i64) {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    tx.execute("SET LOCAL check_function_bodies = off").await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/functions");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let sql = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let baseline = ironfhir::store::MIGRATOR.iter().next().unwrap().clone();
+    sqlx::migrate::Migrator::with_migrations(vec![baseline]).run(&pool).await.unwrap();
+    pool.close().await;
+    pretend_pre_baseline(url, last).await;
+}
+
 #[tokio::test]
 async fn a_database_of_the_pre_baseline_chain_is_adopted_when_complete_and_refused_when_not() {
     let (url, name) = empty_database().await;
+    pre_baseline_database(&url, 14).await;
     let store = Store::connect(&url, 2, Duration::from_secs(60)).await.unwrap();
-    store.migrate().await.unwrap();
-
-    pretend_pre_baseline(&url, 14).await;
     let refused = store.migrate().await.expect_err("a half-migrated pre-baseline database");
     assert!(refused.contains("migration 14 of 18"), "{refused}");
 
     pretend_pre_baseline(&url, 18).await;
-    store.migrate().await.expect("a complete pre-baseline chain is adopted");
+    store.migrate().await.expect("a complete pre-baseline chain is adopted, then migrated on");
     let mut db = PgConnection::connect(&url).await.unwrap();
     let record: Vec<(i64, String)> =
         sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version").fetch_all(&mut db).await.unwrap();
-    assert_eq!(record, vec![(1, "baseline".to_owned())]);
+    let expected: Vec<(i64, String)> = ironfhir::store::MIGRATOR.iter().map(|m| (m.version, m.description.to_string())).collect();
+    assert_eq!(record, expected);
+    assert_eq!(record[0], (1, "baseline".to_owned()));
     store.migrate().await.expect("and from then on it is a baseline database");
     db.close().await.unwrap();
     store.pool().close().await;
