@@ -240,8 +240,14 @@ def test_patient_token_sees_only_its_own_compartment(base, world, http):
     # History of another patient's resource, type history, and writes outside the compartment.
     assert get(f"Observation/obs-{pb}/_history").status_code in (403, 404)
     assert get("Observation/_history").status_code == 403
-    # The Practitioner is outside the Patient compartment: not readable with patient/ scopes.
-    assert get(f"Practitioner/{world['doc']['id']}").status_code in (403, 404)
+    # The Practitioner is outside the Patient compartment but in the directory: patient/ scopes
+    # read it (to find care) without the staff's private elements, and never write it.
+    r = get(f"Practitioner/{world['doc']['id']}")
+    assert r.status_code == 200, r.text[:300]
+    assert not {"identifier", "birthDate", "address"} & set(r.json()), r.text[:300]
+    r = requests.put(f"{base}/Practitioner/{world['doc']['id']}", headers=h | {"Content-Type": "application/fhir+json"},
+                     json=r.json(), timeout=30)
+    assert r.status_code == 403
     # A patient/ read-only token cannot write.
     r = requests.post(f"{base}/Observation", headers=h | {"Content-Type": "application/fhir+json"},
                       json={"resourceType": "Observation", "status": "final", "code": {"text": "x"},

@@ -14,6 +14,25 @@ pub const OBSERVATION_VALUE: &str = "http://terminology.hl7.org/CodeSystem/v3-Ob
 /// Types whose elements are never masked: the response envelopes themselves.
 const ENVELOPES: &[&str] = &["Bundle", "OperationOutcome", "Parameters", "CapabilityStatement"];
 
+/// What a patient does not see of the directory ([`super::DIRECTORY_TYPES`]): the staff's
+/// own identifiers, birth date, home address and photo, and the free-text comments of
+/// schedules and slots.
+pub fn patient_directory() -> std::sync::Arc<Mask> {
+    static MASK: std::sync::OnceLock<std::sync::Arc<Mask>> = std::sync::OnceLock::new();
+    MASK.get_or_init(|| {
+        let hidden = [
+            ("Practitioner", "identifier"),
+            ("Practitioner", "birthDate"),
+            ("Practitioner", "address"),
+            ("Practitioner", "photo"),
+            ("Schedule", "comment"),
+            ("Slot", "comment"),
+        ];
+        std::sync::Arc::new(hidden.iter().map(|(t, e)| (t.to_string(), e.to_string())).collect())
+    })
+    .clone()
+}
+
 /// Removes the masked elements from a response body: a resource, or every resource of a
 /// Bundle (entries and entry outcomes, nested Bundles, contained resources).
 pub fn apply(value: &mut Value, mask: &Mask) {

@@ -23,6 +23,18 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir::definitions::definitions;
 use crate::search::{self, Clause, ClauseKind, Criteria};
 
+/// The provider directory and the schedules in it: what a patient needs to find care (who
+/// works where, which services and open slots there are). `patient/` scopes read and search
+/// these everywhere — they hold no patient's data — with the staff's private elements masked
+/// ([`mask::patient_directory`]); they never write them.
+pub const DIRECTORY_TYPES: [&str; 8] =
+    ["Organization", "Location", "HealthcareService", "Practitioner", "PractitionerRole", "Endpoint", "Schedule", "Slot"];
+
+/// Whether `resource_type` is one of the [`DIRECTORY_TYPES`].
+pub fn is_directory_type(resource_type: &str) -> bool {
+    DIRECTORY_TYPES.contains(&resource_type)
+}
+
 /// Whether resources of `resource_type` can be in a Patient compartment (Patient itself is).
 pub fn in_patient_compartment_type(resource_type: &str) -> bool {
     resource_type == "Patient" || !patient_compartment_params(resource_type).is_empty()
@@ -75,6 +87,36 @@ pub fn compartment_clause(compartment: &str, id: &str, resource_type: &str, base
     Some(Clause { name: compartment.to_owned(), kind: ClauseKind::InCompartment { params, paths, values }, negate: false })
 }
 
+/// For a directory type in the Patient compartment (a Schedule), the clauses "no Patient is
+/// referenced at any compartment parameter": what every patient may read of it.
+fn no_patient_clause(resource_type: &str, base: &str) -> Option<Vec<Clause>> {
+    if !is_directory_type(resource_type) {
+        return None;
+    }
+    let rt = crate::fhir::types::ResourceType::parse(resource_type).ok()?;
+    let clauses: Vec<Clause> = patient_compartment_params(resource_type)
+        .into_iter()
+        .map(|param| Clause {
+            kind: ClauseKind::ReferencePrefix {
+                paths: search::reference_paths(&rt, &param, base).unwrap_or_default(),
+                prefixes: vec!["Patient/".into(), format!("{base}/Patient/")],
+            },
+            name: param,
+            negate: true,
+        })
+        .collect();
+    (!clauses.is_empty()).then_some(clauses)
+}
+
+/// Whether a directory resource in the Patient compartment names no patient (content check
+/// of [`no_patient_clause`]).
+fn names_no_patient(resource_type: &str, content: &Value, base: &str) -> bool {
+    is_directory_type(resource_type)
+        && crate::index::references_at(resource_type, content, base, &patient_compartment_params(resource_type))
+            .iter()
+            .all(|r| !r.starts_with("Patient/"))
+}
+
 /// A clause that matches nothing.
 pub fn nothing() -> Clause {
     Clause { name: "_id".into(), kind: ClauseKind::Id(vec![]), negate: false }
@@ -85,8 +127,8 @@ pub fn nothing() -> Clause {
 /// (patient compartment, organisation subtree, granular scopes). A masked role may not search
 /// by what it cannot see (400). Every search, conditional match and picker goes through here.
 pub fn confine(criteria: &mut Criteria, principal: &Principal, base: &str) -> FhirResult<()> {
-    if let Some(acting) = &principal.acting {
-        mask::check_criteria(criteria, &acting.mask)?;
+    if let Some(mask) = principal.mask() {
+        mask::check_criteria(criteria, &mask)?;
     }
     confine_unchecked(criteria, principal, base);
     Ok(())
@@ -103,6 +145,18 @@ fn confine_unchecked(criteria: &mut Criteria, principal: &Principal, base: &str)
     match principal.access(criteria.resource_type.as_str(), Interaction::Search) {
         Some(Reach::Patient(patient)) => {
             let member = compartment_clause("Patient", &patient, criteria.resource_type.as_str(), base).unwrap_or_else(nothing);
+            let member = match no_patient_clause(criteria.resource_type.as_str(), base) {
+                // A directory Schedule: the patient's own, or one that names no patient.
+                Some(public) => Clause {
+                    name: "_reach".into(),
+                    kind: ClauseKind::AnyOf(vec![
+                        Criteria { resource_type: criteria.resource_type.clone(), clauses: vec![member] },
+                        Criteria { resource_type: criteria.resource_type.clone(), clauses: public },
+                    ]),
+                    negate: false,
+                },
+                None => member,
+            };
             criteria.clauses.push(member);
         }
         Some(Reach::Organization(scope)) => {
@@ -162,7 +216,9 @@ pub fn in_patient_compartment(resource_type: &str, id: &str, content: &Value, pa
 fn reaches_locally(reach: &Reach, resource_type: &str, id: &str, content: &Value, base: &str) -> Option<bool> {
     match reach {
         Reach::All => Some(true),
-        Reach::Patient(patient) => Some(in_patient_compartment(resource_type, id, content, patient, base)),
+        Reach::Patient(patient) => {
+            Some(in_patient_compartment(resource_type, id, content, patient, base) || names_no_patient(resource_type, content, base))
+        }
         Reach::Organization(_) => None,
     }
 }

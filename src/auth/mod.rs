@@ -91,7 +91,8 @@ impl Principal {
     /// How far the principal may use `interaction` on `resource_type`: everywhere its
     /// `system/` or `user/` scopes reach, only inside the patient's compartment when just a
     /// `patient/` scope allows it, or not at all. `patient/` scopes without a patient in
-    /// context, and on types outside the Patient compartment, allow nothing.
+    /// context allow nothing; on types outside the Patient compartment they allow only reading
+    /// and searching the directory ([`crate::access::DIRECTORY_TYPES`]).
     pub fn access(&self, resource_type: &str, interaction: Interaction) -> Option<Reach> {
         if self.scopes.iter().any(|s| s.context == ScopeContext::System && s.allows(resource_type, interaction)) {
             return Some(Reach::All);
@@ -104,9 +105,29 @@ impl Principal {
         }
         if self.scopes.iter().any(|s| s.context == ScopeContext::Patient && s.allows(resource_type, interaction)) {
             let patient = self.patient.as_ref()?;
-            return crate::access::in_patient_compartment_type(resource_type).then(|| Reach::Patient(patient.clone()));
+            let in_compartment = crate::access::in_patient_compartment_type(resource_type);
+            if crate::access::is_directory_type(resource_type) {
+                // The directory (who works where, open slots) is read by patients to find care,
+                // never written. A Schedule is in the compartment too: a patient reads their
+                // own and those of no patient (`access::confine`, `access::reaches`).
+                let reads = matches!(interaction, Interaction::Read | Interaction::Search);
+                return reads.then(|| if in_compartment { Reach::Patient(patient.clone()) } else { Reach::All });
+            }
+            return in_compartment.then(|| Reach::Patient(patient.clone()));
         }
         None
+    }
+
+    /// The elements this principal must not see, read, search or sort on: its acting role's
+    /// mask, or for a patient-context principal without a role what the directory hides from
+    /// patients; `None` when nothing is hidden.
+    pub fn mask(&self) -> Option<std::sync::Arc<crate::access::roles::Mask>> {
+        if let Some(acting) = &self.acting {
+            return (!acting.mask.is_empty()).then(|| acting.mask.clone());
+        }
+        let system_or_user = self.scopes.iter().any(|s| s.context != ScopeContext::Patient);
+        (self.patient.is_some() && !system_or_user && self.scopes.iter().any(|s| s.context == ScopeContext::Patient))
+            .then(crate::access::mask::patient_directory)
     }
 
     /// The queries of the granular scopes that confine `interaction` on `resource_type`

@@ -104,8 +104,8 @@ pub async fn patch_in(
     let mut doc = stored.ok_or_else(|| FhirError::Gone(format!("{rt}/{id} was deleted")))?;
     // The patch sees what the role sees: a hidden element cannot be copied, moved, tested or
     // removed (its path does not exist), and put_version restores it from the stored version.
-    if let Some(acting) = &principal.acting {
-        crate::access::mask::apply(&mut doc, &acting.mask);
+    if let Some(mask) = principal.mask() {
+        crate::access::mask::apply(&mut doc, &mask);
     }
     apply_bounded(&mut doc, patch, max_result_bytes)?;
     check_body(resource_type, &doc, Some(&id))?;

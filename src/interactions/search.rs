@@ -40,8 +40,8 @@ fn parse_checked(
     // Every searched type (chains and _has included) within the principal's reach; a masked
     // role may not search, sort or include by what it cannot see.
     crate::access::confine(&mut request.criteria, principal, base)?;
-    if let Some(acting) = &principal.acting {
-        let mask = &acting.mask;
+    if let Some(mask) = principal.mask() {
+        let mask = &*mask;
         for (param, _, _) in &request.sort {
             crate::access::mask::check_param(mask, resource_type.as_str(), param)?;
         }

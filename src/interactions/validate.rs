@@ -57,8 +57,8 @@ pub async fn validate(
         None => {
             let id = id.ok_or_else(|| FhirError::BadRequest("$validate needs a resource in the body".into()))?;
             let mut content = super::read::read(store, principal, resource_type, id, base).await?.content.unwrap_or(Value::Null);
-            if let Some(acting) = &principal.acting {
-                crate::access::mask::apply(&mut content, &acting.mask);
+            if let Some(mask) = principal.mask() {
+                crate::access::mask::apply(&mut content, &mask);
             }
             content
         }

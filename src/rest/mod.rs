@@ -199,10 +199,8 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
             return Err(e);
         }
     };
-    if let Some(acting) = &principal.acting
-        && !acting.mask.is_empty()
-    {
-        let _ = ctx.mask.set(acting.mask.clone());
+    if let Some(mask) = principal.mask() {
+        let _ = ctx.mask.set(mask);
     }
     // Control characters in the path or query are refused (and the refusal audited, its event
     // cleaned of them: audit::trail).

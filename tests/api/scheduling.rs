@@ -334,3 +334,77 @@ async fn an_expired_hold_does_not_block_a_booking_before_the_sweeper_runs() {
     clash["end"] = json!("2027-03-10T09:45:00Z");
     expect_outcome(app.send_json(Method::POST, "Appointment", &clash).await, 409).await;
 }
+
+/// A token of the patient template's scopes for `patient` (what the sign-in pages issue).
+fn patient_token(app: &TestApp, patient: &str) -> String {
+    let now = chrono::Utc::now().timestamp() as u64;
+    let claims = ironfhir::auth::Claims {
+        iss: "ironfhir".into(),
+        sub: format!("patient-{patient}"),
+        aud: ironfhir::auth::FHIR_AUDIENCE.into(),
+        exp: now + 600,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        scope: "launch/patient openid fhirUser patient/*.rs patient/Appointment.cu patient/Task.cu".into(),
+        client_id: Some("synthetic-app".into()),
+        patient: Some(patient.to_owned()),
+        fhir_user: Some(format!("Patient/{patient}")),
+        role: None,
+        encounter: None,
+        grant: None,
+    };
+    app.tokens.sign(&claims).unwrap()
+}
+
+#[tokio::test]
+async fn a_patient_finds_care_in_the_directory_and_books_for_themselves_only() {
+    let app = TestApp::spawn().await;
+    let (practitioner, slots) = practice(&app).await;
+    let mut doc = app.get_json(&format!("Practitioner/{practitioner}")).await;
+    doc["birthDate"] = json!("1970-01-01");
+    doc["identifier"] = json!([{"system": "urn:synthetic:staff", "value": "S-1"}]);
+    app.put(doc).await;
+    let me = new_patient(&app).await;
+    let someone_else = new_patient(&app).await;
+    let token = patient_token(&app, &me);
+    let as_patient = |method: Method, path: &str| app.client.request(method, format!("{}/{path}", app.base)).bearer_auth(&token);
+
+    // The directory: readable and searchable, without the staff's private elements.
+    let r = as_patient(Method::GET, &format!("Practitioner/{practitioner}")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen: Value = r.json().await.unwrap();
+    assert!(seen.get("birthDate").is_none() && seen.get("identifier").is_none(), "{seen}");
+    assert_eq!(seen["name"][0]["family"], "Synthdoc");
+    let r = as_patient(Method::GET, &format!("Slot?schedule.actor=Practitioner/{practitioner}&status=free")).send().await.unwrap();
+    let bundle: Value = r.json().await.unwrap();
+    assert_eq!(bundle["entry"].as_array().map(Vec::len), Some(3), "{bundle}");
+    // Searching by what is hidden is refused; the directory is never written.
+    let r = as_patient(Method::GET, "Practitioner?identifier=S-1").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = as_patient(Method::PUT, &format!("Practitioner/{practitioner}")).header("content-type", "application/fhir+json").body(seen.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    // Another patient is still out of reach, and so is a Schedule that names them.
+    let r = as_patient(Method::GET, &format!("Patient/{someone_else}")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let theirs = app.create(&json!({"resourceType": "Schedule", "actor": [{"reference": format!("Patient/{someone_else}")}]})).await;
+    let r = as_patient(Method::GET, &format!("Schedule/{}", theirs["id"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let schedules: Value = as_patient(Method::GET, "Schedule?_total=accurate").send().await.unwrap().json().await.unwrap();
+    assert_eq!(schedules["total"], 1, "only the practitioner's schedule: {schedules}");
+
+    // $find, then $book for themselves...
+    let r = as_patient(Method::GET, &format!("Appointment/$find?start=2027-03-01&end=2027-03-02&provider=Practitioner/{practitioner}&patient=Patient/{me}")).send().await.unwrap();
+    let found: Value = r.json().await.unwrap();
+    assert_eq!(found["total"], 3, "{found}");
+    let proposal = found["entry"][0]["resource"].clone();
+    let r = as_patient(Method::POST, "Appointment/$book").header("content-type", "application/fhir+json").body(parameters("appt-resource", proposal.clone()).to_string()).send().await.unwrap();
+    let booked = operation_result(r).await;
+    assert_eq!(booked["status"], "booked");
+    assert_eq!(slot_status(&app, &slots[0]).await, "busy");
+    // ...but not for someone else.
+    let mut for_other = found["entry"][1]["resource"].clone();
+    for_other["participant"][1]["actor"]["reference"] = json!(format!("Patient/{someone_else}"));
+    let r = as_patient(Method::POST, "Appointment/$book").header("content-type", "application/fhir+json").body(parameters("appt-resource", for_other).to_string()).send().await.unwrap();
+    assert!(matches!(r.status().as_u16(), 403 | 404), "{}", r.status());
+    assert_eq!(slot_status(&app, &slots[1]).await, "free");
+}
