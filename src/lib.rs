@@ -33,6 +33,7 @@ pub mod import;
 pub mod index;
 pub mod interactions;
 pub mod oauth;
+pub mod pharmacy;
 pub mod reindex;
 pub mod rest;
 pub mod scheduling;

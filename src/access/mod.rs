@@ -60,6 +60,11 @@ fn compartment_params(compartment: &str, resource_type: &str) -> Vec<String> {
             for (code, params) in definitions().compartment_members(compartment) {
                 members.entry(code).or_default().extend(params.into_iter().filter(|p| p != "{def}"));
             }
+            // R4's Patient compartment leaves Task out; a patient's reach covers the Tasks for
+            // them (`Task.for`, parameter `patient`), so they can ask for a refill and follow it.
+            if compartment == "Patient" {
+                members.entry("Task".into()).or_default().push("patient".into());
+            }
             let members = Arc::new(members);
             if let Ok(mut m) = cache.lock() {
                 m.insert(compartment.to_owned(), members.clone());

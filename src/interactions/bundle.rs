@@ -746,7 +746,7 @@ async fn write(tx: &mut Tx, principal: &Principal, e: &Entry, plan: Plan, body: 
             crate::access::authorize_write(tx, principal, &reach, e.rt.as_str(), id.as_str(), None, Some(&mut body), base).await?;
             let last_updated = now();
             stamp(&mut body, id.as_str(), 1, &last_updated);
-            create::create_in(tx, e.rt.as_str(), &id, last_updated, &body, None, base).await?
+            create::create_in(tx, principal, e.rt.as_str(), &id, last_updated, &body, None, base).await?
         }
         (Plan::Write(id, _), Method::Patch) => {
             let patch = patch::parse_patch(body.ok_or_else(missing)?)?;
@@ -784,7 +784,7 @@ async fn delete_entry(tx: &mut Tx, principal: &Principal, e: &Entry, links: &Lin
     if !exists {
         return Ok((EntryOutcome::Deleted(0), Some(id)));
     }
-    let deleted = delete::delete_in(tx, rt, id.as_str()).await?;
+    let deleted = delete::delete_in(tx, principal, rt, id.as_str()).await?;
     Ok((EntryOutcome::Deleted(deleted), Some(id)))
 }
 
@@ -952,9 +952,7 @@ async fn transaction_in(
         for (index, rt, id, body) in &creates {
             let reach = tagged(failed, *index, principal.require(rt.as_str(), Interaction::Create))?;
             tagged(failed, *index, crate::access::check_write_reach(tx, &reach, rt.as_str(), id.as_str(), None, Some(body), base).await)?;
-            if rt.as_str() == "Appointment" {
-                tagged(failed, *index, crate::scheduling::appointment_written(tx, None, Some(body), base).await)?;
-            }
+            tagged(failed, *index, super::rules::after_write(tx, principal, rt.as_str(), id.as_str(), None, Some(body), base).await)?;
         }
     }
     for (index, rt, id, body) in creates {

@@ -43,7 +43,7 @@ pub async fn create(
     stamp(&mut body, id.as_str(), 1, &last_updated);
     let rt = resource_type.as_str();
     // An Appointment's write also moves its Slots, in the same transaction.
-    if criteria.is_none() && rt != "Appointment" {
+    if criteria.is_none() && !super::rules::has_rules(rt) {
         store::create_one(store, rt, id.as_str(), last_updated, &body, base).await?;
         return Ok(WriteOutcome {
             stored: StoredResource::written(rt, id.as_str(), 1, last_updated, body),
@@ -54,7 +54,7 @@ pub async fn create(
     store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
-                let result = create_in(&mut tx, rt, id, last_updated, body, criteria.as_ref(), base).await;
+                let result = create_in(&mut tx, principal, rt, id, last_updated, body, criteria.as_ref(), base).await;
                 (tx, result)
             })
         })
@@ -64,8 +64,10 @@ pub async fn create(
 /// The create inside a transaction: with `criteria` (If-None-Exist) a single match is returned
 /// instead (200), several are 412; otherwise `body` (already stamped with `id`, version 1 and
 /// `last_updated`) is inserted. Used by [`create`] and by transaction Bundles.
+#[allow(clippy::too_many_arguments)]
 pub async fn create_in(
     tx: &mut Tx,
+    principal: &Principal,
     rt: &str,
     id: &Id,
     last_updated: chrono::DateTime<chrono::Utc>,
@@ -87,9 +89,7 @@ pub async fn create_in(
         }
     }
     store::insert_new(tx, rt, id.as_str(), last_updated, body, base).await?;
-    if rt == "Appointment" {
-        crate::scheduling::appointment_written(tx, None, Some(body), base).await?;
-    }
+    super::rules::after_write(tx, principal, rt, id.as_str(), None, Some(body), base).await?;
     Ok(WriteOutcome {
         stored: StoredResource::written(rt, id.as_str(), 1, last_updated, body.clone()),
         created: true,

@@ -17,7 +17,7 @@ pub async fn delete(store: &Store, principal: &Principal, resource_type: &Resour
         .with_transaction(move |mut tx| {
             Box::pin(async move {
                 let result = match check_delete(&mut tx, principal, reach, resource_type.as_str(), id.as_str(), base).await {
-                    Ok(true) => delete_in(&mut tx, resource_type.as_str(), id.as_str()).await,
+                    Ok(true) => delete_in(&mut tx, principal, resource_type.as_str(), id.as_str()).await,
                     Ok(false) => Ok(0),
                     Err(e) => Err(e),
                 };
@@ -77,7 +77,7 @@ async fn conditional_delete_in(tx: &mut Tx, principal: &Principal, rt: &str, cri
             if !check_delete(tx, principal, &reach, rt, one, base).await? {
                 return Ok(0);
             }
-            delete_in(tx, rt, one).await
+            delete_in(tx, principal, rt, one).await
         }
         _ => Err(FhirError::PreconditionFailed("the criteria matched more than one resource".into())),
     }
@@ -85,16 +85,13 @@ async fn conditional_delete_in(tx: &mut Tx, principal: &Principal, rt: &str, cri
 
 /// The delete inside a transaction (0 when there was nothing to delete). Used by [`delete`] and
 /// by transaction Bundles.
-pub async fn delete_in(tx: &mut Tx, rt: &str, id: &str) -> FhirResult<u32> {
+pub async fn delete_in(tx: &mut Tx, principal: &Principal, rt: &str, id: &str) -> FhirResult<u32> {
     match store::lock_current(tx, rt, id).await? {
         Some((version, false)) => {
-            let replaced = if rt == "Appointment" { store::current_content(tx, rt, id).await? } else { None };
+            let replaced = if super::rules::has_rules(rt) { store::current_content(tx, rt, id).await? } else { None };
             // A delete leaves no index rows, so no base is needed to make references local.
             store::write_version(tx, rt, id, version + 1, now(), "DELETE", None, "").await?;
-            if let Some(appointment) = &replaced {
-                // Its Slots are free again (Slot references are relative or on this server).
-                crate::scheduling::appointment_written(tx, Some(appointment), None, "").await?;
-            }
+            super::rules::after_write(tx, principal, rt, id, replaced.as_ref(), None, "").await?;
             Ok(1)
         }
         _ => Ok(0),

@@ -11,6 +11,7 @@ pub mod everything;
 pub mod history;
 pub mod patch;
 pub mod read;
+pub mod rules;
 pub mod search;
 pub mod update;
 pub mod validate;

@@ -30,7 +30,7 @@ pub async fn update(
     check_body(resource_type, &body, Some(id))?;
     // A confined principal's update must look at the current version first (put_version).
     if if_match.is_none()
-        && resource_type.as_str() != "Appointment"
+        && !super::rules::has_rules(resource_type.as_str())
         && !crate::access::checks_each_resource(principal, &reach, resource_type.as_str(), Interaction::Update)
         && principal.access(resource_type.as_str(), Interaction::Create) == Some(Reach::All)
     {
@@ -167,12 +167,10 @@ pub async fn put_version(
     }
     let last_updated = now();
     stamp(&mut body, id.as_str(), version_id, &last_updated);
-    // An Appointment's write also moves its Slots (the version it replaces says which it held).
-    let replaced = if rt == "Appointment" { store::current_content(tx, rt, id.as_str()).await? } else { None };
+    // Workflow rules (an Appointment's Slots, a dispense's prescription) see the version replaced.
+    let replaced = if super::rules::has_rules(rt) { store::current_content(tx, rt, id.as_str()).await? } else { None };
     store::write_version(tx, rt, id.as_str(), version_id, last_updated, method, Some(&body), base).await?;
-    if rt == "Appointment" {
-        crate::scheduling::appointment_written(tx, replaced.as_ref(), Some(&body), base).await?;
-    }
+    super::rules::after_write(tx, principal, rt, id.as_str(), replaced.as_ref(), Some(&body), base).await?;
     Ok(WriteOutcome {
         stored: StoredResource::written(rt, id.as_str(), version_id, last_updated, body),
         created,

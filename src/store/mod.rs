@@ -399,6 +399,23 @@ pub async fn occupant_booked(tx: &mut Tx, occupant: &str, except: Option<&str>) 
     .await?)
 }
 
+/// How many MedicationDispenses other than `except`, in one of `statuses`, name `request`
+/// (`MedicationRequest/ID`) as their authorizing prescription (the `prescription` index rows,
+/// this transaction's writes included).
+pub async fn dispenses_against(tx: &mut Tx, request: &str, except: &str, statuses: &[&str]) -> FhirResult<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(DISTINCT s.id) FROM search_reference s \
+           JOIN resource r ON r.resource_type = s.resource_type AND r.id = s.id AND NOT r.deleted \
+         WHERE s.resource_type = 'MedicationDispense' AND s.param = 'prescription' AND s.target = $1 AND s.id <> $2 \
+           AND r.content ->> 'status' = ANY($3)",
+    )
+    .bind(request)
+    .bind(except)
+    .bind(statuses)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
 /// Appointments whose hold has expired (still holding their time, or removed from it by a
 /// booking that overlapped them), for the hold sweeper (`scheduling::holds`).
 pub async fn expired_holds(store: &Store, limit: i64) -> FhirResult<Vec<String>> {

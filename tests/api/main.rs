@@ -20,6 +20,7 @@ mod history;
 mod import;
 mod layout;
 mod metadata;
+mod pharmacy;
 mod sealing;
 mod scheduling;
 mod schema;

@@ -1,0 +1,41 @@
+//! The workflow rules that hold on every write of a resource type, whichever interaction writes
+//! it (create, update, patch, delete — alone or in a Bundle): one call, [`after_write`], from
+//! each write path, inside the write's transaction, after the new version is stored. An error
+//! rolls the whole write back. The rules live with their workflow:
+//!
+//! - Appointment: `scheduling::appointment_written` (times, slots; double booking is the
+//!   database's own guarantee).
+//! - MedicationDispense: `pharmacy::dispense_written` (only against an active, unexpired
+//!   prescription, within its authorised repeats).
+//! - Task: `pharmacy::task_written` (status transitions; what a patient may ask for).
+
+use serde_json::Value;
+
+use crate::auth::Principal;
+use crate::error::FhirResult;
+use crate::store::Tx;
+
+/// Whether writes of `resource_type` have rules (the write paths then read the replaced
+/// version and take the slower, transactional path).
+pub fn has_rules(resource_type: &str) -> bool {
+    matches!(resource_type, "Appointment" | "MedicationDispense" | "Task")
+}
+
+/// Runs the rules of `resource_type` for a write of `id` by `principal`: `old` is the version
+/// replaced (`None` for a create), `new` the version written (`None` for a delete).
+pub async fn after_write(
+    tx: &mut Tx,
+    principal: &Principal,
+    resource_type: &str,
+    id: &str,
+    old: Option<&Value>,
+    new: Option<&Value>,
+    base: &str,
+) -> FhirResult<()> {
+    match resource_type {
+        "Appointment" => crate::scheduling::appointment_written(tx, old, new, base).await,
+        "MedicationDispense" => crate::pharmacy::dispense_written(tx, id, new, base).await,
+        "Task" => crate::pharmacy::task_written(tx, principal, old, new, base).await,
+        _ => Ok(()),
+    }
+}
