@@ -32,7 +32,7 @@ fn local_reference(reference: &str, base: &str) -> Option<(String, String)> {
     (!rt.contains(':') && !id.contains('/')).then(|| (rt.to_owned(), id.to_owned()))
 }
 
-fn refs<'a>(value: Option<&'a Value>) -> impl Iterator<Item = &'a str> {
+fn refs(value: Option<&Value>) -> impl Iterator<Item = &str> {
     let list: Vec<&Value> = match value {
         Some(Value::Array(items)) => items.iter().collect(),
         Some(one @ Value::Object(_)) => vec![one],
