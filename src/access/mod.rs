@@ -8,6 +8,7 @@
 //! into a check of one resource's content (read, vread, history entries, includes, writes).
 //! [`roles`] holds role templates and delegation, [`mask`] the element masking of templates.
 
+pub mod consent;
 pub mod mask;
 pub mod organization;
 pub mod roles;

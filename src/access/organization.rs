@@ -46,6 +46,9 @@ pub const SERVER_DEFINITION_TYPES: &[&str] = &[
 pub struct OrgScope {
     /// Ids of the Organizations in the subtree (the role's own first).
     pub organizations: Vec<String>,
+    /// Who the role is as a Consent actor ([`super::consent::identities`]): a patient's data a
+    /// Consent withholds from any of them is not in the subtree for this role.
+    pub withheld_from: Vec<String>,
     /// `Organization/ID` of every organisation in the subtree and `PractitionerRole/ID` of
     /// every role whose organization is in it.
     pub anchors: Vec<String>,
@@ -82,7 +85,7 @@ impl OrgScope {
         anchors.extend(roles.into_iter().map(|(r,)| r));
         anchors.sort();
         anchors.dedup();
-        Ok(OrgScope { organizations, anchors })
+        Ok(OrgScope { organizations, anchors, withheld_from: vec![] })
     }
 
     /// Whether `reference` (`Organization/ID`, `PractitionerRole/ID`) is an anchor.
@@ -95,6 +98,9 @@ impl OrgScope {
     pub async fn contains(&self, conn: &mut PgConnection, resource_type: &str, id: &str, content: &Value, base: &str) -> FhirResult<bool> {
         if SHARED_TYPES.contains(&resource_type) {
             return Ok(true);
+        }
+        if !self.withheld_from.is_empty() && super::consent::withholds(conn, &self.withheld_from, resource_type, id, content, base).await? {
+            return Ok(false);
         }
         if resource_type == "Organization" && self.organizations.iter().any(|o| o == id) {
             return Ok(true);
@@ -162,6 +168,13 @@ impl crate::search::Membership for OrgScope {
             sql.push("true");
             return;
         }
+        // Withheld by a Consent, or a member by the rules below.
+        sql.push("(");
+        if !self.withheld_from.is_empty() {
+            sql.push("NOT ");
+            super::consent::push_withheld(sql, resource_type, &self.withheld_from);
+            sql.push(" AND ");
+        }
         sql.push("(");
         if resource_type == "Organization" {
             sql.push("r.id = ANY(").push_bind(self.organizations.clone()).push(") OR ");
@@ -196,7 +209,7 @@ impl crate::search::Membership for OrgScope {
             }
             _ => {}
         }
-        sql.push(")");
+        sql.push("))");
     }
 }
 

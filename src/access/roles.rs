@@ -202,10 +202,12 @@ pub async fn effective(conn: &mut PgConnection, role: &str) -> FhirResult<Option
 /// Loads the role a token is bound to, as it acts now; `None` when it has ended.
 pub async fn acting_role(conn: &mut PgConnection, role: &str) -> FhirResult<Option<ActingRole>> {
     let Some((grant, ancestors, content)) = effective(conn, role).await? else { return Ok(None) };
-    let scope = match organization_of(&content) {
-        Some(org) => OrgScope::load(conn, &org).await?,
+    let organization = organization_of(&content);
+    let mut scope = match &organization {
+        Some(org) => OrgScope::load(conn, org).await?,
         None => OrgScope::default(),
     };
+    scope.withheld_from = super::consent::identities(conn, role, &content, organization.as_deref()).await?;
     Ok(Some(ActingRole {
         reference: role.to_owned(),
         grant: grant.grant,

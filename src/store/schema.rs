@@ -21,6 +21,7 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("search.sql", include_str!("../../migrations/functions/search.sql")),
     ("audit.sql", include_str!("../../migrations/functions/audit.sql")),
     ("scheduling.sql", include_str!("../../migrations/functions/scheduling.sql")),
+    ("consent.sql", include_str!("../../migrations/functions/consent.sql")),
 ];
 
 /// The last version of the chain the baseline replaced, and its first migration's description.
