@@ -99,6 +99,15 @@ fn build() -> Value {
                     }
                 }
             }
+            if rt == "Invoice" {
+                if let Some(ops) = resource["operation"].as_array_mut() {
+                    ops.push(json!({
+                        "name": "monthly-report",
+                        "definition": "https://ironfhir.dev/fhir/OperationDefinition/Invoice-monthly-report",
+                        "documentation": "GET with month=YYYY-MM and format=csv (default) or ndjson: the month's invoices the token may search, then totals per issuing organisation and status.",
+                    }));
+                }
+            }
             if rt == "Patient" || rt == "Group" {
                 if let Some(ops) = resource["operation"].as_array_mut() {
                     let definition = if rt == "Patient" { "patient-export" } else { "group-export" };

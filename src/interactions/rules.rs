@@ -4,7 +4,7 @@
 //! rolls the whole write back. The rules live with their workflow:
 //!
 //! - Appointment: `scheduling::appointment_written` (times, slots; double booking is the
-//!   database's own guarantee).
+//!   database's own guarantee) and `billing::appointment_written` (an Invoice when fulfilled).
 //! - MedicationDispense: `pharmacy::dispense_written` (only against an active, unexpired
 //!   prescription, within its authorised repeats).
 //! - Task: `pharmacy::task_written` (status transitions; what a patient may ask for).
@@ -33,7 +33,10 @@ pub async fn after_write(
     base: &str,
 ) -> FhirResult<()> {
     match resource_type {
-        "Appointment" => crate::scheduling::appointment_written(tx, old, new, base).await,
+        "Appointment" => {
+            crate::scheduling::appointment_written(tx, old, new, base).await?;
+            crate::billing::appointment_written(tx, old, new, base).await
+        }
         "MedicationDispense" => crate::pharmacy::dispense_written(tx, id, new, base).await,
         "Task" => crate::pharmacy::task_written(tx, principal, old, new, base).await,
         _ => Ok(()),

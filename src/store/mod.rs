@@ -416,6 +416,22 @@ pub async fn dispenses_against(tx: &mut Tx, request: &str, except: &str, statuse
     .await?)
 }
 
+/// The active ChargeItemDefinitions (the price tables, `billing`) with a `code` coding among
+/// `codes`: the stored content, without sealed elements (prices, codes and contexts are never
+/// sealed).
+pub async fn charge_item_definitions(tx: &mut Tx, codes: &[String]) -> FhirResult<Vec<Value>> {
+    Ok(sqlx::query_scalar(
+        "SELECT content FROM resource WHERE resource_type = 'ChargeItemDefinition' AND NOT deleted \
+           AND content ->> 'status' = 'active' \
+           AND EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(content #> '{code,coding}') = 'array' \
+                       THEN content #> '{code,coding}' ELSE '[]' END) c WHERE c ->> 'code' = ANY($1)) \
+         ORDER BY last_updated DESC, id LIMIT 100",
+    )
+    .bind(codes)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
 /// Appointments whose hold has expired (still holding their time, or removed from it by a
 /// booking that overlapped them), for the hold sweeper (`scheduling::holds`).
 pub async fn expired_holds(store: &Store, limit: i64) -> FhirResult<Vec<String>> {

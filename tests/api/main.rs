@@ -5,6 +5,7 @@ mod helpers;
 
 mod audit;
 mod auth;
+mod billing;
 mod bundles;
 mod chaining;
 mod compartments;
