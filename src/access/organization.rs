@@ -11,6 +11,9 @@
 //!    subtree, or a PractitionerRole whose organization is in the subtree;
 //! 3. it is in the Patient compartment of a Patient that belongs by rule 2;
 //! 4. (Practitioner) a PractitionerRole of the subtree names it; (Slot) its Schedule belongs;
+//!    (Patient) a MedicationRequest addressed to an anchor (`intended-performer`,
+//!    `intended-dispenser`: the pharmacy) prescribes for them — the Patient resource only, not
+//!    the rest of their compartment, so a pharmacy sees whom it dispenses to and nothing more;
 //! 5. its type is a shared catalogue or definition type ([`SHARED_TYPES`]).
 
 use serde_json::Value;
@@ -40,6 +43,10 @@ pub const SERVER_DEFINITION_TYPES: &[&str] = &[
     "MessageDefinition", "NamingSystem", "OperationDefinition", "SearchParameter", "StructureDefinition", "StructureMap",
     "TerminologyCapabilities", "ValueSet",
 ];
+
+/// The MedicationRequest parameters that address a prescription to an organisation or role
+/// (rule 4: a pharmacy sees the patients it is asked to dispense to).
+const PRESCRIBED_TO: [&str; 2] = ["intended-performer", "intended-dispenser"];
 
 /// The organisation subtree of one role, as the SQL and the content checks need it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,6 +134,19 @@ impl OrgScope {
             }
         }
         match resource_type {
+            "Patient" => {
+                let (found,): (bool,) = sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM search_reference m JOIN search_reference a
+                        ON a.resource_type = 'MedicationRequest' AND a.id = m.id AND a.param = ANY($3) AND a.target = ANY($2)
+                      WHERE m.resource_type = 'MedicationRequest' AND m.param = 'subject' AND m.target = $1)",
+                )
+                .bind(format!("Patient/{id}"))
+                .bind(&self.anchors)
+                .bind(&PRESCRIBED_TO[..])
+                .fetch_one(&mut *conn)
+                .await?;
+                Ok(found)
+            }
             "Practitioner" => {
                 let (found,): (bool,) = sqlx::query_as(
                     "SELECT EXISTS (SELECT 1 FROM search_reference WHERE resource_type = 'PractitionerRole' AND param = 'practitioner'
@@ -192,6 +212,15 @@ impl crate::search::Membership for OrgScope {
             sql.push_bind(compartment).push("))");
         }
         match resource_type {
+            "Patient" => {
+                sql.push(
+                    " OR EXISTS (SELECT 1 FROM search_reference m JOIN search_reference a
+                        ON a.resource_type = 'MedicationRequest' AND a.id = m.id AND a.param = ANY(",
+                );
+                sql.push_bind(PRESCRIBED_TO.map(str::to_owned).to_vec()).push(") AND a.target = ANY(");
+                sql.push_bind(self.anchors.clone());
+                sql.push(") WHERE m.resource_type = 'MedicationRequest' AND m.param = 'subject' AND m.target = 'Patient/' || r.id)");
+            }
             "Practitioner" => {
                 sql.push(
                     " OR EXISTS (SELECT 1 FROM search_reference p WHERE p.resource_type = 'PractitionerRole' AND p.param = 'practitioner'

@@ -110,6 +110,22 @@ pub fn is_refill(task: &Value) -> bool {
 pub async fn task_written(tx: &mut Tx, principal: &Principal, old: Option<&Value>, new: Option<&Value>, base: &str) -> FhirResult<()> {
     let Some(task) = new else { return Ok(()) };
     let to = status(task);
+    // Who may do it first (a patient's limits are the clearer answer), then whether the state
+    // machine allows it at all.
+    let interaction = if old.is_some() { Interaction::Update } else { Interaction::Create };
+    if let Some(Reach::Patient(patient)) = principal.access("Task", interaction) {
+        match old {
+            None => check_refill_request(tx, task, &patient, base).await?,
+            // The patient may amend their request until someone acts on it, and withdraw it;
+            // approving, rejecting and completing are the prescriber's.
+            Some(_) if to == "cancelled" || (to == "requested" && old.map(status) == Some("requested")) => {}
+            Some(_) => {
+                return Err(FhirError::Forbidden(
+                    "a patient may only amend or cancel their refill request; the prescriber accepts, rejects or completes it".into(),
+                ));
+            }
+        }
+    }
     if let Some(from) = old.map(status).filter(|from| *from != to)
         && !next_statuses(from).contains(&to)
     {
@@ -117,15 +133,7 @@ pub async fn task_written(tx: &mut Tx, principal: &Principal, old: Option<&Value
         let options = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
         return Err(invalid("Task.status", &format!("a Task cannot go from {from} to {to}; from {from} it may become: {options}")));
     }
-    let interaction = if old.is_some() { Interaction::Update } else { Interaction::Create };
-    let Some(Reach::Patient(patient)) = principal.access("Task", interaction) else { return Ok(()) };
-    match old {
-        None => check_refill_request(tx, task, &patient, base).await,
-        // The patient may amend their request until someone acts on it, and withdraw it;
-        // approving, rejecting and completing are the prescriber's.
-        Some(_) if to == "cancelled" || (to == "requested" && old.map(status) == Some("requested")) => Ok(()),
-        Some(_) => Err(FhirError::Forbidden("a patient may only cancel their refill request; the prescriber accepts, rejects or completes it".into())),
-    }
+    Ok(())
 }
 
 /// The one Task a patient may create: a refill request (`code` refill, status requested) for
