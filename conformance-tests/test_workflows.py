@@ -17,7 +17,7 @@ from support import create
 
 REDIRECT = "http://127.0.0.1:9/cb"
 PASSWORD = "workflow-battery-pass"
-PATIENT_SCOPE = "launch/patient openid fhirUser patient/*.rs patient/Appointment.cu patient/Task.cu"
+PATIENT_SCOPE = "launch/patient openid fhirUser patient/*.rs patient/Appointment.cu patient/Task.cu patient/Communication.c"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 JSON = {"Content-Type": "application/fhir+json"}
 
@@ -143,3 +143,35 @@ def test_a_patient_books_through_find_and_the_front_desk_cannot_double_book(base
                         {"actor": {"reference": f"Patient/{w.patient}"}, "status": "accepted"}]})
     assert r.status_code == 409, r.text[:300]
     assert "double booking" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_a_patient_messages_their_care_team_who_replies_and_both_see_the_thread(base, world):
+    w = world
+    patient, prescriber, pharmacy = as_(w.patient_token), as_(w.prescriber.token), as_(w.supplier.token)
+
+    def message(sender: str, recipient: str, text: str, **extra) -> dict:
+        return {"resourceType": "Communication", "status": "completed", "subject": {"reference": f"Patient/{w.patient}"},
+                "sender": {"reference": sender}, "recipient": [{"reference": recipient}],
+                "payload": [{"contentString": text}], **extra}
+
+    me, doc = f"Patient/{w.patient}", f"PractitionerRole/{w.prescriber.role_id}"
+    r = patient.post(f"{base}/Communication", headers=JSON, timeout=30, json=message(me, doc, "Synthetic question"))
+    assert r.status_code == 201, r.text[:300]
+    question = r.json()["id"]
+    # Only as themselves, only to roles that treat them.
+    r = patient.post(f"{base}/Communication", headers=JSON, timeout=30, json=message(doc, doc, "Spoofed"))
+    assert r.status_code == 403, r.text[:300]
+    r = patient.post(f"{base}/Communication", headers=JSON, timeout=30,
+                     json=message(me, f"PractitionerRole/{w.supplier.role_id}", "Not my care team"))
+    assert r.status_code == 403, r.text[:300]
+    # The prescriber sees the question and replies.
+    inbox = prescriber.get(f"{base}/Communication", params={"recipient": doc}, timeout=30).json()
+    assert [e["resource"]["id"] for e in inbox.get("entry", [])] == [question]
+    assert inbox["entry"][0]["resource"]["payload"][0]["contentString"] == "Synthetic question"
+    r = prescriber.post(f"{base}/Communication", headers=JSON, timeout=30,
+                        json=message(doc, me, "Synthetic answer", inResponseTo=[{"reference": f"Communication/{question}"}]))
+    assert r.status_code == 201, r.text[:300]
+    # Both see the thread; a role outside the care team sees none of it.
+    thread = patient.get(f"{base}/Communication", params={"_sort": "_lastUpdated"}, timeout=30).json()
+    assert [e["resource"]["payload"][0]["contentString"] for e in thread["entry"]] == ["Synthetic question", "Synthetic answer"]
+    assert pharmacy.get(f"{base}/Communication/{question}", timeout=30).status_code in (403, 404)

@@ -33,6 +33,7 @@ pub mod fhirpath;
 pub mod import;
 pub mod index;
 pub mod interactions;
+pub mod messaging;
 pub mod oauth;
 pub mod pharmacy;
 pub mod reindex;

@@ -8,6 +8,8 @@
 //! - MedicationDispense: `pharmacy::dispense_written` (only against an active, unexpired
 //!   prescription, within its authorised repeats).
 //! - Task: `pharmacy::task_written` (status transitions; what a patient may ask for).
+//! - Communication: `messaging::communication_written` (a patient writes as themselves, to
+//!   their care team).
 
 use serde_json::Value;
 
@@ -18,7 +20,7 @@ use crate::store::Tx;
 /// Whether writes of `resource_type` have rules (the write paths then read the replaced
 /// version and take the slower, transactional path).
 pub fn has_rules(resource_type: &str) -> bool {
-    matches!(resource_type, "Appointment" | "MedicationDispense" | "Task")
+    matches!(resource_type, "Appointment" | "MedicationDispense" | "Task" | "Communication")
 }
 
 /// Runs the rules of `resource_type` for a write of `id` by `principal`: `old` is the version
@@ -39,6 +41,7 @@ pub async fn after_write(
         }
         "MedicationDispense" => crate::pharmacy::dispense_written(tx, id, new, base).await,
         "Task" => crate::pharmacy::task_written(tx, principal, old, new, base).await,
+        "Communication" => crate::messaging::communication_written(tx, principal, old, new).await,
         _ => Ok(()),
     }
 }

@@ -29,7 +29,7 @@ const REQUEST_TTL_SECS: f64 = 600.0;
 /// How long an authorization code can be exchanged.
 pub const CODE_TTL_SECS: f64 = 60.0;
 /// What a patient may be granted: the `patient` role template's grant (by default
-/// `patient/*.rs patient/Appointment.cu patient/Task.cu`).
+/// `patient/*.rs patient/Appointment.cu patient/Task.cu patient/Communication.c`).
 pub fn patient_role_grant() -> String {
     crate::access::roles::templates().templates.get("patient").map(|t| t.grant.clone()).unwrap_or_default()
 }

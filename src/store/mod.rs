@@ -432,6 +432,26 @@ pub async fn charge_item_definitions(tx: &mut Tx, codes: &[String]) -> FhirResul
     .await?)
 }
 
+/// Whether PractitionerRole `role` treats Patient `patient` (`messaging`): the role's
+/// organisation manages the patient, the patient names the role as general practitioner, or
+/// the role took part in one of the patient's Appointments (the reference index rows).
+pub async fn role_treats(tx: &mut Tx, role: &str, patient: &str) -> FhirResult<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM search_reference ro JOIN search_reference pa \
+                  ON pa.resource_type = 'Patient' AND pa.id = $2 AND pa.param = 'organization' AND pa.target = ro.target \
+                WHERE ro.resource_type = 'PractitionerRole' AND ro.id = $1 AND ro.param = 'organization') \
+             OR EXISTS (SELECT 1 FROM search_reference WHERE resource_type = 'Patient' AND id = $2 AND param = 'general-practitioner' \
+                  AND target = 'PractitionerRole/' || $1) \
+             OR EXISTS (SELECT 1 FROM search_reference a JOIN search_reference b ON b.resource_type = 'Appointment' AND b.id = a.id \
+                  AND b.param = 'actor' AND b.target = 'Patient/' || $2 \
+                WHERE a.resource_type = 'Appointment' AND a.param = 'actor' AND a.target = 'PractitionerRole/' || $1)",
+    )
+    .bind(role)
+    .bind(patient)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
 /// Appointments whose hold has expired (still holding their time, or removed from it by a
 /// booking that overlapped them), for the hold sweeper (`scheduling::holds`).
 pub async fn expired_holds(store: &Store, limit: i64) -> FhirResult<Vec<String>> {
