@@ -1,4 +1,4 @@
--- No double booking, guaranteed by PostgreSQL (src/scheduling/). Every active Appointment
+-- No double booking, guaranteed by PostgreSQL (src/workflows/scheduling/). Every active Appointment
 -- occupies, for its [start, end), each practitioner (Practitioner, PractitionerRole) taking part
 -- in it and each Slot it books; an exclusion constraint refuses two overlapping occupations of
 -- one occupant, whichever path wrote the Appointment (REST, Bundles, import) and however many
@@ -17,7 +17,7 @@ CREATE TABLE appointment_booking (
     CONSTRAINT appointment_booking_no_overlap EXCLUDE USING gist (occupant WITH =, during WITH &&)
 );
 -- Holds that expired and were removed by a booking that overlapped them, until the hold
--- sweeper has cancelled their Appointments (src/scheduling/holds.rs).
+-- sweeper has cancelled their Appointments (src/workflows/scheduling/holds.rs).
 CREATE TABLE appointment_hold_lapsed (
     appointment_id text PRIMARY KEY
 );

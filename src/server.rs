@@ -153,7 +153,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         audit: if args.no_audit { Default::default() } else { crate::audit::trail::AuditTrail::start(db.store.clone()) },
         hold_for: chrono::Duration::seconds(args.hold_seconds as i64),
     });
-    crate::scheduling::holds::spawn(db.store.clone(), state.audit.clone(), args.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned());
+    crate::workflows::scheduling::holds::spawn(db.store.clone(), state.audit.clone(), args.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned());
     if state.audit.enabled() {
         crate::audit::intent::spawn_recovery(db.store.clone(), state.audit.clone());
     }

@@ -1,4 +1,4 @@
--- Scheduling functions (src/scheduling/). Re-applied by `store::schema` before the migrations
+-- Scheduling functions (src/workflows/scheduling/). Re-applied by `store::schema` before the migrations
 -- whenever this file changes: keep every definition idempotent.
 
 -- The URL of the extension that carries a hold's expiry on a pending Appointment.

@@ -36,12 +36,12 @@ pub async fn after_write(
 ) -> FhirResult<()> {
     match resource_type {
         "Appointment" => {
-            crate::scheduling::appointment_written(tx, old, new, base).await?;
-            crate::billing::appointment_written(tx, old, new, base).await
+            crate::workflows::scheduling::appointment_written(tx, old, new, base).await?;
+            crate::workflows::billing::appointment_written(tx, old, new, base).await
         }
-        "MedicationDispense" => crate::pharmacy::dispense_written(tx, id, new, base).await,
-        "Task" => crate::pharmacy::task_written(tx, principal, old, new, base).await,
-        "Communication" => crate::messaging::communication_written(tx, principal, old, new).await,
+        "MedicationDispense" => crate::workflows::pharmacy::dispense_written(tx, id, new, base).await,
+        "Task" => crate::workflows::pharmacy::task_written(tx, principal, old, new, base).await,
+        "Communication" => crate::workflows::messaging::communication_written(tx, principal, old, new).await,
         _ => Ok(()),
     }
 }

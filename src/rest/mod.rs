@@ -430,30 +430,30 @@ async fn route_type(
             let mut params = ctx.query.clone();
             if m == Method::POST {
                 let parameters = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
-                params.extend(crate::scheduling::operations::parameters_as_pairs(&parameters)?);
+                params.extend(crate::workflows::scheduling::operations::parameters_as_pairs(&parameters)?);
             }
-            let found = crate::scheduling::operations::find(store, principal, &params, &ctx.base).await?;
+            let found = crate::workflows::scheduling::operations::find(store, principal, &params, &ctx.base).await?;
             respond(ctx, StatusCode::OK, found, HeaderMap::new())
         }
         (Method::GET, ["$monthly-report"]) if rt.as_str() == "Invoice" => {
             let (format, content_type) = match ctx.param("format") {
-                None | Some("csv") => (crate::billing::ReportFormat::Csv, "text/csv; charset=utf-8"),
-                Some("ndjson") => (crate::billing::ReportFormat::Ndjson, "application/fhir+ndjson"),
+                None | Some("csv") => (crate::workflows::billing::ReportFormat::Csv, "text/csv; charset=utf-8"),
+                Some("ndjson") => (crate::workflows::billing::ReportFormat::Ndjson, "application/fhir+ndjson"),
                 Some(_) => return Err(FhirError::BadRequest("$monthly-report: format is csv or ndjson".into())),
             };
-            let report = crate::billing::monthly_report(store, principal, ctx.param("month"), format, &ctx.base).await?;
+            let report = crate::workflows::billing::monthly_report(store, principal, ctx.param("month"), format, &ctx.base).await?;
             let mut headers = HeaderMap::new();
             headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(content_type));
             Ok((StatusCode::OK, headers, report).into_response())
         }
         (Method::POST, ["$hold"]) if rt.as_str() == "Appointment" => {
             let body = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
-            let held = crate::scheduling::operations::hold(store, principal, body, state.hold_for, &ctx.base).await?;
+            let held = crate::workflows::scheduling::operations::hold(store, principal, body, state.hold_for, &ctx.base).await?;
             respond(ctx, StatusCode::OK, held, HeaderMap::new())
         }
         (Method::POST, ["$book"]) if rt.as_str() == "Appointment" => {
             let body = format::parse_resource_body(&ctx.headers, &read_body(state, body).await?)?;
-            let booked = crate::scheduling::operations::book(store, principal, body, &ctx.base).await?;
+            let booked = crate::workflows::scheduling::operations::book(store, principal, body, &ctx.base).await?;
             respond(ctx, StatusCode::OK, booked, HeaderMap::new())
         }
         (_, [op]) if op.starts_with('$') => Err(FhirError::NotFound(format!("operation {} is not supported on {rt}", crate::fhir::types::sanitize(op)))),

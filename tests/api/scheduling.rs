@@ -287,7 +287,7 @@ async fn find_hold_and_book_and_a_hold_that_expires_stops_blocking_without_a_man
     app.create(&takeover).await;
     assert_eq!(slot_status(&app, &slots[1]).await, "busy");
     // ...and the sweeper cancels the expired hold, leaving the new booking's slot busy.
-    let swept = ironfhir::scheduling::holds::sweep(&app.store, &Default::default(), "").await.unwrap();
+    let swept = ironfhir::workflows::scheduling::holds::sweep(&app.store, &Default::default(), "").await.unwrap();
     assert_eq!(swept, 1);
     let expired = app.get_json(&format!("Appointment/{}", held["id"].as_str().unwrap())).await;
     assert_eq!(expired["status"], "cancelled");
@@ -297,7 +297,7 @@ async fn find_hold_and_book_and_a_hold_that_expires_stops_blocking_without_a_man
     let held = operation_result(app.send_json(Method::POST, "Appointment/$hold", &parameters("appt-resource", proposals[2].clone())).await).await;
     assert_eq!(slot_status(&app, &slots[2]).await, "busy-tentative");
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(ironfhir::scheduling::holds::sweep(&app.store, &Default::default(), "").await.unwrap(), 1);
+    assert_eq!(ironfhir::workflows::scheduling::holds::sweep(&app.store, &Default::default(), "").await.unwrap(), 1);
     assert_eq!(app.get_json(&format!("Appointment/{}", held["id"].as_str().unwrap())).await["status"], "cancelled");
     assert_eq!(slot_status(&app, &slots[2]).await, "free");
 }
@@ -317,17 +317,17 @@ async fn an_expired_hold_does_not_block_a_booking_before_the_sweeper_runs() {
     // Pending with an expiry in the past, written directly: the database ignores it for overlap.
     let mut pending = booked.clone();
     pending["status"] = json!("pending");
-    pending["extension"] = json!([{"url": ironfhir::scheduling::HOLD_EXTENSION, "valueInstant": "2026-01-01T00:00:00Z"}]);
+    pending["extension"] = json!([{"url": ironfhir::workflows::scheduling::HOLD_EXTENSION, "valueInstant": "2026-01-01T00:00:00Z"}]);
     let hold = app.create(&pending).await;
     app.create(&booked).await;
     // The sweeper then cancels the lapsed hold.
-    assert_eq!(ironfhir::scheduling::holds::sweep(&app.store, &Default::default(), "").await.unwrap(), 1);
+    assert_eq!(ironfhir::workflows::scheduling::holds::sweep(&app.store, &Default::default(), "").await.unwrap(), 1);
     assert_eq!(app.get_json(&format!("Appointment/{}", hold["id"].as_str().unwrap())).await["status"], "cancelled");
     // A hold that has not expired blocks like a booking.
     let mut live = pending.clone();
     live["start"] = json!("2027-03-10T09:00:00Z");
     live["end"] = json!("2027-03-10T09:30:00Z");
-    live["extension"] = json!([{"url": ironfhir::scheduling::HOLD_EXTENSION, "valueInstant": "2099-01-01T00:00:00Z"}]);
+    live["extension"] = json!([{"url": ironfhir::workflows::scheduling::HOLD_EXTENSION, "valueInstant": "2099-01-01T00:00:00Z"}]);
     app.create(&live).await;
     let mut clash = booked.clone();
     clash["start"] = json!("2027-03-10T09:15:00Z");
