@@ -311,6 +311,10 @@ pub struct ServeArgs {
     /// fhir-profiles/role-templates.json, which applies without this flag).
     #[arg(long, env = "IRONFHIR_ROLE_TEMPLATES")]
     pub role_templates: Option<PathBuf>,
+    /// Drug-drug interaction table (JSON, the shape of fhir-profiles/drug-interactions.json)
+    /// used by the prescription check and the CDS Hooks service instead of the shipped one.
+    #[arg(long, env = "IRONFHIR_INTERACTION_TABLE")]
+    pub interaction_table: Option<PathBuf>,
 }
 
 impl ServeArgs {

@@ -116,6 +116,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(path) = &args.role_templates {
         crate::access::roles::install_templates(path)?;
     }
+    if let Some(path) = &args.interaction_table {
+        crate::workflows::safety::install_table(path)?;
+    }
     let tokens = token_authority_with_id_tokens(&args.config)?;
     let db = open_database(&args.config, args.db_pool_size, Duration::from_millis(args.statement_timeout_ms)).await?;
     if args.demo {

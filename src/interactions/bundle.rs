@@ -746,7 +746,7 @@ async fn write(tx: &mut Tx, principal: &Principal, e: &Entry, plan: Plan, body: 
             crate::access::authorize_write(tx, principal, &reach, e.rt.as_str(), id.as_str(), None, Some(&mut body), base).await?;
             let last_updated = now();
             stamp(&mut body, id.as_str(), 1, &last_updated);
-            create::create_in(tx, principal, e.rt.as_str(), &id, last_updated, &body, None, base).await?
+            create::create_in(tx, principal, e.rt.as_str(), &id, last_updated, body, None, base).await?
         }
         (Plan::Write(id, _), Method::Patch) => {
             let patch = patch::parse_patch(body.ok_or_else(missing)?)?;
@@ -933,7 +933,9 @@ async fn transaction_in(
     let mut creates: Vec<(usize, &ResourceType, Id, Value)> = vec![];
     for e in entries.iter().filter(|e| e.method == Method::Post) {
         match plans.remove(&e.index) {
-            Some(Plan::Create(id)) => {
+            // Types with workflow rules are created one by one (the rules see what the entries
+            // before them wrote); the rest together.
+            Some(Plan::Create(id)) if !super::rules::has_rules(e.rt.as_str()) => {
                 let mut body = bodies.remove(&e.index).ok_or_else(|| FhirError::Internal("entry without body".into()))?;
                 let _ = tagged(failed, e.index, principal.require(e.rt.as_str(), Interaction::Create))?;
                 tagged(failed, e.index, crate::access::prepare_write(tx, principal, e.rt.as_str(), id.as_str(), None, Some(&mut body)).await)?;
@@ -952,7 +954,6 @@ async fn transaction_in(
         for (index, rt, id, body) in &creates {
             let reach = tagged(failed, *index, principal.require(rt.as_str(), Interaction::Create))?;
             tagged(failed, *index, crate::access::check_write_reach(tx, &reach, rt.as_str(), id.as_str(), None, Some(body), base).await)?;
-            tagged(failed, *index, super::rules::after_write(tx, principal, rt.as_str(), id.as_str(), None, Some(body), base).await)?;
         }
     }
     for (index, rt, id, body) in creates {

@@ -54,7 +54,7 @@ pub async fn create(
     store
         .with_transaction(move |mut tx| {
             Box::pin(async move {
-                let result = create_in(&mut tx, principal, rt, id, last_updated, body, criteria.as_ref(), base).await;
+                let result = create_in(&mut tx, principal, rt, id, last_updated, body.clone(), criteria.as_ref(), base).await;
                 (tx, result)
             })
         })
@@ -71,7 +71,7 @@ pub async fn create_in(
     rt: &str,
     id: &Id,
     last_updated: chrono::DateTime<chrono::Utc>,
-    body: &Value,
+    mut body: Value,
     criteria: Option<&search::Criteria>,
     base: &str,
 ) -> FhirResult<WriteOutcome> {
@@ -88,10 +88,11 @@ pub async fn create_in(
             _ => return Err(FhirError::PreconditionFailed("If-None-Exist matched more than one resource".into())),
         }
     }
-    store::insert_new(tx, rt, id.as_str(), last_updated, body, base).await?;
-    super::rules::after_write(tx, principal, rt, id.as_str(), None, Some(body), base).await?;
+    super::rules::before_write(tx, rt, id.as_str(), None, &mut body, base).await?;
+    store::insert_new(tx, rt, id.as_str(), last_updated, &body, base).await?;
+    super::rules::after_write(tx, principal, rt, id.as_str(), None, Some(&body), base).await?;
     Ok(WriteOutcome {
-        stored: StoredResource::written(rt, id.as_str(), 1, last_updated, body.clone()),
+        stored: StoredResource::written(rt, id.as_str(), 1, last_updated, body),
         created: true,
     })
 }

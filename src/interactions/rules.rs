@@ -10,6 +10,8 @@
 //! - Task: `pharmacy::task_written` (status transitions; what a patient may ask for).
 //! - Communication: `messaging::communication_written` (a patient writes as themselves, to
 //!   their care team).
+//! - MedicationRequest, before it is stored ([`before_write`]): `safety` (interactions and
+//!   allergies: DetectedIssues, 409 for a high severity without an override reason).
 
 use serde_json::Value;
 
@@ -20,7 +22,17 @@ use crate::store::Tx;
 /// Whether writes of `resource_type` have rules (the write paths then read the replaced
 /// version and take the slower, transactional path).
 pub fn has_rules(resource_type: &str) -> bool {
-    matches!(resource_type, "Appointment" | "MedicationDispense" | "Task" | "Communication")
+    matches!(resource_type, "Appointment" | "MedicationDispense" | "Task" | "Communication" | "MedicationRequest")
+}
+
+/// Runs the rules that may change the version about to be stored (`new`, before it is written;
+/// `old` the version it replaces): a MedicationRequest's interaction and allergy check links
+/// the DetectedIssues it records (`workflows::safety`).
+pub async fn before_write(tx: &mut Tx, resource_type: &str, id: &str, old: Option<&Value>, new: &mut Value, base: &str) -> FhirResult<()> {
+    match resource_type {
+        "MedicationRequest" => crate::workflows::safety::medication_request_writing(tx, id, old, new, base).await,
+        _ => Ok(()),
+    }
 }
 
 /// Runs the rules of `resource_type` for a write of `id` by `principal`: `old` is the version

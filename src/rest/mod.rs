@@ -2,6 +2,7 @@
 //! as FHIR JSON or XML with the headers http.html asks for.
 
 pub mod bundle;
+pub mod cds;
 pub mod connection;
 mod export;
 pub mod format;
@@ -55,6 +56,8 @@ pub struct AppState {
 /// OperationOutcomes.
 pub fn router(state: Arc<AppState>) -> Router {
     crate::oauth::router()
+        .route("/cds-services", axum::routing::get(cds::discovery))
+        .route("/cds-services/{id}", axum::routing::post(cds::call))
         .route("/fhir", axum::routing::any(dispatch))
         .route("/fhir/", axum::routing::any(dispatch))
         .route("/fhir/{*rest}", axum::routing::any(dispatch))

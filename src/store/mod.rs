@@ -452,6 +452,34 @@ pub async fn role_treats(tx: &mut Tx, role: &str, patient: &str) -> FhirResult<b
     .await?)
 }
 
+/// The patient's (`Patient/ID`) active or on-hold MedicationRequests other than `except`, as
+/// stored (medication codes are never sealed): what a new prescription is checked against.
+pub async fn active_medication_requests(tx: &mut Tx, patient: &str, except: &str) -> FhirResult<Vec<(String, Value)>> {
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT r.id, r.content FROM search_reference s JOIN resource r ON r.resource_type = s.resource_type AND r.id = s.id \
+         WHERE s.resource_type = 'MedicationRequest' AND s.param = 'subject' AND s.target = $1 AND s.id <> $2 \
+           AND NOT r.deleted AND r.content ->> 'status' IN ('active', 'on-hold') LIMIT 500",
+    )
+    .bind(patient)
+    .bind(except)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// The patient's (`Patient/ID`) AllergyIntolerances that are active (or say nothing of their
+/// clinical status) and not refuted or entered in error.
+pub async fn active_allergies(tx: &mut Tx, patient: &str) -> FhirResult<Vec<(String, Value)>> {
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT r.id, r.content FROM search_reference s JOIN resource r ON r.resource_type = s.resource_type AND r.id = s.id \
+         WHERE s.resource_type = 'AllergyIntolerance' AND s.param = 'patient' AND s.target = $1 AND NOT r.deleted \
+           AND coalesce(r.content #>> '{clinicalStatus,coding,0,code}', 'active') = 'active' \
+           AND coalesce(r.content #>> '{verificationStatus,coding,0,code}', '') NOT IN ('refuted', 'entered-in-error') LIMIT 500",
+    )
+    .bind(patient)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
 /// Appointments whose hold has expired (still holding their time, or removed from it by a
 /// booking that overlapped them), for the hold sweeper (`scheduling::holds`).
 pub async fn expired_holds(store: &Store, limit: i64) -> FhirResult<Vec<String>> {

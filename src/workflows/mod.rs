@@ -8,8 +8,10 @@
 //! - [`pharmacy`]: dispenses within a prescription's repeats, refill requests, Task states.
 //! - [`billing`]: invoices from fulfilled appointments, the monthly report.
 //! - [`messaging`]: patients write to their care team as themselves.
+//! - [`safety`]: the interaction and allergy check of prescriptions (DetectedIssue, CDS Hooks).
 
 pub mod billing;
 pub mod messaging;
 pub mod pharmacy;
+pub mod safety;
 pub mod scheduling;

@@ -25,6 +25,7 @@ mod pharmacy;
 mod sealing;
 mod scheduling;
 mod schema;
+mod safety;
 mod search;
 mod search_index;
 mod validation;
