@@ -88,6 +88,12 @@ impl Principal {
         Principal { subject: subject.to_owned(), scopes: parse_scopes(scope), ..Default::default() }
     }
 
+    /// Whether this is the server acting on its own (`import`, `--demo`, background work) rather
+    /// than a request with an access token: data it loads is taken as it is.
+    pub fn is_internal(&self) -> bool {
+        self.token_id.is_none() && self.client_id.is_none()
+    }
+
     /// How far the principal may use `interaction` on `resource_type`: everywhere its
     /// `system/` or `user/` scopes reach, only inside the patient's compartment when just a
     /// `patient/` scope allows it, or not at all. `patient/` scopes without a patient in

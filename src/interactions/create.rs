@@ -88,7 +88,7 @@ pub async fn create_in(
             _ => return Err(FhirError::PreconditionFailed("If-None-Exist matched more than one resource".into())),
         }
     }
-    super::rules::before_write(tx, rt, id.as_str(), None, &mut body, base).await?;
+    super::rules::before_write(tx, principal, rt, id.as_str(), None, &mut body, base).await?;
     store::insert_new(tx, rt, id.as_str(), last_updated, &body, base).await?;
     super::rules::after_write(tx, principal, rt, id.as_str(), None, Some(&body), base).await?;
     Ok(WriteOutcome {

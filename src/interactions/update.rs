@@ -169,7 +169,7 @@ pub async fn put_version(
     stamp(&mut body, id.as_str(), version_id, &last_updated);
     // Workflow rules (an Appointment's Slots, a dispense's prescription) see the version replaced.
     let replaced = if super::rules::has_rules(rt) { store::current_content(tx, rt, id.as_str()).await? } else { None };
-    super::rules::before_write(tx, rt, id.as_str(), replaced.as_ref(), &mut body, base).await?;
+    super::rules::before_write(tx, principal, rt, id.as_str(), replaced.as_ref(), &mut body, base).await?;
     store::write_version(tx, rt, id.as_str(), version_id, last_updated, method, Some(&body), base).await?;
     super::rules::after_write(tx, principal, rt, id.as_str(), replaced.as_ref(), Some(&body), base).await?;
     Ok(WriteOutcome {
