@@ -15,7 +15,7 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --bin ironfhir
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends postgresql ca-certificates \
+    && apt-get install -y --no-install-recommends postgresql ca-certificates tzdata \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --create-home --home-dir /var/lib/ironfhir --shell /usr/sbin/nologin ironfhir
 COPY --from=build /src/target/release/ironfhir /usr/local/bin/ironfhir

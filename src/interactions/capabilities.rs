@@ -99,6 +99,15 @@ fn build() -> Value {
                     }
                 }
             }
+            if rt == "Schedule" {
+                if let Some(ops) = resource["operation"].as_array_mut() {
+                    ops.push(json!({
+                        "name": "generate-slots",
+                        "definition": "https://ironfhir.dev/fhir/OperationDefinition/Schedule-generate-slots",
+                        "documentation": "Instance level: start, end (dates, at most 92 days), slot-minutes (5-480, default 15), timezone (IANA, default UTC); free Slots from the availability of the Schedule's PractitionerRole, HealthcareService or Location, minus notAvailable, skipping starts that exist.",
+                    }));
+                }
+            }
             if rt == "Invoice" {
                 if let Some(ops) = resource["operation"].as_array_mut() {
                     ops.push(json!({

@@ -518,6 +518,18 @@ async fn route_instance(
                 interactions::validate::validate(store, principal, rt, Some(id), body, ctx.param("mode"), ctx.param("profile"), &ctx.base).await?;
             respond(ctx, StatusCode::OK, operation_outcome(&issues), HeaderMap::new())
         }
+        (m @ (Method::GET | Method::POST), ["$generate-slots"]) if rt.as_str() == "Schedule" => {
+            let mut params = ctx.query.clone();
+            if m == Method::POST {
+                let bytes = read_body(state, body).await?;
+                if !bytes.is_empty() {
+                    let parameters = format::parse_resource_body(&ctx.headers, &bytes)?;
+                    params.extend(crate::workflows::scheduling::operations::parameters_as_pairs(&parameters)?);
+                }
+            }
+            let result = crate::workflows::scheduling::generate::generate(store, principal, id, &params, &ctx.base, state.max_bundle_entries, state.max_body_bytes).await?;
+            respond(ctx, StatusCode::OK, bundle::bundle_response(ctx, &result), HeaderMap::new())
+        }
         (Method::GET | Method::POST, ["$everything"]) if rt.as_str() == "Patient" => {
             let params = interactions::everything::EverythingParams::parse(&ctx.query)?;
             let page = interactions::everything::everything(store, principal, id, &params, &ctx.base).await?;

@@ -408,3 +408,37 @@ async fn a_patient_finds_care_in_the_directory_and_books_for_themselves_only() {
     assert!(matches!(r.status().as_u16(), 403 | 404), "{}", r.status());
     assert_eq!(slot_status(&app, &slots[1]).await, "free");
 }
+
+#[tokio::test]
+async fn slots_are_generated_from_the_roles_opening_hours_in_its_time_zone_once() {
+    let app = TestApp::spawn().await;
+    let practitioner = app.create(&json!({"resourceType": "Practitioner", "name": [{"family": "Synthdoc"}]})).await["id"].as_str().unwrap().to_owned();
+    let role = app
+        .create(&json!({"resourceType": "PractitionerRole", "practitioner": {"reference": format!("Practitioner/{practitioner}")},
+            "availableTime": [{"daysOfWeek": ["mon", "tue", "wed", "thu", "fri"], "availableStartTime": "09:00:00", "availableEndTime": "12:00:00"}],
+            "notAvailable": [{"description": "training", "during": {"start": "2027-03-03T00:00:00Z", "end": "2027-03-04T00:00:00Z"}}]}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let schedule = app.create(&json!({"resourceType": "Schedule", "actor": [{"reference": format!("PractitionerRole/{role}")}]})).await["id"].as_str().unwrap().to_owned();
+    let path = format!("Schedule/{schedule}/$generate-slots?start=2027-03-01&end=2027-03-07&slot-minutes=30&timezone=America/New_York");
+    let r = app.req(Method::POST, &path).send().await.unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["type"], "transaction-response");
+    // Mon–Fri, 6 half hours each, Wednesday blocked: 4 × 6.
+    assert_eq!(body["entry"].as_array().unwrap().len(), 24);
+    let found = app.get_json(&format!("Appointment/$find?start=2027-03-01&end=2027-03-02&provider=PractitionerRole/{role}")).await;
+    assert_eq!(found["total"], 6);
+    // 09:00 in New York in March before daylight saving: 14:00 UTC.
+    assert_eq!(found["entry"][0]["resource"]["start"], "2027-03-01T14:00:00Z");
+    // Again: nothing new.
+    let again: Value = app.req(Method::POST, &path).send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["entry"].as_array().map_or(0, Vec::len), 0, "{again}");
+    assert_eq!(app.count("Slot").await, 24);
+    // Bad input.
+    expect_outcome(app.req(Method::POST, &format!("Schedule/{schedule}/$generate-slots?start=2027-03-01&end=2027-03-07&timezone=Mars/Olympus")).send().await.unwrap(), 400).await;
+    expect_outcome(app.req(Method::POST, &format!("Schedule/{schedule}/$generate-slots?start=2027-03-01&end=2028-03-07")).send().await.unwrap(), 400).await;
+}

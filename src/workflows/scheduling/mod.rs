@@ -14,6 +14,7 @@
 //! the interactions as the requesting principal, so reach, masking and audit apply as to any
 //! write.
 
+pub mod generate;
 pub mod holds;
 pub mod operations;
 

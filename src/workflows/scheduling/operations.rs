@@ -89,7 +89,7 @@ pub async fn find(store: &Store, principal: &Principal, params: &[(String, Strin
 /// the same operation's query string reads.
 pub fn parameters_as_pairs(body: &Value) -> FhirResult<Vec<(String, String)>> {
     if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-        return Err(FhirError::BadRequest("$find takes its parameters in the query or as a Parameters resource".into()));
+        return Err(FhirError::BadRequest("the operation takes its parameters in the query or as a Parameters resource".into()));
     }
     let mut pairs = vec![];
     for p in body.get("parameter").and_then(Value::as_array).into_iter().flatten() {
@@ -111,7 +111,7 @@ pub fn parameters_as_pairs(body: &Value) -> FhirResult<Vec<(String, String)>> {
         });
         match value.flatten() {
             Some(v) => pairs.push((name.to_owned(), v)),
-            None => return Err(FhirError::BadRequest(format!("$find: parameter {} has no value this operation can use", crate::fhir::types::sanitize(name)))),
+            None => return Err(FhirError::BadRequest(format!("parameter {} has no value this operation can use", crate::fhir::types::sanitize(name)))),
         }
     }
     Ok(pairs)
