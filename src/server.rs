@@ -121,12 +121,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let tokens = token_authority_with_id_tokens(&args.config)?;
     let db = open_database(&args.config, args.db_pool_size, Duration::from_millis(args.statement_timeout_ms)).await?;
+    let mut demo_accounts = vec![];
     if args.demo {
         let written = crate::demo::load(&db.store).await?;
         tracing::info!(written, "demo data loaded");
         if written > 0 && !args.no_audit {
             crate::audit::record_operator_import(&db.store, "serve --demo", written as u64, 0).await?;
         }
+        demo_accounts = crate::demo::load_clinic(&db.store, &args.config.issuer).await?;
     }
     let keyring = crate::crypto::keyring().map_err(|e| e.to_string())?;
     keyring.set_sealing(!args.no_seal);
@@ -183,6 +185,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!(listen = %args.listen, "serving FHIR R4 at {scheme}://{}/fhir", args.listen);
     println!("ironfhir listening on {scheme}://{}/fhir", args.listen);
     print_token_hint(&args);
+    if !demo_accounts.is_empty() {
+        print_demo_accounts(&demo_accounts, &format!("{scheme}://{}", args.listen));
+    }
     let result = listen(app, args.listen, tls, timeouts, handle).await;
     db.close().await?;
     result.map_err(|e| format!("server error: {e}"))
@@ -215,6 +220,14 @@ pub async fn listen(
 }
 
 /// Tells the operator how to get a token for this server's key.
+/// How to sign in as each role of the demo clinic (passwords are new at every start).
+fn print_demo_accounts(accounts: &[crate::demo::DemoAccount], origin: &str) {
+    println!("demo clinic: sign in at {origin}/auth/authorize with the public SMART client {} (redirect http://localhost:3000/callback, PKCE S256)", crate::demo::DEMO_CLIENT);
+    for a in accounts {
+        println!("  {:<18} password {:<14} then pick {:<40} {}", a.username, a.password, a.acts_as, a.what);
+    }
+}
+
 fn print_token_hint(args: &ServeArgs) {
     println!(
         "get an access token with: ironfhir admin token --data-dir {} --scope 'system/*.*'",

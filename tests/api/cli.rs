@@ -219,6 +219,7 @@ async fn serve_with_demo_loads_the_synthetic_data_set_once() {
     let dir = temp_dir("demo");
     let token = admin_token(&dir, "system/*.*");
     let client = reqwest::Client::new();
+    let mut versions = None;
     for _ in 0..2 {
         let port = free_port();
         let _server = start(&dir, Some(&url), port, &["--demo"]);
@@ -233,10 +234,20 @@ async fn serve_with_demo_loads_the_synthetic_data_set_once() {
             .json()
             .await
             .unwrap();
-        assert_eq!(bundle["total"], 13, "the demo set has 13 patients, loaded once");
+        assert_eq!(bundle["total"], 14, "the demo set has 13 patients and the demo clinic one, loaded once");
+        let count = |path: &'static str| {
+            let request = client.get(format!("{base}/{path}")).bearer_auth(&token);
+            async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap()["total"].clone() }
+        };
+        // The demo clinic: a role of every template, its fulfilled visit invoiced, the refill asked.
+        assert_eq!(count("PractitionerRole?_id=demo-role-admin,demo-role-prescriber,demo-role-nurse,demo-role-front-desk,demo-role-billing,demo-role-supplier,demo-role-auditor&_summary=count").await, 7);
+        assert_eq!(count("Invoice?subject=Patient/demo-patient&_summary=count").await, 1);
+        assert_eq!(count("Task?code=refill&status=requested&_summary=count").await, 1);
         let history: serde_json::Value =
             client.get(format!("{base}/_history?_count=1")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-        assert_eq!(history["total"], 147, "a second start with --demo writes no new versions");
+        let total = history["total"].as_i64().unwrap();
+        assert!(total > 147, "the 147 resources of the set and the clinic's");
+        assert_eq!(*versions.get_or_insert(total), total, "a second start with --demo writes no new versions");
     }
 }
 
