@@ -712,7 +712,20 @@ fn write_response(ctx: &Ctx, outcome: WriteOutcome) -> FhirResult<Response> {
         Some("OperationOutcome") => {
             let text = if outcome.created { "created" } else { "updated" };
             let issue = Issue { severity: crate::error::Severity::Information, code: "informational", diagnostics: format!("{} {}/{} version {}", text, stored.resource_type, stored.id, stored.version_id), expression: vec![] };
-            respond(ctx, status, operation_outcome(&[issue]), headers)
+            let mut issues = vec![issue];
+            // What the prescription check found and recorded (workflows::safety), as warnings.
+            if stored.resource_type == "MedicationRequest" {
+                let linked = stored.content.as_ref().and_then(|c| c.get("detectedIssue")).and_then(Value::as_array).cloned().unwrap_or_default();
+                for reference in linked.iter().filter_map(|l| l.get("reference").and_then(Value::as_str)) {
+                    issues.push(Issue {
+                        severity: crate::error::Severity::Warning,
+                        code: "business-rule",
+                        diagnostics: format!("the prescription check found an interaction or allergy, recorded as {reference}"),
+                        expression: vec!["MedicationRequest.detectedIssue".into()],
+                    });
+                }
+            }
+            respond(ctx, status, operation_outcome(&issues), headers)
         }
         _ => {
             let content = stored.content.as_ref().ok_or_else(|| FhirError::Internal("write without content".into()))?;

@@ -62,6 +62,22 @@ async fn moderate_interactions_and_allergies_are_recorded_and_a_critical_allergy
     let omeprazole = app.create(&request(&p, "402014", "Omeprazole 20 MG Delayed Release Oral Capsule")).await;
     let issue = app.get_json(omeprazole["detectedIssue"][0]["reference"].as_str().unwrap()).await;
     assert_eq!(issue["severity"], "moderate");
+    // Asked for an OperationOutcome, the answer carries the finding as a warning.
+    let q = patient(&app).await;
+    app.create(&request(&q, "309362", "Clopidogrel 75 MG Oral Tablet")).await;
+    let r = app
+        .req(Method::POST, "MedicationRequest")
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=OperationOutcome")
+        .body(request(&q, "402014", "Omeprazole 20 MG Delayed Release Oral Capsule").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let outcome: Value = r.json().await.unwrap();
+    let warnings: Vec<&Value> = outcome["issue"].as_array().unwrap().iter().filter(|i| i["severity"] == "warning").collect();
+    assert_eq!(warnings.len(), 1, "{outcome}");
+    assert!(warnings[0]["diagnostics"].as_str().unwrap().contains("DetectedIssue/"));
     // Allergies: to amoxicillin (critical), to codeine (low criticality).
     for (text, criticality) in [("Amoxicillin", "high"), ("Codeine", "low")] {
         app.create(&json!({"resourceType": "AllergyIntolerance", "patient": {"reference": format!("Patient/{p}")}, "criticality": criticality,
