@@ -7,11 +7,15 @@
 //! - [`crypto`]: PHI sealing (AES-256-GCM envelope encryption), key rotation, blind indexes.
 //! - [`store`]: PostgreSQL (embedded or external), migrations, resource + history tables.
 //! - [`auth`]: bearer tokens → `Principal` (who is asking, with which scopes).
-//! - [`access`]: confinement of `patient/` scopes to the patient's compartment.
+//! - [`access`]: who reaches what: patient compartments, organisation subtrees, role masks,
+//!   Consent that withholds.
 //! - [`oauth`]: the SMART on FHIR authorization server (clients, users, login, tokens).
 //! - [`search`]: query parameters → SQL over the stored JSON.
-//! - [`interactions`]: create/read/update/… as plain async functions over the store.
-//! - [`rest`]: the thin axum layer — route, parse, call an interaction, render JSON or XML.
+//! - [`interactions`]: create/read/update/… as plain async functions over the store; their
+//!   `rules` run the [`workflows`] (scheduling, pharmacy, billing, messaging, medication safety)
+//!   inside every write.
+//! - [`rest`]: the thin axum layer — route, parse, call an interaction, render JSON or XML; the
+//!   CDS Hooks service.
 //! - [`export`]: Bulk Data `$export` jobs and their background worker; [`documents`]: where
 //!   their files live.
 //! - [`import`]: bulk loading of Bundles and NDJSON; [`cli`]: the `ironfhir` subcommands.
