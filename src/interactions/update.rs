@@ -141,8 +141,10 @@ pub async fn put_version(
     let rt = resource_type.as_str();
     let current = store::lock_current(tx, rt, id.as_str()).await?;
     let reach = principal.require(rt, Interaction::Update)?;
-    if crate::access::checks_each_resource(principal, &reach, rt, Interaction::Update) {
-        let old = store::current_content(tx, rt, id.as_str()).await?;
+    // The version replaced: the access checks and the workflow rules both judge it (read once).
+    let checks = crate::access::checks_each_resource(principal, &reach, rt, Interaction::Update);
+    let old = if checks || super::rules::has_rules(rt) { store::current_content(tx, rt, id.as_str()).await? } else { None };
+    if checks {
         if !server_chose_id && !crate::access::visible(tx, principal, Interaction::Update, rt, id.as_str(), old.as_ref(), base).await? {
             return Err(FhirError::NotFound(format!("{rt}/{id} is not known")));
         }
@@ -168,10 +170,9 @@ pub async fn put_version(
     let last_updated = now();
     stamp(&mut body, id.as_str(), version_id, &last_updated);
     // Workflow rules (an Appointment's Slots, a dispense's prescription) see the version replaced.
-    let replaced = if super::rules::has_rules(rt) { store::current_content(tx, rt, id.as_str()).await? } else { None };
-    super::rules::before_write(tx, principal, rt, id.as_str(), replaced.as_ref(), &mut body, base).await?;
+    super::rules::before_write(tx, principal, rt, id.as_str(), old.as_ref(), &mut body, base).await?;
     store::write_version(tx, rt, id.as_str(), version_id, last_updated, method, Some(&body), base).await?;
-    super::rules::after_write(tx, principal, rt, id.as_str(), replaced.as_ref(), Some(&body), base).await?;
+    super::rules::after_write(tx, principal, rt, id.as_str(), old.as_ref(), Some(&body), base).await?;
     Ok(WriteOutcome {
         stored: StoredResource::written(rt, id.as_str(), version_id, last_updated, body),
         created,

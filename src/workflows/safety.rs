@@ -193,9 +193,7 @@ pub async fn check(tx: &mut Tx, patient: &str, request: &Value, except: &str) ->
 
 fn subject_patient(request: &Value) -> Option<String> {
     let reference = request.pointer("/subject/reference").and_then(Value::as_str)?;
-    let reference = reference.split("/_history/").next().unwrap_or(reference);
-    let (rest, id) = reference.rsplit_once('/')?;
-    (rest == "Patient" || rest.ends_with("/Patient")).then(|| format!("Patient/{id}"))
+    super::target_id(reference, "Patient").map(|id| format!("Patient/{id}"))
 }
 
 fn medication_of(request: &Value) -> (Option<&Value>, Option<&Value>) {
@@ -300,7 +298,7 @@ mod tests {
     fn ingredients_match_by_rxcui_or_by_name_in_a_clinical_drug_name() {
         let warfarin = concept("855332", "Warfarin Sodium 5 MG Oral Tablet");
         let aspirin = concept("1191", "aspirin");
-        let findings = compare(&[warfarin.clone()], &[("MedicationRequest/a".into(), vec![aspirin])], &[]);
+        let findings = compare(std::slice::from_ref(&warfarin), &[("MedicationRequest/a".into(), vec![aspirin])], &[]);
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].severity, "high");
         assert!(compare(&[warfarin], &[("MedicationRequest/b".into(), vec![concept("197361", "Amlodipine 5 MG Oral Tablet")])], &[]).is_empty());

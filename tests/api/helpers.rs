@@ -188,6 +188,28 @@ impl TestApp {
         self.tokens.issue("test-user", scope, 600).unwrap()
     }
 
+    /// A token with the patient template's scopes for `patient` in context, as the sign-in
+    /// pages issue to a patient's app.
+    pub fn patient_token(&self, patient: &str) -> String {
+        let now = chrono::Utc::now().timestamp() as u64;
+        let claims = ironfhir::auth::Claims {
+            iss: "ironfhir".into(),
+            sub: format!("patient-{patient}"),
+            aud: ironfhir::auth::FHIR_AUDIENCE.into(),
+            exp: now + 600,
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            scope: "launch/patient openid fhirUser patient/*.rs patient/Appointment.cu patient/Task.cu".into(),
+            client_id: Some("synthetic-app".into()),
+            patient: Some(patient.to_owned()),
+            fhir_user: Some(format!("Patient/{patient}")),
+            role: None,
+            encounter: None,
+            grant: None,
+        };
+        self.tokens.sign(&claims).unwrap()
+    }
+
     /// A request with the default token.
     pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
         self.client.request(method, format!("{}/{}", self.base, path.trim_start_matches('/'))).bearer_auth(&self.token)

@@ -129,27 +129,6 @@ async fn task_status_moves_only_along_the_task_state_machine() {
     expect_outcome(r, 422).await;
 }
 
-fn patient_token(app: &TestApp, patient: &str) -> String {
-    let now = chrono::Utc::now().timestamp() as u64;
-    app.tokens
-        .sign(&ironfhir::auth::Claims {
-            iss: "ironfhir".into(),
-            sub: format!("patient-{patient}"),
-            aud: ironfhir::auth::FHIR_AUDIENCE.into(),
-            exp: now + 600,
-            iat: now,
-            jti: uuid::Uuid::new_v4().to_string(),
-            scope: "launch/patient openid fhirUser patient/*.rs patient/Appointment.cu patient/Task.cu".into(),
-            client_id: Some("synthetic-app".into()),
-            patient: Some(patient.to_owned()),
-            fhir_user: Some(format!("Patient/{patient}")),
-            role: None,
-            encounter: None,
-            grant: None,
-        })
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_patient_asks_for_a_refill_of_their_own_prescription_and_can_only_withdraw_it() {
     let app = TestApp::spawn().await;
@@ -157,7 +136,7 @@ async fn a_patient_asks_for_a_refill_of_their_own_prescription_and_can_only_with
     let other = patient(&app).await;
     let mine = prescription(&app, &me, 0, json!({})).await;
     let theirs = prescription(&app, &other, 0, json!({})).await;
-    let token = patient_token(&app, &me);
+    let token = app.patient_token(&me);
     let send = |method: Method, path: String, body: Value| {
         app.client.request(method, format!("{}/{path}", app.base)).bearer_auth(&token).header("content-type", "application/fhir+json").body(body.to_string()).send()
     };

@@ -335,27 +335,6 @@ async fn an_expired_hold_does_not_block_a_booking_before_the_sweeper_runs() {
     expect_outcome(app.send_json(Method::POST, "Appointment", &clash).await, 409).await;
 }
 
-/// A token of the patient template's scopes for `patient` (what the sign-in pages issue).
-fn patient_token(app: &TestApp, patient: &str) -> String {
-    let now = chrono::Utc::now().timestamp() as u64;
-    let claims = ironfhir::auth::Claims {
-        iss: "ironfhir".into(),
-        sub: format!("patient-{patient}"),
-        aud: ironfhir::auth::FHIR_AUDIENCE.into(),
-        exp: now + 600,
-        iat: now,
-        jti: uuid::Uuid::new_v4().to_string(),
-        scope: "launch/patient openid fhirUser patient/*.rs patient/Appointment.cu patient/Task.cu".into(),
-        client_id: Some("synthetic-app".into()),
-        patient: Some(patient.to_owned()),
-        fhir_user: Some(format!("Patient/{patient}")),
-        role: None,
-        encounter: None,
-        grant: None,
-    };
-    app.tokens.sign(&claims).unwrap()
-}
-
 #[tokio::test]
 async fn a_patient_finds_care_in_the_directory_and_books_for_themselves_only() {
     let app = TestApp::spawn().await;
@@ -366,7 +345,7 @@ async fn a_patient_finds_care_in_the_directory_and_books_for_themselves_only() {
     app.put(doc).await;
     let me = new_patient(&app).await;
     let someone_else = new_patient(&app).await;
-    let token = patient_token(&app, &me);
+    let token = app.patient_token(&me);
     let as_patient = |method: Method, path: &str| app.client.request(method, format!("{}/{path}", app.base)).bearer_auth(&token);
 
     // The directory: readable and searchable, without the staff's private elements.

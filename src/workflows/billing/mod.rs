@@ -25,21 +25,17 @@ fn status(resource: &Value) -> &str {
     resource.get("status").and_then(Value::as_str).unwrap_or("")
 }
 
-/// The local `Type/id` references at `pointer` (one Reference or a list of objects holding
-/// one under `key`).
+/// The references under `key` of each object in a list (`participant[].actor`).
 fn references(list: Option<&Value>, key: &str) -> Vec<String> {
     list.and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|p| p.get(key).and_then(|a| a.get("reference")).and_then(Value::as_str))
+        .flat_map(|p| super::references(p.get(key)))
         .map(|r| r.split("/_history/").next().unwrap_or(r).to_owned())
         .collect()
 }
 
-fn local<'a>(reference: &'a str, resource_type: &str) -> Option<&'a str> {
-    let (rest, id) = reference.rsplit_once('/')?;
-    (rest == resource_type || rest.ends_with(&format!("/{resource_type}"))).then_some(id)
-}
+use super::target_id as local;
 
 /// Bills an Appointment that has just become fulfilled (see the module doc).
 pub async fn appointment_written(tx: &mut Tx, old: Option<&Value>, new: Option<&Value>, base: &str) -> FhirResult<()> {

@@ -13,19 +13,7 @@ use crate::auth::{Interaction, Principal, Reach};
 use crate::error::{FhirError, FhirResult};
 use crate::store::{self, Tx};
 
-fn local_id<'a>(reference: &'a str, resource_type: &str) -> Option<&'a str> {
-    let reference = reference.split("/_history/").next().unwrap_or(reference);
-    let (rest, id) = reference.rsplit_once('/')?;
-    (rest == resource_type || rest.ends_with(&format!("/{resource_type}"))).then_some(id)
-}
-
-fn references(value: Option<&Value>) -> Vec<&str> {
-    match value {
-        Some(Value::Array(items)) => items.iter().filter_map(|r| r.get("reference").and_then(Value::as_str)).collect(),
-        Some(one @ Value::Object(_)) => one.get("reference").and_then(Value::as_str).into_iter().collect(),
-        _ => vec![],
-    }
-}
+use super::{references, target_id as local_id};
 
 /// Checks a Communication just written by `principal` (a patient's: the rules above; staff's:
 /// their reach already decided).

@@ -26,19 +26,14 @@ pub const REFILL: &str = "refill";
 /// `Type/id` of a literal reference to this server (relative or absolute on `base`), version
 /// dropped.
 fn local_reference(reference: &str, base: &str) -> Option<(String, String)> {
-    let reference = reference.strip_prefix(base).map(|r| r.trim_start_matches('/')).unwrap_or(reference);
+    let reference = crate::fhir::types::local_reference(reference, base);
     let reference = reference.split("/_history/").next().unwrap_or(reference);
     let (rt, id) = reference.split_once('/')?;
     (!rt.contains(':') && !id.contains('/')).then(|| (rt.to_owned(), id.to_owned()))
 }
 
 fn refs(value: Option<&Value>) -> impl Iterator<Item = &str> {
-    let list: Vec<&Value> = match value {
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(one @ Value::Object(_)) => vec![one],
-        _ => vec![],
-    };
-    list.into_iter().filter_map(|r| r.get("reference").and_then(Value::as_str))
+    super::references(value).into_iter()
 }
 
 fn status(resource: &Value) -> &str {

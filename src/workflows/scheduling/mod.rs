@@ -53,11 +53,7 @@ pub fn slot_ids(appointment: &Value) -> Vec<String> {
         .into_iter()
         .flatten()
         .filter_map(|s| s.get("reference").and_then(Value::as_str))
-        .filter_map(|r| {
-            let r = r.split("/_history/").next().unwrap_or(r);
-            let (rest, id) = r.rsplit_once('/')?;
-            (rest == "Slot" || rest.ends_with("/Slot")).then(|| id.to_owned()).filter(|id| crate::fhir::types::Id::is_valid(id))
-        })
+        .filter_map(|r| super::target_id(r, "Slot").filter(|id| crate::fhir::types::Id::is_valid(id)).map(str::to_owned))
         .collect();
     ids.sort();
     ids.dedup();
