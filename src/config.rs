@@ -315,9 +315,33 @@ pub struct ServeArgs {
     /// used by the prescription check and the CDS Hooks service instead of the shipped one.
     #[arg(long, env = "IRONFHIR_INTERACTION_TABLE")]
     pub interaction_table: Option<PathBuf>,
+    /// NATS server to publish every change to (JetStream, `nats://host:4222`); no event
+    /// stream without it.
+    #[arg(long, env = "IRONFHIR_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Subject prefix of the event stream (`<prefix>.<ResourceType>.<interaction>`); the
+    /// JetStream stream is named after it in capitals.
+    #[arg(long, env = "IRONFHIR_NATS_STREAM", default_value = "ironfhir")]
+    pub nats_stream: String,
+    /// Failed rest-hook deliveries in a row after which a Subscription is set to `error`.
+    #[arg(long, env = "IRONFHIR_SUBSCRIPTION_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub subscription_max_failures: i32,
+    /// Hours notifications are kept after delivery, for `Subscription/$events` catch-up.
+    #[arg(long, env = "IRONFHIR_NOTIFICATION_RETENTION_HOURS", default_value_t = 72)]
+    pub notification_retention_hours: u64,
 }
 
 impl ServeArgs {
+    /// The event machinery's settings.
+    pub fn events_config(&self) -> crate::events::EventsConfig {
+        crate::events::EventsConfig {
+            nats_url: self.nats_url.clone(),
+            nats_stream: self.nats_stream.clone(),
+            max_delivery_failures: self.subscription_max_failures,
+            notification_retention: chrono::Duration::hours(self.notification_retention_hours.min(24 * 365 * 10) as i64),
+        }
+    }
+
     /// The authorization server's settings.
     pub fn oauth_settings(&self) -> crate::oauth::Settings {
         use std::time::Duration;

@@ -18,6 +18,8 @@
 //!   CDS Hooks service.
 //! - [`export`]: Bulk Data `$export` jobs and their background worker; [`documents`]: where
 //!   their files live.
+//! - [`events`]: the transactional outbox, Subscriptions (rest-hook, websocket, Backport
+//!   topics) and the NATS event stream.
 //! - [`import`]: bulk loading of Bundles and NDJSON; [`cli`]: the `ironfhir` subcommands.
 //! - [`server`]: wiring: start the database, build the router, serve HTTP or HTTPS.
 
@@ -30,6 +32,7 @@ pub mod crypto;
 pub mod demo;
 pub mod documents;
 pub mod error;
+pub mod events;
 pub mod export;
 pub mod fhir;
 pub mod fhirpath;

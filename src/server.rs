@@ -144,6 +144,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     crate::search::custom::refresh(&db.store).await.map_err(|e| format!("cannot load the custom SearchParameters: {e}"))?;
     // Absolute references to this server are indexed as local ones when the base is known.
     crate::reindex::spawn_if_stale(db.store.clone(), args.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned());
+    let role_grants: Arc<crate::access::RoleGrants> = Default::default();
+    let audit = if args.no_audit { Default::default() } else { crate::audit::trail::AuditTrail::start(db.store.clone()) };
+    let base = args.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned();
+    let events = crate::events::start(db.store.clone(), role_grants.clone(), audit.clone(), base, args.events_config()).await?;
     let state = Arc::new(AppState {
         exports,
         store: db.store.clone(),
@@ -154,8 +158,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         max_body_bytes: args.max_body_bytes,
         max_bundle_entries: args.max_bundle_entries,
         oauth: args.oauth_settings(),
-        role_grants: Default::default(),
-        audit: if args.no_audit { Default::default() } else { crate::audit::trail::AuditTrail::start(db.store.clone()) },
+        role_grants,
+        events: Some(events),
+        audit,
         hold_for: chrono::Duration::seconds(args.hold_seconds as i64),
     });
     crate::workflows::scheduling::holds::spawn(db.store.clone(), state.audit.clone(), args.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned());

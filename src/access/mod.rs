@@ -65,6 +65,8 @@ fn compartment_params(compartment: &str, resource_type: &str) -> Vec<String> {
             // them (`Task.for`, parameter `patient`), so they can ask for a refill and follow it.
             if compartment == "Patient" {
                 members.entry("Task".into()).or_default().push("patient".into());
+                // A patient's app owns its Subscriptions (the server's `owner` parameter).
+                members.entry("Subscription".into()).or_default().push("owner".into());
             }
             let members = Arc::new(members);
             if let Ok(mut m) = cache.lock() {
@@ -307,6 +309,13 @@ pub async fn prepare_write(
     old: Option<&Value>,
     mut new: Option<&mut Value>,
 ) -> FhirResult<()> {
+    // A Subscription is its writer's: the owner decides who reaches it (below, and the
+    // compartment and subtree rules), so it is stamped before reach is checked.
+    if resource_type == "Subscription"
+        && let Some(new) = new.as_deref_mut()
+    {
+        crate::events::subscriptions::stamp_owner(principal, new);
+    }
     let Some(acting) = &principal.acting else { return Ok(()) };
     if organization::SERVER_DEFINITION_TYPES.contains(&resource_type) {
         return Err(FhirError::Forbidden(format!(

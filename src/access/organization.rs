@@ -116,7 +116,7 @@ impl OrgScope {
         if references.iter().any(|r| self.is_anchor(r)) {
             return Ok(true);
         }
-        let compartment = super::patient_compartment_params(resource_type);
+        let compartment = patients_data_params(resource_type);
         let patients: Vec<String> = crate::index::references_at(resource_type, content, base, &compartment)
             .into_iter()
             .filter_map(|r| r.strip_prefix("Patient/").map(str::to_owned))
@@ -201,7 +201,7 @@ impl crate::search::Membership for OrgScope {
         }
         sql.push("EXISTS (SELECT 1 FROM search_reference o WHERE o.resource_type = r.resource_type AND o.id = r.id AND o.target = ANY(");
         sql.push_bind(self.anchors.clone()).push("))");
-        let compartment = super::patient_compartment_params(resource_type);
+        let compartment = patients_data_params(resource_type);
         if !compartment.is_empty() {
             sql.push(
                 " OR EXISTS (SELECT 1 FROM search_reference c JOIN search_reference p
@@ -243,6 +243,16 @@ impl crate::search::Membership for OrgScope {
 }
 
 /// The codes of `resource_type`'s reference search parameters.
+/// The parameters that make a resource a patient's data for the subtree rules: the Patient
+/// compartment's, except a patient's own Subscriptions (their app's endpoint and headers are
+/// theirs, not their care team's).
+fn patients_data_params(resource_type: &str) -> Vec<String> {
+    if resource_type == "Subscription" {
+        return vec![];
+    }
+    super::patient_compartment_params(resource_type)
+}
+
 fn reference_params(resource_type: &str) -> Vec<String> {
     definitions()
         .search_params(resource_type)

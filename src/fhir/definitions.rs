@@ -15,6 +15,8 @@ static PROFILES_RESOURCES: &[u8] = include_bytes!("../../fhir-profiles/r4/profil
 static PROFILES_TYPES: &[u8] = include_bytes!("../../fhir-profiles/r4/profiles-types.json.gz");
 static PROFILES_OTHERS: &[u8] = include_bytes!("../../fhir-profiles/r4/profiles-others.json.gz");
 static SEARCH_PARAMETERS: &[u8] = include_bytes!("../../fhir-profiles/r4/search-parameters.json.gz");
+/// The server's own SearchParameters (what its access rules index, such as a Subscription's owner).
+static SERVER_SEARCH_PARAMETERS: &str = include_str!("../../fhir-profiles/server-search-parameters.json");
 static VALUESETS: &[u8] = include_bytes!("../../fhir-profiles/r4/valuesets.json.gz");
 
 /// One element of a StructureDefinition snapshot, reduced to what validation and search read.
@@ -307,7 +309,8 @@ impl Definitions {
         resource_types.sort();
 
         let mut search_params: HashMap<String, Vec<SearchParameter>> = HashMap::new();
-        for resource in entries(SEARCH_PARAMETERS)? {
+        let server: Vec<Value> = serde_json::from_str(SERVER_SEARCH_PARAMETERS).map_err(|e| e.to_string())?;
+        for resource in entries(SEARCH_PARAMETERS)?.into_iter().chain(server) {
             let sp: SearchParameter = serde_json::from_value(resource).map_err(|e| e.to_string())?;
             for base in &sp.base {
                 search_params.entry(base.clone()).or_default().push(sp.clone());

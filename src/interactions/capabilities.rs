@@ -117,6 +117,22 @@ fn build() -> Value {
                     }));
                 }
             }
+            if rt == "Subscription" {
+                // Subscriptions R5 Backport IG: the topics offered, and its operations.
+                resource["extension"] = json!(crate::events::topics::topics().iter().map(|t| json!({
+                    "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical",
+                    "valueCanonical": t.url,
+                })).collect::<Vec<_>>());
+                if let Some(ops) = resource["operation"].as_array_mut() {
+                    for (name, definition) in [
+                        ("status", "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"),
+                        ("events", "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"),
+                        ("get-ws-binding-token", "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-get-ws-binding-token"),
+                    ] {
+                        ops.push(json!({"name": name, "definition": definition}));
+                    }
+                }
+            }
             if rt == "Patient" || rt == "Group" {
                 if let Some(ops) = resource["operation"].as_array_mut() {
                     let definition = if rt == "Patient" { "patient-export" } else { "group-export" };
@@ -134,6 +150,9 @@ fn build() -> Value {
     rest["interaction"] = json!([{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}]);
     // Bulk Data Access IG v2 (export.html): system, Patient and Group level.
     rest["operation"] = json!([{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]);
-    cs["instantiates"] = json!(["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"]);
+    cs["instantiates"] = json!([
+        "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data",
+        "http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/backport-subscription-server-r4",
+    ]);
     cs
 }

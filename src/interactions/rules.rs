@@ -10,6 +10,8 @@
 //! - Task: `pharmacy::task_written` (status transitions; what a patient may ask for).
 //! - Communication: `messaging::communication_written` (a patient writes as themselves, to
 //!   their care team).
+//! - Subscription: `events::subscriptions` (before: what the server can act on, the owner and
+//!   the status it decides; after: owner, delivery state, handshake).
 //! - MedicationRequest, before it is stored ([`before_write`]): `safety` (interactions and
 //!   allergies: DetectedIssues, 409 for a high severity without an override reason).
 
@@ -22,7 +24,7 @@ use crate::store::Tx;
 /// Whether writes of `resource_type` have rules (the write paths then read the replaced
 /// version and take the slower, transactional path).
 pub fn has_rules(resource_type: &str) -> bool {
-    matches!(resource_type, "Appointment" | "MedicationDispense" | "Task" | "Communication" | "MedicationRequest")
+    matches!(resource_type, "Appointment" | "MedicationDispense" | "Task" | "Communication" | "MedicationRequest" | "Subscription")
 }
 
 /// Runs the rules that may change the version about to be stored (`new`, before it is written;
@@ -42,6 +44,7 @@ pub async fn before_write(
 ) -> FhirResult<()> {
     match resource_type {
         "MedicationRequest" if !principal.is_internal() => crate::workflows::safety::medication_request_writing(tx, id, old, new, base).await,
+        "Subscription" => crate::events::subscriptions::subscription_writing(principal, id, new, base),
         _ => Ok(()),
     }
 }
@@ -61,6 +64,10 @@ pub async fn after_write(
     // server loads itself (`import`, `--demo`), which is taken as it is.
     if resource_type == "Appointment" {
         crate::workflows::scheduling::appointment_written(tx, old, new, base).await?;
+    }
+    // A Subscription's owner, state and handshake follow every version, the server's own too.
+    if resource_type == "Subscription" {
+        crate::events::subscriptions::subscription_written(tx, principal, id, old, new, base).await?;
     }
     if principal.is_internal() {
         return Ok(());

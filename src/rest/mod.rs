@@ -44,8 +44,12 @@ pub struct AppState {
     pub exports: Arc<crate::export::ExportService>,
     /// The authorization server's settings.
     pub oauth: crate::oauth::Settings,
-    /// Current grants of the roles tokens are bound to.
-    pub role_grants: crate::access::RoleGrants,
+    /// Current grants of the roles tokens are bound to (shared with the event machinery,
+    /// which evaluates Subscriptions as their owners).
+    pub role_grants: Arc<crate::access::RoleGrants>,
+    /// Subscriptions' websocket hub and the dispatchers (`None` when events are not started,
+    /// as in tools that build an app without serving).
+    pub events: Option<Arc<crate::events::Events>>,
     /// The audit trail every request is recorded in.
     pub audit: crate::audit::trail::AuditTrail,
     /// How long an `Appointment/$hold` keeps its slot.
@@ -58,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     crate::oauth::router()
         .route("/cds-services", axum::routing::get(cds::discovery))
         .route("/cds-services/{id}", axum::routing::post(cds::call))
+        .route("/ws", axum::routing::get(crate::events::subscriptions::websocket::upgrade))
         .route("/fhir", axum::routing::any(dispatch))
         .route("/fhir/", axum::routing::any(dispatch))
         .route("/fhir/{*rest}", axum::routing::any(dispatch))
@@ -179,6 +184,11 @@ async fn route(state: &AppState, ctx: &Ctx, method: &Method, seg: &[String], bod
                 let mut statement = capabilities::capability_statement().as_ref().clone();
                 if let Some(rest) = statement.get_mut("rest").and_then(|r| r.get_mut(0)) {
                     rest["security"] = crate::oauth::discovery::capability_security(&ctx.base);
+                    // subscription.html: where the websocket channel binds.
+                    rest["extension"] = serde_json::json!([{
+                        "url": "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket",
+                        "valueUri": crate::events::subscriptions::operations::websocket_url(&ctx.base),
+                    }]);
                 }
                 respond(ctx, StatusCode::OK, statement, HeaderMap::new())
             }
@@ -459,6 +469,20 @@ async fn route_type(
             let booked = crate::workflows::scheduling::operations::book(store, principal, body, &ctx.base).await?;
             respond(ctx, StatusCode::OK, booked, HeaderMap::new())
         }
+        (Method::GET | Method::POST, ["$status"]) if rt.as_str() == "Subscription" => {
+            let ids = ctx
+                .query
+                .iter()
+                .filter(|(k, _)| k == "id")
+                .flat_map(|(_, v)| v.split(','))
+                .map(|v| Id::parse(v.rsplit('/').next().unwrap_or(v)))
+                .collect::<FhirResult<Vec<_>>>()?;
+            if ids.is_empty() {
+                return Err(FhirError::BadRequest("Subscription/$status needs id= (one or more Subscription ids)".into()));
+            }
+            let bundle = crate::events::subscriptions::operations::status(store, principal, &ids, &ctx.base).await?;
+            respond(ctx, StatusCode::OK, bundle, HeaderMap::new())
+        }
         (_, [op]) if op.starts_with('$') => Err(FhirError::NotFound(format!("operation {} is not supported on {rt}", crate::fhir::types::sanitize(op)))),
         (method, [id, rest @ ..]) => {
             let id = Id::parse(id).map_err(|e| match method {
@@ -529,6 +553,28 @@ async fn route_instance(
             }
             let result = crate::workflows::scheduling::generate::generate(store, principal, id, &params, &ctx.base, state.max_bundle_entries, state.max_body_bytes).await?;
             respond(ctx, StatusCode::OK, bundle::bundle_response(ctx, &result), HeaderMap::new())
+        }
+        (Method::GET | Method::POST, ["$status"]) if rt.as_str() == "Subscription" => {
+            let _ = read_body(state, body).await?;
+            let bundle = crate::events::subscriptions::operations::status(store, principal, std::slice::from_ref(id), &ctx.base).await?;
+            respond(ctx, StatusCode::OK, bundle, HeaderMap::new())
+        }
+        (m @ (Method::GET | Method::POST), ["$events"]) if rt.as_str() == "Subscription" => {
+            let mut params = ctx.query.clone();
+            if m == Method::POST {
+                let bytes = read_body(state, body).await?;
+                if !bytes.is_empty() {
+                    let parameters = format::parse_resource_body(&ctx.headers, &bytes)?;
+                    params.extend(crate::workflows::scheduling::operations::parameters_as_pairs(&parameters)?);
+                }
+            }
+            let bundle = crate::events::subscriptions::operations::events(store, principal, id, &params, &ctx.base).await?;
+            respond(ctx, StatusCode::OK, bundle, HeaderMap::new())
+        }
+        (Method::GET | Method::POST, ["$get-ws-binding-token"]) if rt.as_str() == "Subscription" => {
+            let _ = read_body(state, body).await?;
+            let parameters = crate::events::subscriptions::operations::binding_token(store, principal, id, &ctx.base).await?;
+            respond(ctx, StatusCode::OK, parameters, HeaderMap::new())
         }
         (Method::GET | Method::POST, ["$everything"]) if rt.as_str() == "Patient" => {
             let params = interactions::everything::EverythingParams::parse(&ctx.query)?;

@@ -22,6 +22,7 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("audit.sql", include_str!("../../migrations/functions/audit.sql")),
     ("scheduling.sql", include_str!("../../migrations/functions/scheduling.sql")),
     ("consent.sql", include_str!("../../migrations/functions/consent.sql")),
+    ("events.sql", include_str!("../../migrations/functions/events.sql")),
 ];
 
 /// The last version of the chain the baseline replaced, and its first migration's description.

@@ -10,8 +10,8 @@ use crate::helpers::fresh_database;
 const BIN: &str = env!("CARGO_BIN_EXE_ironfhir");
 
 /// A `serve` child process, killed (SIGTERM, so the embedded database stops) on drop.
-struct Server {
-    child: Child,
+pub(crate) struct Server {
+    pub(crate) child: Child,
 }
 
 impl Drop for Server {
@@ -28,17 +28,17 @@ impl Drop for Server {
     }
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ironfhir-cli-{tag}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start(data_dir: &Path, database_url: Option<&str>, port: u16, extra: &[&str]) -> Server {
+pub(crate) fn start(data_dir: &Path, database_url: Option<&str>, port: u16, extra: &[&str]) -> Server {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve").arg("--data-dir").arg(data_dir).arg("--listen").arg(format!("127.0.0.1:{port}")).args(extra);
     cmd.env_remove("DATABASE_URL");
@@ -49,7 +49,7 @@ fn start(data_dir: &Path, database_url: Option<&str>, port: u16, extra: &[&str])
     Server { child: cmd.spawn().unwrap() }
 }
 
-fn admin_token(data_dir: &Path, scope: &str) -> String {
+pub(crate) fn admin_token(data_dir: &Path, scope: &str) -> String {
     let out = Command::new(BIN)
         .args(["admin", "token", "--scope", scope, "--data-dir"])
         .arg(data_dir)
@@ -60,7 +60,7 @@ fn admin_token(data_dir: &Path, scope: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-async fn wait_ready(client: &reqwest::Client, url: &str) {
+pub(crate) async fn wait_ready(client: &reqwest::Client, url: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let last = match client.get(url).send().await {

@@ -95,11 +95,14 @@ pub struct Options {
     pub export_worker: bool,
     /// How long an `Appointment/$hold` keeps its slot.
     pub hold_seconds: i64,
+    /// Whether the event machinery runs (outbox dispatch, Subscriptions, websocket), and
+    /// with which settings (off unless a test needs it: every dispatcher polls its database).
+    pub events: Option<ironfhir::events::EventsConfig>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_body_bytes: 1024 * 1024, export_worker: true, hold_seconds: 600 }
+        Options { max_body_bytes: 1024 * 1024, export_worker: true, hold_seconds: 600, events: None }
     }
 }
 
@@ -152,6 +155,12 @@ impl TestApp {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let role_grants: Arc<ironfhir::access::RoleGrants> = Default::default();
+        let audit = ironfhir::audit::trail::AuditTrail::start(store.clone());
+        let events = match options.events {
+            Some(config) => Some(ironfhir::events::start(store.clone(), role_grants.clone(), audit.clone(), String::new(), config).await.unwrap()),
+            None => None,
+        };
         let state = Arc::new(AppState {
             exports: exports.clone(),
             store: store.clone(),
@@ -162,8 +171,9 @@ impl TestApp {
             max_body_bytes: options.max_body_bytes,
             max_bundle_entries,
             oauth: Default::default(),
-            role_grants: Default::default(),
-            audit: ironfhir::audit::trail::AuditTrail::start(store.clone()),
+            role_grants,
+            events,
+            audit,
             hold_for: chrono::Duration::seconds(options.hold_seconds),
         });
         let app = ironfhir::server::app(state);
@@ -199,7 +209,7 @@ impl TestApp {
             exp: now + 600,
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
-            scope: "launch/patient openid fhirUser patient/*.rs patient/Appointment.cu patient/Task.cu".into(),
+            scope: "launch/patient openid fhirUser patient/*.rs patient/Appointment.cu patient/Task.cu patient/Subscription.cud".into(),
             client_id: Some("synthetic-app".into()),
             patient: Some(patient.to_owned()),
             fhir_user: Some(format!("Patient/{patient}")),

@@ -28,4 +28,6 @@ mod schema;
 mod safety;
 mod search;
 mod search_index;
+mod subscriptions;
+mod event_stream;
 mod validation;
