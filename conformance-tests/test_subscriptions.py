@@ -222,7 +222,7 @@ def test_a_patient_hears_of_their_own_new_prescriptions_over_a_websocket_and_of_
         mine = prescriber.post(f"{base}/MedicationRequest", headers=JSON, json=prescription(w, w.patient, w.pharmacy), timeout=30)
         assert mine.status_code == 201, mine.text[:300]
         note = json.loads(ws.recv())
-        assert focus_refs(note) == [f"MedicationRequest/{mine.json()['id']}/_history/1"]
+        assert focus_refs(note) == [f"{base}/MedicationRequest/{mine.json()['id']}/_history/1"]
         ws.settimeout(2)
         with pytest.raises(websocket.WebSocketTimeoutException):
             ws.recv()  # nothing about the other patient's prescription

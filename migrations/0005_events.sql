@@ -51,6 +51,9 @@ CREATE TABLE subscription_owner (
     fhir_user       text,
     role            text,
     scope           text        NOT NULL,
+    -- The FHIR base the writing request used: notifications reference resources against it
+    -- when the server has no --base-url.
+    base            text        NOT NULL DEFAULT '',
     written_at      timestamptz NOT NULL DEFAULT now()
 );
 

@@ -226,7 +226,7 @@ async fn a_topic_subscription_gets_a_handshake_then_numbered_notification_bundle
         assert_eq!(param(&s, "events-since-subscription-start").unwrap()["valueString"], n.to_string());
         let event = param(&s, "notification-event").unwrap();
         assert_eq!(event["part"][0]["valueString"], n.to_string(), "numbers without gaps");
-        assert_eq!(event["part"][2]["valueReference"]["reference"], format!("Task/{}/_history/1", task["id"].as_str().unwrap()));
+        assert_eq!(event["part"][2]["valueReference"]["reference"], format!("{}/Task/{}/_history/1", app.base, task["id"].as_str().unwrap()));
         // id-only: the focus entry has its URL and no resource.
         assert!(bundle["entry"][1]["fullUrl"].as_str().unwrap().ends_with(&format!("Task/{}", task["id"].as_str().unwrap())));
         assert!(bundle["entry"][1].get("resource").is_none());

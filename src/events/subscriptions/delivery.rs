@@ -184,12 +184,14 @@ async fn deliver(d: &Delivery, client: &reqwest::Client, id: &str) -> FhirResult
         Err(e) => return Err(e),
     };
     let started = std::time::Instant::now();
+    let base = owner.base(&d.base).to_owned();
+    let owner = owner.principal;
     for (event, attempts) in due(&d.store, id).await? {
         if started.elapsed() > ROUND_BUDGET {
             return Ok(());
         }
         let counter = events_since_start(&d.store, id).await?;
-        match send(d, client, &spec, &owner, endpoint, headers, &event, counter).await {
+        match send(d, client, &spec, &owner, &base, endpoint, headers, &event, counter).await {
             Ok(()) => {
                 sqlx::query("UPDATE subscription_notification SET delivered_at = now(), attempts = attempts + 1 WHERE subscription_id = $1 AND event_number = $2")
                     .bind(id)
@@ -253,6 +255,7 @@ async fn send(
     client: &reqwest::Client,
     spec: &Spec,
     owner: &Principal,
+    base: &str,
     endpoint: &str,
     headers: &[(String, String)],
     event: &Event,
@@ -262,11 +265,11 @@ async fn send(
     let (method, url, body) = if bundle_form {
         let kind = if event.kind == "handshake" { "handshake" } else { "event-notification" };
         let events: Vec<Event> = if event.kind == "handshake" { vec![] } else { vec![event.clone()] };
-        let bundle = notification::bundle(&d.store, owner, spec, &d.base, kind, counter, &events, None).await.map_err(|e| e.to_string())?;
+        let bundle = notification::bundle(&d.store, owner, spec, base, kind, counter, &events, None).await.map_err(|e| e.to_string())?;
         (reqwest::Method::POST, endpoint.to_owned(), Some(render(bundle, &spec.mime)?))
     } else if spec.content == Content::FullResource {
         let (Some(t), Some(id), Some(v)) = (&event.focus_type, &event.focus_id, event.focus_version) else { return Ok(()) };
-        match notification::focus_as(&d.store, owner, t, id, v, &d.base).await.map_err(|e| e.to_string())? {
+        match notification::focus_as(&d.store, owner, t, id, v, base).await.map_err(|e| e.to_string())? {
             Some(resource) => (reqwest::Method::PUT, format!("{}/{t}/{id}", endpoint.trim_end_matches('/')), Some(render(resource, &spec.mime)?)),
             // No longer the owner's to see: nothing is sent.
             None => return Ok(()),

@@ -66,7 +66,7 @@ impl Matcher {
     /// The events of `events` that `spec`'s owner finds: indexes into `events`.
     async fn matching(&self, spec: &Spec, events: &[&OutboxEvent]) -> FhirResult<Vec<usize>> {
         let owner = match super::owner(&self.store, &self.grants, &spec.id).await {
-            Ok(Some(owner)) => owner,
+            Ok(Some(owner)) => owner.principal,
             Ok(None) => return Ok(vec![]),
             // The owner's role has ended: nothing more is sent in its name.
             Err(FhirError::Unauthorized(_)) => return Ok(vec![]),

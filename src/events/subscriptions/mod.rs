@@ -317,12 +317,12 @@ pub async fn subscription_written(tx: &mut Tx, principal: &Principal, id: &str, 
     // A request makes its token the owner; the server's own writes (setting `error`, import)
     // leave an existing owner as it is.
     let record = if principal.is_internal() {
-        "INSERT INTO subscription_owner (subscription_id, subject, client_id, patient, fhir_user, role, scope)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (subscription_id) DO NOTHING"
+        "INSERT INTO subscription_owner (subscription_id, subject, client_id, patient, fhir_user, role, scope, base)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (subscription_id) DO NOTHING"
     } else {
-        "INSERT INTO subscription_owner (subscription_id, subject, client_id, patient, fhir_user, role, scope)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (subscription_id)
-         DO UPDATE SET subject = $2, client_id = $3, patient = $4, fhir_user = $5, role = $6, scope = $7, written_at = now()"
+        "INSERT INTO subscription_owner (subscription_id, subject, client_id, patient, fhir_user, role, scope, base)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (subscription_id)
+         DO UPDATE SET subject = $2, client_id = $3, patient = $4, fhir_user = $5, role = $6, scope = $7, base = $8, written_at = now()"
     };
     sqlx::query(record)
     .bind(id)
@@ -332,6 +332,7 @@ pub async fn subscription_written(tx: &mut Tx, principal: &Principal, id: &str, 
     .bind(&principal.fhir_user)
     .bind(&principal.role)
     .bind(scope.join(" "))
+    .bind(base)
     .execute(&mut **tx)
     .await?;
     let was_active = old.and_then(|o| o.get("status")).and_then(Value::as_str) == Some("active");
@@ -367,14 +368,24 @@ pub async fn subscription_written(tx: &mut Tx, principal: &Principal, id: &str, 
     Ok(())
 }
 
+/// Who a Subscription notifies as, and against which base.
+pub struct Owner {
+    pub principal: std::sync::Arc<Principal>,
+    /// The FHIR base of the request that wrote the Subscription.
+    pub base: String,
+}
+
+impl Owner {
+    /// The base notifications use: the configured one, else the owner's.
+    pub fn base<'a>(&'a self, configured: &'a str) -> &'a str {
+        if configured.is_empty() { &self.base } else { configured }
+    }
+}
+
 /// The principal a Subscription notifies as: the claims of the token that last wrote it, with
 /// its role as that role stands now (an ended role notifies nothing: `Unauthorized`).
-pub async fn owner(
-    store: &crate::store::Store,
-    grants: &crate::access::RoleGrants,
-    subscription_id: &str,
-) -> FhirResult<Option<std::sync::Arc<Principal>>> {
-    let row = sqlx::query("SELECT subject, client_id, patient, fhir_user, role, scope FROM subscription_owner WHERE subscription_id = $1")
+pub async fn owner(store: &crate::store::Store, grants: &crate::access::RoleGrants, subscription_id: &str) -> FhirResult<Option<Owner>> {
+    let row = sqlx::query("SELECT subject, client_id, patient, fhir_user, role, scope, base FROM subscription_owner WHERE subscription_id = $1")
         .bind(subscription_id)
         .fetch_optional(store.pool())
         .await?;
@@ -391,7 +402,8 @@ pub async fn owner(
         token_id: Some(format!("subscription:{subscription_id}")),
         ..Default::default()
     };
-    crate::access::with_current_role(store, grants, std::sync::Arc::new(principal)).await.map(Some)
+    let principal = crate::access::with_current_role(store, grants, std::sync::Arc::new(principal)).await?;
+    Ok(Some(Owner { principal, base: row.get(6) }))
 }
 
 #[cfg(test)]

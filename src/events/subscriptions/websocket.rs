@@ -147,7 +147,7 @@ async fn messages(store: &Store, grants: &crate::access::RoleGrants, spec: &Spec
     };
     let mut out = vec![];
     for event in events {
-        let bundle = notification::bundle(store, &owner, spec, "", "event-notification", event.number, std::slice::from_ref(event), None).await?;
+        let bundle = notification::bundle(store, &owner.principal, spec, &owner.base, "event-notification", event.number, std::slice::from_ref(event), None).await?;
         out.push((event.number, bundle.to_string()));
     }
     Ok(out)
