@@ -81,6 +81,8 @@ pub struct TestApp {
     pub store: Store,
     /// The export service (document store) the app uses.
     pub exports: Arc<ExportService>,
+    /// The document store and its settings.
+    pub documents: ironfhir::documents::Documents,
     /// The test database, for tests that run the binary against it.
     pub database_url: String,
     db_name: String,
@@ -95,11 +97,13 @@ pub struct Options {
     pub export_worker: bool,
     /// How long an `Appointment/$hold` keeps its slot.
     pub hold_seconds: i64,
+    /// The document store (default: a local directory of the test's own).
+    pub documents: Option<ironfhir::documents::Documents>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_body_bytes: 1024 * 1024, export_worker: true, hold_seconds: 600 }
+        Options { max_body_bytes: 1024 * 1024, export_worker: true, hold_seconds: 600, documents: None }
     }
 }
 
@@ -143,10 +147,10 @@ impl TestApp {
         let pem = keys::generate_pem().unwrap();
         let tokens = TokenAuthority::from_pem(&pem, "ironfhir").unwrap();
         let token = tokens.issue("test-operator", "system/*.*", 600).unwrap();
-        let exports = Arc::new(ExportService::new(
-            DocumentStore::local(std::env::temp_dir().join(format!("ironfhir-test-docs-{db_name}"))),
-            Duration::from_secs(3600),
-        ));
+        let documents = options.documents.unwrap_or_else(|| {
+            ironfhir::documents::Documents::new(DocumentStore::local(std::env::temp_dir().join(format!("ironfhir-test-docs-{db_name}"))))
+        });
+        let exports = Arc::new(ExportService::new(documents.store.clone(), Duration::from_secs(3600)).with_urls(documents.export_urls, documents.url_ttl));
         if options.export_worker {
             ironfhir::export::worker::spawn(exports.clone(), store.clone());
         }
@@ -165,6 +169,7 @@ impl TestApp {
             role_grants: Default::default(),
             audit: ironfhir::audit::trail::AuditTrail::start(store.clone()),
             hold_for: chrono::Duration::seconds(options.hold_seconds),
+            documents: documents.clone(),
         });
         let app = ironfhir::server::app(state);
         tokio::spawn(async move {
@@ -177,6 +182,7 @@ impl TestApp {
             tokens: Arc::new(tokens),
             store,
             exports,
+            documents,
             database_url: url,
             db_name,
             data_dir,
