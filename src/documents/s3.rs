@@ -79,6 +79,9 @@ impl S3Store {
             None | Some("") | Some("none") => None,
             Some(s) => Some(aws_sdk_s3::types::ServerSideEncryption::from(s)),
         };
+        // reqwest is built without a crypto provider of its own: the process's is ring (as in
+        // main.rs); installing it again is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()

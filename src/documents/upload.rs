@@ -26,7 +26,8 @@ use crate::fhir::types::{Id, ResourceType};
 use crate::store::{Store, StoredResource};
 
 /// The extension of a Binary whose content is a stored object (sub-extensions `key`,
-/// `status` pending|stored, `size`, `hash`).
+/// `status` pending|stored, `size`, `hash`). Binary is a Resource, not a DomainResource: it
+/// has no `extension` of its own, so this one sits in `Binary.meta.extension`.
 pub const EXTENSION: &str = "https://ironfhir.dev/fhir/StructureDefinition/stored-document";
 
 /// An upload as asked for.
@@ -106,6 +107,7 @@ fn extension(key: &str, status: &str, size: u64, sha1: Option<&[u8; 20]>) -> Val
 /// The object key a Binary's extension names, if any.
 pub fn object_key(binary: &Value) -> Option<&str> {
     binary
+        .get("meta")?
         .get("extension")?
         .as_array()?
         .iter()
@@ -133,7 +135,7 @@ pub async fn start(store: &Store, documents: &Documents, principal: &Principal, 
     if let Some(context) = &request.security_context {
         binary["securityContext"] = context.clone();
     }
-    binary["extension"] = json!([extension(&key, "pending", request.size, request.sha1.as_ref())]);
+    binary["meta"] = json!({"extension": [extension(&key, "pending", request.size, request.sha1.as_ref())]});
     let rt = ResourceType::parse("Binary")?;
     let created = crate::interactions::create::create(store, principal, &rt, binary, None, base).await?;
     // Should this fail, the Binary stays without content, exactly like an upload never made
@@ -217,16 +219,17 @@ pub async fn complete(store: &Store, documents: &Documents, principal: &Principa
     };
     let mut binary = current.content.clone().ok_or_else(|| FhirError::Gone("the Binary was deleted".into()))?;
     let recorded = extension(&object.key, "stored", object.size, Some(&sha1));
-    if binary.get("extension").and_then(Value::as_array).is_some_and(|list| list.contains(&recorded)) {
+    if binary.pointer("/meta/extension").and_then(Value::as_array).is_some_and(|list| list.contains(&recorded)) {
         return Ok(current); // completed before: nothing to record
-    }
-    if let Some(list) = binary.get_mut("extension").and_then(Value::as_array_mut) {
-        list.retain(|e| e.get("url").and_then(Value::as_str) != Some(EXTENSION));
-        list.push(recorded);
     }
     if let Some(meta) = binary.get_mut("meta").and_then(Value::as_object_mut) {
         meta.remove("versionId");
         meta.remove("lastUpdated");
+        let list = meta.entry("extension").or_insert_with(|| json!([]));
+        if let Some(list) = list.as_array_mut() {
+            list.retain(|e| e.get("url").and_then(Value::as_str) != Some(EXTENSION));
+            list.push(recorded);
+        }
     }
     let if_match = format!("W/\"{}\"", current.version_id);
     let outcome = crate::interactions::update::update(store, principal, &rt, id, binary, Some(&if_match), base).await?;
@@ -239,6 +242,7 @@ pub fn attachment(binary: &StoredResource) -> Value {
     let content = binary.content.as_ref();
     let sub = |name: &str| -> Option<Value> {
         content?
+            .get("meta")?
             .get("extension")?
             .as_array()?
             .iter()
