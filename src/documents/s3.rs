@@ -205,7 +205,8 @@ impl S3Store {
         }
         let frames = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map_ok(http_body::Frame::data);
         let body = reqwest::Body::wrap(http_body_util::StreamBody::new(frames));
-        let response = request.header(reqwest::header::CONTENT_LENGTH, length).body(body).send().await.map_err(io)?;
+        // The signed headers include Content-Length, so the body is not sent chunked.
+        let response = request.body(body).send().await.map_err(io)?;
         if !response.status().is_success() {
             return Err(io(format!("S3 PUT answered {}", response.status())));
         }

@@ -462,10 +462,11 @@ async fn documents_export_output_goes_to_s3_with_presigned_manifest_urls() {
     let status_url = r.headers()["content-location"].to_str().unwrap().to_owned();
     let manifest: Value = loop {
         let r = app.client.get(&status_url).bearer_auth(&app.token).send().await.unwrap();
-        if r.status() == 200 {
+        let status = r.status();
+        if status == 200 {
             break r.json().await.unwrap();
         }
-        assert_eq!(r.status(), 202);
+        assert_eq!(status, 202, "{}", r.text().await.unwrap());
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(manifest["requiresAccessToken"], false);
