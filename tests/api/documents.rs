@@ -1,7 +1,7 @@
 //! Documents: uploads and downloads of Binary content through pre-signed URLs, for the
 //! embedded store (URLs signed and served by the server) and for S3 (a real S3-compatible
-//! server that verifies SigV4: s3rver, started here; `IRONFHIR_TEST_S3RVER` names its binary,
-//! scripts/test.sh installs it). Every refusal is checked by its status and by what it left:
+//! server that verifies SigV4: s3s-fs, started here; `IRONFHIR_TEST_S3_SERVER` names its
+//! binary, .ci/run installs it). Every refusal is checked by its status and by what it left:
 //! nothing stored, no URL handed out.
 
 use std::path::PathBuf;
@@ -17,14 +17,15 @@ use sha1::Digest;
 
 use crate::helpers::{Options, TestApp, expect_outcome};
 
-/// An s3rver process for one test (killed when dropped).
-struct S3rver {
+/// An S3-compatible server for one test (killed when dropped): s3s-fs, which verifies SigV4
+/// signatures and expiry (s3rver 3.7.1 checks only the expiry of SigV4 URLs: not enough here).
+struct S3Server {
     child: std::process::Child,
     endpoint: String,
     dir: PathBuf,
 }
 
-impl Drop for S3rver {
+impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -33,57 +34,59 @@ impl Drop for S3rver {
 }
 
 const BUCKET: &str = "docs";
+const ACCESS_KEY: &str = "ironfhir-test";
+const SECRET_KEY: &str = "ironfhir-test-secret";
 
-fn s3rver_binary() -> PathBuf {
-    if let Ok(bin) = std::env::var("IRONFHIR_TEST_S3RVER") {
+fn s3_server_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("IRONFHIR_TEST_S3_SERVER") {
         return PathBuf::from(bin);
     }
     let home = std::env::var("HOME").unwrap_or_default();
-    PathBuf::from(home).join(".cache/ironfhir/s3rver/node_modules/.bin/s3rver")
+    PathBuf::from(home).join(".cache/ironfhir/s3s-fs/bin/s3s-fs")
 }
 
-/// Starts s3rver on a free port with the test bucket, and waits until it answers.
-async fn start_s3rver() -> S3rver {
+/// Starts s3s-fs on a free port with the test bucket, and waits until it answers.
+async fn start_s3() -> S3Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let bin = s3rver_binary();
+    let bin = s3_server_binary();
     assert!(
         bin.exists(),
-        "s3rver not found at {} (set IRONFHIR_TEST_S3RVER, or run: npm install --prefix ~/.cache/ironfhir/s3rver s3rver@3.7.1)",
+        "s3s-fs not found at {} (set IRONFHIR_TEST_S3_SERVER, or run: cargo install s3s-fs@0.14.1 --features binary --locked --root ~/.cache/ironfhir/s3s-fs)",
         bin.display()
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = std::env::temp_dir().join(format!("ironfhir-s3rver-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = std::env::temp_dir().join(format!("ironfhir-s3-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(dir.join(BUCKET)).unwrap();
     let child = std::process::Command::new(&bin)
-        .args(["-d", dir.to_str().unwrap(), "-a", "127.0.0.1", "-p", &port.to_string(), "--configure-bucket", BUCKET, "--silent"])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(&dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("s3rver starts");
-    let server = S3rver { child, endpoint: format!("http://127.0.0.1:{port}"), dir };
+        .expect("s3s-fs starts");
+    let server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}"), dir };
     for _ in 0..150 {
-        if let Ok(r) = reqwest::get(format!("{}/{BUCKET}", server.endpoint)).await
-            && r.status() != 503
-        {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return server;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("s3rver did not start");
+    panic!("s3s-fs did not start");
 }
 
-fn s3_documents(s3: &S3rver, ttl: Duration, orphan_after: Duration) -> Documents {
+fn s3_documents(s3: &S3Server, ttl: Duration, orphan_after: Duration) -> Documents {
     let settings = S3Settings {
         bucket: BUCKET.into(),
         region: "us-east-1".into(),
         endpoint: Some(s3.endpoint.clone()),
         force_path_style: true,
-        access_key_id: "S3RVER".into(),
-        secret_access_key: "S3RVER".into(),
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: SECRET_KEY.into(),
         session_token: None,
         server_side_encryption: Some("AES256".into()),
     };
-    let store = DocumentStore::s3(&settings, s3.dir.join("spool"), UrlSigner::derive(b"test")).unwrap();
+    let spool = std::env::temp_dir().join(format!("ironfhir-test-spool-{}", uuid::Uuid::new_v4().simple()));
+    let store = DocumentStore::s3(&settings, spool, UrlSigner::derive(b"test")).unwrap();
     Documents { url_ttl: ttl, orphan_after, ..Documents::new(store) }
 }
 
@@ -218,7 +221,7 @@ async fn documents_upload_and_download_through_server_signed_urls() {
 
 #[tokio::test]
 async fn documents_upload_and_download_through_s3_presigned_urls() {
-    let s3 = start_s3rver().await;
+    let s3 = start_s3().await;
     let app = app_with(s3_documents(&s3, Duration::from_secs(300), Duration::from_secs(86_400))).await;
     round_trip(&app, &format!("{}/{BUCKET}/binary/", s3.endpoint)).await;
 }
@@ -288,7 +291,7 @@ async fn documents_tampered_urls_are_refused_by_the_embedded_store() {
 
 #[tokio::test]
 async fn documents_tampered_urls_are_refused_by_s3() {
-    let s3 = start_s3rver().await;
+    let s3 = start_s3().await;
     let app = app_with(s3_documents(&s3, Duration::from_secs(300), Duration::from_secs(86_400))).await;
     tampering(&app, "X-Amz-Signature", "X-Amz-Expires").await;
 }
@@ -305,7 +308,7 @@ async fn expiry(app: &TestApp) {
 async fn documents_expired_urls_are_refused_by_both_stores() {
     let app = app_with(local_documents(Duration::from_secs(1), Duration::from_secs(86_400))).await;
     expiry(&app).await;
-    let s3 = start_s3rver().await;
+    let s3 = start_s3().await;
     let app = app_with(s3_documents(&s3, Duration::from_secs(1), Duration::from_secs(86_400))).await;
     expiry(&app).await;
     // An expired download URL too.
@@ -420,7 +423,7 @@ async fn delete_keeps_history(app: &TestApp) {
 async fn documents_deleting_a_binary_keeps_the_object_its_history_names() {
     let app = app_with(local_documents(Duration::from_secs(300), Duration::ZERO)).await;
     delete_keeps_history(&app).await;
-    let s3 = start_s3rver().await;
+    let s3 = start_s3().await;
     let app = app_with(s3_documents(&s3, Duration::from_secs(300), Duration::ZERO)).await;
     delete_keeps_history(&app).await;
 }
@@ -446,14 +449,14 @@ async fn orphans(app: &TestApp) {
 async fn documents_orphaned_uploads_are_swept_from_both_stores() {
     let app = app_with(local_documents(Duration::from_secs(300), Duration::from_secs(1))).await;
     orphans(&app).await;
-    let s3 = start_s3rver().await;
+    let s3 = start_s3().await;
     let app = app_with(s3_documents(&s3, Duration::from_secs(300), Duration::from_secs(1))).await;
     orphans(&app).await;
 }
 
 #[tokio::test]
 async fn documents_export_output_goes_to_s3_with_presigned_manifest_urls() {
-    let s3 = start_s3rver().await;
+    let s3 = start_s3().await;
     let documents = Documents { export_urls: ironfhir::documents::ExportUrls::Presigned, ..s3_documents(&s3, Duration::from_secs(300), Duration::from_secs(86_400)) };
     let app = app_with(documents).await;
     app.create(&json!({"resourceType": "Patient", "name": [{"family": "Exported"}]})).await;
