@@ -274,9 +274,9 @@ pub struct ServeArgs {
     /// Size of the database connection pool.
     #[arg(long, env = "IRONFHIR_DB_POOL_SIZE", default_value_t = 20)]
     pub db_pool_size: u32,
-    /// Directory of the document store (Bulk Data export files); default <data-dir>/documents.
-    #[arg(long, env = "IRONFHIR_DOCUMENT_DIR")]
-    pub document_dir: Option<PathBuf>,
+    /// The document store (uploads, export files): local directory or S3, URL lifetimes.
+    #[command(flatten)]
+    pub documents: crate::documents::DocumentArgs,
     /// Hours a finished `$export` job and its files are kept before they are deleted.
     #[arg(long, env = "IRONFHIR_EXPORT_RETENTION_HOURS", default_value_t = 24)]
     pub export_retention_hours: u64,

@@ -135,11 +135,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     crate::crypto::keys::spawn_key_poller(db.store.clone(), keyring, crate::crypto::keys::configured_provider(&args.config)?);
     crate::crypto::keys::spawn_reencryption(db.store.clone());
     let tls = args.tls_cert.is_some();
-    let documents = args.document_dir.clone().unwrap_or_else(|| args.config.data_dir.join("documents"));
-    let exports = Arc::new(crate::export::ExportService::new(
-        crate::documents::DocumentStore::local(documents),
-        Duration::from_secs(args.export_retention_hours.saturating_mul(3600)),
-    ));
+    // Local document URLs are signed with a key derived from the token signing key, which every
+    // instance of a deployment shares.
+    let documents = args.documents.build(&args.config.data_dir, keys::load_or_create(&args.config)?.as_bytes())?;
+    let exports = Arc::new(
+        crate::export::ExportService::new(documents.store.clone(), Duration::from_secs(args.export_retention_hours.saturating_mul(3600)))
+            .with_urls(documents.export_urls, documents.url_ttl),
+    );
+    crate::documents::sweeper::spawn(documents.clone(), db.store.clone());
     crate::export::worker::spawn(exports.clone(), db.store.clone());
     crate::search::custom::refresh(&db.store).await.map_err(|e| format!("cannot load the custom SearchParameters: {e}"))?;
     // Absolute references to this server are indexed as local ones when the base is known.
@@ -162,6 +165,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         events: Some(events),
         audit,
         hold_for: chrono::Duration::seconds(args.hold_seconds as i64),
+        documents,
     });
     crate::workflows::scheduling::holds::spawn(db.store.clone(), state.audit.clone(), args.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned());
     if state.audit.enabled() {

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::auth::{Interaction, Principal};
-use crate::documents::DocumentStore;
+use crate::documents::{DocumentStore, ExportUrls};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::definitions::definitions;
 use crate::fhir::types::{Id, ResourceType, sanitize};
@@ -48,13 +48,32 @@ pub struct ExportService {
     /// Completed and failed jobs (with their files) are deleted this long after they end.
     pub retention: Duration,
     wake: Notify,
+    /// Where manifest URLs point (`--export-urls`) and how long pre-signed ones last.
+    urls: ExportUrls,
+    url_ttl: Duration,
 }
 
 impl ExportService {
-    /// A service writing to `documents`, keeping results for `retention`.
+    /// A service writing to `documents`, keeping results for `retention`, handing out this
+    /// server's file URLs.
     pub fn new(documents: DocumentStore, retention: Duration) -> Self {
-        ExportService { documents, retention, wake: Notify::new() }
+        ExportService { documents, retention, wake: Notify::new(), urls: ExportUrls::Server, url_ttl: Duration::from_secs(300) }
     }
+
+    /// The same, with manifest URLs of the given kind valid for `ttl` when pre-signed.
+    pub fn with_urls(mut self, urls: ExportUrls, ttl: Duration) -> Self {
+        self.urls = urls;
+        self.url_ttl = ttl;
+        self
+    }
+}
+
+/// An output file as the file endpoint serves it.
+pub enum ExportFile {
+    /// A local file, streamed.
+    Local(tokio::fs::File, u64),
+    /// A pre-signed GET of the object in S3.
+    Redirect(String),
 }
 
 /// The three kick-off endpoints.
@@ -314,8 +333,32 @@ pub async fn cancel(store: &Store, service: &ExportService, principal: &Principa
     Ok(())
 }
 
-/// Opens an output file of a completed job for its owner.
-pub async fn open_file(store: &Store, service: &ExportService, principal: &Principal, id: &str, name: &str) -> FhirResult<(tokio::fs::File, u64)> {
+/// With `--export-urls presigned`, replaces the manifest's file URLs by pre-signed GETs of the
+/// store (signed now, valid for the configured time) and says they need no access token.
+/// `origin` is this server's public origin (where the embedded store's URLs point).
+pub async fn presign_manifest(service: &ExportService, id: &str, mut manifest: Value, origin: &str) -> FhirResult<Value> {
+    if service.urls != ExportUrls::Presigned {
+        return Ok(manifest);
+    }
+    let uuid = Uuid::parse_str(id).map_err(|_| FhirError::NotFound("no such export job".into()))?;
+    for list in ["output", "error", "deleted"] {
+        let Some(entries) = manifest.get_mut(list).and_then(Value::as_array_mut) else { continue };
+        for entry in entries {
+            let Some(name) = entry.get("url").and_then(Value::as_str).and_then(|u| u.rsplit('/').next()).map(str::to_owned) else { continue };
+            let signed = service
+                .documents
+                .presign_get(origin, &format!("{}/{name}", job_prefix(uuid)), "application/fhir+ndjson", service.url_ttl)
+                .await
+                .map_err(|e| FhirError::Internal(format!("cannot sign an export file URL: {e}")))?;
+            entry["url"] = json!(signed.url);
+        }
+    }
+    manifest["requiresAccessToken"] = json!(false);
+    Ok(manifest)
+}
+
+/// Opens an output file of a completed job for its owner (S3: a pre-signed GET of it).
+pub async fn open_file(store: &Store, service: &ExportService, principal: &Principal, id: &str, name: &str, origin: &str) -> FhirResult<ExportFile> {
     let (uuid, row) = owned_job(store, principal, id).await?;
     let not_found = || FhirError::NotFound("no such export file".into());
     let manifest: Option<Value> = row.get(3);
@@ -330,10 +373,20 @@ pub async fn open_file(store: &Store, service: &ExportService, principal: &Princ
     if !listed {
         return Err(not_found());
     }
-    service
+    let key = format!("{}/{name}", job_prefix(uuid));
+    if service.documents.is_s3() {
+        let signed = service
+            .documents
+            .presign_get(origin, &key, "application/fhir+ndjson", service.url_ttl)
+            .await
+            .map_err(|e| FhirError::Internal(format!("cannot sign an export file URL: {e}")))?;
+        return Ok(ExportFile::Redirect(signed.url));
+    }
+    let (file, len) = service
         .documents
-        .open(&format!("{}/{name}", job_prefix(uuid)))
+        .open(&key)
         .await
         .map_err(|e| FhirError::Internal(format!("cannot read export file: {e}")))?
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    Ok(ExportFile::Local(file, len))
 }

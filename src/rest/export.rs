@@ -61,6 +61,7 @@ pub async fn status(state: &AppState, ctx: &Ctx, principal: &Principal, id: &str
             Ok((StatusCode::ACCEPTED, headers).into_response())
         }
         JobState::Completed { manifest, expires } => {
+            let manifest = export::presign_manifest(&state.exports, id, manifest, ctx.base.strip_suffix("/fhir").unwrap_or(&ctx.base)).await?;
             let mut headers = HeaderMap::new();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             headers.insert(header::EXPIRES, http_date(&expires));
@@ -86,9 +87,17 @@ pub async fn cancel(state: &AppState, ctx: &Ctx, principal: &Principal, id: &str
     respond(ctx, StatusCode::ACCEPTED, outcome, HeaderMap::new())
 }
 
-/// Streams an output file as `application/fhir+ndjson`.
-pub async fn file(state: &AppState, principal: &Principal, id: &str, name: &str) -> FhirResult<Response> {
-    let (file, len) = export::open_file(&state.store, &state.exports, principal, id, name).await?;
+/// Streams an output file as `application/fhir+ndjson` (S3: redirects to a pre-signed GET).
+pub async fn file(state: &AppState, ctx: &Ctx, principal: &Principal, id: &str, name: &str) -> FhirResult<Response> {
+    let origin = ctx.base.strip_suffix("/fhir").unwrap_or(&ctx.base);
+    let (file, len) = match export::open_file(&state.store, &state.exports, principal, id, name, origin).await? {
+        export::ExportFile::Local(file, len) => (file, len),
+        export::ExportFile::Redirect(url) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::LOCATION, HeaderValue::from_str(&url).map_err(|e| FhirError::Internal(e.to_string()))?);
+            return Ok((StatusCode::TEMPORARY_REDIRECT, headers).into_response());
+        }
+    };
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+ndjson"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));

@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod cds;
 pub mod connection;
+mod documents;
 mod export;
 pub mod format;
 pub mod hygiene;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub audit: crate::audit::trail::AuditTrail,
     /// How long an `Appointment/$hold` keeps its slot.
     pub hold_for: chrono::Duration,
+    /// The document store behind Binary uploads and downloads (`crate::documents`).
+    pub documents: crate::documents::Documents,
 }
 
 /// Builds the router: everything under `/fhir` goes through [`dispatch`]; other paths are 404
@@ -66,6 +69,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/fhir", axum::routing::any(dispatch))
         .route("/fhir/", axum::routing::any(dispatch))
         .route("/fhir/{*rest}", axum::routing::any(dispatch))
+        .route("/documents/{*key}", axum::routing::any(documents::serve))
         .fallback(|| async { error_response(&FhirError::NotFound("no such endpoint; the FHIR API is at /fhir".into()), Format::Json, false) })
         .with_state(state)
 }
@@ -82,6 +86,8 @@ pub struct Ctx {
     mask: std::sync::OnceLock<Arc<crate::access::roles::Mask>>,
     /// The client's network address, for the audit trail.
     network: Option<String>,
+    /// A read of a Binary's content rather than the resource (`documents::wants_raw`).
+    raw: bool,
 }
 
 impl Ctx {
@@ -133,14 +139,17 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     // NDJSON whatever Accept says (clients send `application/json` and
     // `application/fhir+ndjson` there).
     let bulk = parts.uri.path().contains("/$export");
+    // A Binary read with a non-FHIR Accept answers the content; its errors are FHIR JSON.
+    let raw = documents::wants_raw(&parts.method, parts.uri.path(), format_param.as_deref(), &parts.headers);
     let format = match format::negotiate(format_param.as_deref(), &parts.headers) {
+        Ok(_) if raw => Format::Json,
         Ok(f) => f,
-        Err(_) if bulk => Format::Json,
+        Err(_) if bulk || raw => Format::Json,
         Err(e) => return error_response(&e, Format::Json, pretty),
     };
     let base = base_url(&state, &parts.headers);
     let network = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
-    let ctx = Ctx { format, pretty, base, query, headers: parts.headers, head: parts.method == Method::HEAD, mask: Default::default(), network };
+    let ctx = Ctx { format, pretty, base, query, headers: parts.headers, head: parts.method == Method::HEAD, mask: Default::default(), network, raw };
     let path = parts.uri.path().trim_start_matches("/fhir").trim_matches('/').to_owned();
     let segments: Vec<String> = path
         .split('/')
@@ -356,7 +365,7 @@ async fn route_as(state: &AppState, ctx: &Ctx, method: &Method, s: &[&str], body
         (Method::GET | Method::POST, ["$export"]) => export::kick_off(state, ctx, &principal, method, crate::export::Level::System, body).await,
         (Method::GET, ["$export-status", id]) => export::status(state, ctx, &principal, id).await,
         (Method::DELETE, ["$export-status", id]) => export::cancel(state, ctx, &principal, id).await,
-        (Method::GET, ["$export-file", id, name]) => export::file(state, &principal, id, name).await,
+        (Method::GET, ["$export-file", id, name]) => export::file(state, ctx, &principal, id, name).await,
         (_, []) => Err(FhirError::MethodNotAllowed("unsupported operation at the base URL".into())),
         (method, [rt, rest @ ..]) => {
             let rt = ResourceType::parse(rt)?;
@@ -430,6 +439,7 @@ async fn route_type(
             let page = interactions::history::history(store, principal, Some(rt), None, &params, &ctx.base).await?;
             respond(ctx, StatusCode::OK, bundle::history_bundle(ctx, &format!("{rt}/_history"), &page, &params), HeaderMap::new())
         }
+        (Method::POST, ["$upload"]) if rt.as_str() == "Binary" => documents::start_upload(state, ctx, principal, body).await,
         (Method::POST, ["$validate"]) => {
             let bytes = read_body(state, body).await?;
             let body = if bytes.is_empty() { None } else { Some(format::parse_resource_body(&ctx.headers, &bytes)?) };
@@ -508,6 +518,9 @@ async fn route_instance(
 ) -> FhirResult<Response> {
     let store = &state.store;
     match (method, rest) {
+        (Method::GET, []) if ctx.raw => documents::raw(state, ctx, principal, id, None).await,
+        (Method::GET, ["_history", version]) if ctx.raw => documents::raw(state, ctx, principal, id, Some(version)).await,
+        (Method::POST, ["$upload-complete"]) if rt.as_str() == "Binary" => documents::complete_upload(state, ctx, principal, id, body).await,
         (Method::GET, []) => {
             let stored = interactions::read::read(store, principal, rt, id, &ctx.base).await?;
             read_response(ctx, stored)

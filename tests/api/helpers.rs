@@ -81,6 +81,8 @@ pub struct TestApp {
     pub store: Store,
     /// The export service (document store) the app uses.
     pub exports: Arc<ExportService>,
+    /// The document store and its settings.
+    pub documents: ironfhir::documents::Documents,
     /// The test database, for tests that run the binary against it.
     pub database_url: String,
     db_name: String,
@@ -98,11 +100,13 @@ pub struct Options {
     /// Whether the event machinery runs (outbox dispatch, Subscriptions, websocket), and
     /// with which settings (off unless a test needs it: every dispatcher polls its database).
     pub events: Option<ironfhir::events::EventsConfig>,
+    /// The document store (default: a local directory of the test's own).
+    pub documents: Option<ironfhir::documents::Documents>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_body_bytes: 1024 * 1024, export_worker: true, hold_seconds: 600, events: None }
+        Options { max_body_bytes: 1024 * 1024, export_worker: true, hold_seconds: 600, events: None, documents: None }
     }
 }
 
@@ -146,10 +150,10 @@ impl TestApp {
         let pem = keys::generate_pem().unwrap();
         let tokens = TokenAuthority::from_pem(&pem, "ironfhir").unwrap();
         let token = tokens.issue("test-operator", "system/*.*", 600).unwrap();
-        let exports = Arc::new(ExportService::new(
-            DocumentStore::local(std::env::temp_dir().join(format!("ironfhir-test-docs-{db_name}"))),
-            Duration::from_secs(3600),
-        ));
+        let documents = options.documents.unwrap_or_else(|| {
+            ironfhir::documents::Documents::new(DocumentStore::local(std::env::temp_dir().join(format!("ironfhir-test-docs-{db_name}"))))
+        });
+        let exports = Arc::new(ExportService::new(documents.store.clone(), Duration::from_secs(3600)).with_urls(documents.export_urls, documents.url_ttl));
         if options.export_worker {
             ironfhir::export::worker::spawn(exports.clone(), store.clone());
         }
@@ -175,6 +179,7 @@ impl TestApp {
             events,
             audit,
             hold_for: chrono::Duration::seconds(options.hold_seconds),
+            documents: documents.clone(),
         });
         let app = ironfhir::server::app(state);
         tokio::spawn(async move {
@@ -187,6 +192,7 @@ impl TestApp {
             tokens: Arc::new(tokens),
             store,
             exports,
+            documents,
             database_url: url,
             db_name,
             data_dir,

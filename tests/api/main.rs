@@ -12,6 +12,7 @@ mod compartments;
 mod cli;
 mod conditional;
 mod crud;
+mod documents;
 mod errors;
 mod every_parameter;
 mod everything;
