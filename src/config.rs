@@ -205,6 +205,12 @@ pub struct ImportArgs {
     /// against.
     #[arg(long, env = "IRONFHIR_BASE_URL", default_value = "http://localhost:8080/fhir")]
     pub base_url: String,
+    /// Inline content (Binary.data, Attachment.data) larger than this many bytes is moved to
+    /// the document store; 0 keeps everything inline.
+    #[arg(long, default_value_t = crate::documents::offload::DEFAULT_THRESHOLD)]
+    pub offload_over: usize,
+    #[command(flatten)]
+    pub documents: crate::documents::DocumentArgs,
 }
 
 /// Arguments of `reindex`.

@@ -89,6 +89,8 @@ pub fn inputs(paths: &[PathBuf]) -> Result<Vec<Input>, String> {
 /// What is shared by the file tasks.
 struct Context {
     store: Store,
+    /// Where large inline content goes ([`crate::documents::offload`]); `None` keeps it inline.
+    documents: Option<(crate::documents::Documents, usize)>,
     principal: Principal,
     base: String,
     batch_size: usize,
@@ -102,6 +104,15 @@ struct Context {
 }
 
 impl Context {
+    /// The resource with its large inline content moved to the document store, preceded by the
+    /// Binaries that now hold it.
+    async fn offload(&self, mut resource: Value) -> FhirResult<Vec<Value>> {
+        let Some((documents, threshold)) = &self.documents else { return Ok(vec![resource]) };
+        let mut out = crate::documents::offload::offload(&self.store, documents, &mut resource, *threshold).await.map_err(FhirError::BadRequest)?;
+        out.push(resource);
+        Ok(out)
+    }
+
     /// Counts written resources and consumed bytes on the progress bar.
     fn advance(&self, resources: u64, bytes: u64) {
         let total = self.resources.fetch_add(resources, Ordering::Relaxed) + resources;
@@ -132,15 +143,15 @@ struct FileReport {
 
 /// Imports `inputs` (from [`inputs`]) and makes the result durable; `Err` (non-zero exit) when a
 /// file could not be read or any resource failed.
-pub async fn import(store: &Store, args: &ImportArgs, inputs: Vec<Input>) -> Result<(), String> {
-    let mut result = import_all(store, args, inputs).await;
+pub async fn import(store: &Store, args: &ImportArgs, inputs: Vec<Input>, documents: Option<crate::documents::Documents>) -> Result<(), String> {
+    let mut result = import_all(store, args, inputs, documents).await;
     if let Err(e) = crate::store::import::flush(store.pool()).await {
         result = Err(format!("cannot make the import durable: {e}"));
     }
     result
 }
 
-async fn import_all(store: &Store, args: &ImportArgs, inputs: Vec<Input>) -> Result<(), String> {
+async fn import_all(store: &Store, args: &ImportArgs, inputs: Vec<Input>, documents: Option<crate::documents::Documents>) -> Result<(), String> {
     let mut starts = Vec::with_capacity(inputs.len());
     for input in &inputs {
         starts.push(progress(store.pool(), &input.key).await.map_err(|e| e.to_string())?);
@@ -160,6 +171,7 @@ async fn import_all(store: &Store, args: &ImportArgs, inputs: Vec<Input>) -> Res
     bar.enable_steady_tick(Duration::from_millis(200));
     let ctx = Arc::new(Context {
         store: store.clone(),
+        documents: documents.filter(|_| args.offload_over > 0).map(|d| (d, args.offload_over)),
         principal: Principal::internal("import", "system/*.*"),
         base: args.base_url.trim_end_matches('/').to_owned(),
         batch_size: args.batch_size as usize,
@@ -333,19 +345,23 @@ async fn import_ndjson(ctx: &Context, input: &Input, start: Progress, report: &m
         let number = done.lines_done + 1;
         let text = line.trim_ascii();
         if !text.is_empty() {
-            let row = serde_json::from_slice::<Value>(text)
-                .map_err(|e| FhirError::BadRequest(format!("not valid JSON: {e}")))
-                .and_then(|resource| prepare(resource, &batch.last_updated, &ctx.base));
-            match row {
-                Ok(row) => {
-                    if batch.contains(&row) {
-                        // The same resource twice: the earlier version commits first (the
-                        // row keeps the timestamp it was stamped with).
-                        let time = batch.last_updated;
-                        flush(ctx, input, &mut batch, done, &mut reported_bytes, report).await?;
-                        batch.last_updated = time;
+            let resources = match serde_json::from_slice::<Value>(text) {
+                Ok(resource) => ctx.offload(resource).await,
+                Err(e) => Err(FhirError::BadRequest(format!("not valid JSON: {e}"))),
+            };
+            let rows = resources.and_then(|resources| resources.into_iter().map(|r| prepare(r, &batch.last_updated, &ctx.base)).collect::<FhirResult<Vec<_>>>());
+            match rows {
+                Ok(rows) => {
+                    for row in rows {
+                        if batch.contains(&row) {
+                            // The same resource twice: the earlier version commits first (the
+                            // row keeps the timestamp it was stamped with).
+                            let time = batch.last_updated;
+                            flush(ctx, input, &mut batch, done, &mut reported_bytes, report).await?;
+                            batch.last_updated = time;
+                        }
+                        batch.push(row);
                     }
-                    batch.push(row);
                 }
                 Err(e) => {
                     report.errors += 1;
@@ -597,20 +613,25 @@ async fn write_unit(
     let mut batches = vec![Batch::new()];
     for (at, resource) in resources {
         let time = batches.last().map(|b| b.last_updated).unwrap_or_else(now);
-        let row = match resource {
-            Some(resource) => prepare(resource, &time, &ctx.base),
+        let rows = match resource {
+            Some(resource) => match ctx.offload(resource).await {
+                Ok(resources) => resources.into_iter().map(|r| prepare(r, &time, &ctx.base)).collect::<FhirResult<Vec<_>>>(),
+                Err(e) => Err(e),
+            },
             None => Err(FhirError::BadRequest("the entry has no resource".into())),
         };
-        match row {
-            Ok(row) => {
-                let last = batches.last_mut().expect("one batch at least");
-                if last.contains(&row) || last.rows.len() >= ctx.batch_size {
-                    let mut next = Batch::new();
-                    next.last_updated = time;
-                    next.push(row);
-                    batches.push(next);
-                } else {
-                    last.push(row);
+        match rows {
+            Ok(rows) => {
+                for row in rows {
+                    let Some(last) = batches.last_mut() else { continue };
+                    if last.contains(&row) || last.rows.len() >= ctx.batch_size {
+                        let mut next = Batch::new();
+                        next.last_updated = time;
+                        next.push(row);
+                        batches.push(next);
+                    } else {
+                        last.push(row);
+                    }
                 }
             }
             Err(e) => {

@@ -18,7 +18,8 @@ pub async fn run(args: ImportArgs) -> Result<(), String> {
     let db = server::open_database(&args.config, args.parallel + 2, Duration::from_secs(600)).await?;
     let _ = definitions.await;
     crate::search::custom::refresh(&db.store).await.map_err(|e| format!("cannot load the custom SearchParameters: {e}"))?;
-    let result = crate::import::import(&db.store, &args, inputs).await;
+    let documents = args.documents.build(&args.config.data_dir, crate::auth::keys::load_or_create(&args.config)?.as_bytes())?;
+    let result = crate::import::import(&db.store, &args, inputs, Some(documents)).await;
     db.close().await?;
     result
 }

@@ -14,6 +14,7 @@
 
 pub mod local;
 pub mod objects;
+pub mod offload;
 pub mod s3;
 pub mod signing;
 pub mod sweeper;

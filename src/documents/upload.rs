@@ -96,7 +96,7 @@ fn is_media_type(v: &str) -> bool {
     v.len() <= 255 && v.split_once('/').is_some_and(|(t, s)| token(t) && token(s))
 }
 
-fn extension(key: &str, status: &str, size: u64, sha1: Option<&[u8; 20]>) -> Value {
+pub(crate) fn extension(key: &str, status: &str, size: u64, sha1: Option<&[u8; 20]>) -> Value {
     let mut parts = vec![json!({"url": "key", "valueString": key}), json!({"url": "status", "valueCode": status}), json!({"url": "size", "valueUnsignedInt": size})];
     if let Some(h) = sha1 {
         parts.push(json!({"url": "hash", "valueBase64Binary": base64::engine::general_purpose::STANDARD.encode(h)}));

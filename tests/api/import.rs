@@ -324,3 +324,54 @@ async fn a_bundle_whose_conditional_reference_targets_a_later_file_is_imported_i
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("conditional reference"), "{}", text(&out.stderr));
 }
+
+#[tokio::test]
+async fn large_inline_content_is_moved_to_the_document_store_and_small_content_stays_inline() {
+    let (url, name) = fresh_database().await;
+    let _db = DatabaseGuard(name);
+    let dir = temp_dir("offload");
+    let documents = dir.join("documents");
+    let big: Vec<u8> = (0..3000u32).flat_map(|i| i.to_le_bytes()).collect(); // 12,000 bytes
+    let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
+    let lines = [
+        json!({"resourceType": "Binary", "id": "big-scan", "contentType": "application/pdf", "data": b64(&big)}),
+        json!({"resourceType": "Binary", "id": "small-note", "contentType": "text/plain", "data": b64(b"synthetic note")}),
+        json!({"resourceType": "DocumentReference", "id": "doc-1", "status": "current",
+               "content": [{"attachment": {"contentType": "image/png", "title": "synthetic image", "data": b64(&big)}}]}),
+    ];
+    let file = dir.join("documents.ndjson");
+    std::fs::write(&file, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    let out = import(&url, &dir, &[&file], &["--offload-over", "10000", "--document-dir", documents.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut db = connect(&url).await;
+    // JSONB holds no document bytes for the large content, and the bytes are in the store.
+    let scan = content(&mut db, "Binary", "big-scan", &url, &dir).await;
+    assert!(scan.get("data").is_none(), "{scan}");
+    let key = scan.pointer("/meta/extension/0/extension/0/valueString").and_then(Value::as_str).unwrap().to_owned();
+    assert_eq!(std::fs::read(documents.join(&key)).unwrap(), big);
+    let state: String = sqlx::query_scalar("SELECT state FROM document_object WHERE key = $1 AND resource_id = 'big-scan'").bind(&key).fetch_one(&mut db).await.unwrap();
+    assert_eq!(state, "stored");
+    let small = content(&mut db, "Binary", "small-note", &url, &dir).await;
+    assert_eq!(small["data"], b64(b"synthetic note"));
+    // The attachment now points at a new Binary holding the bytes, with size and SHA-1.
+    let doc = content(&mut db, "DocumentReference", "doc-1", &url, &dir).await;
+    let attachment = &doc["content"][0]["attachment"];
+    assert!(attachment.get("data").is_none());
+    assert_eq!(attachment["size"], 12000);
+    assert_eq!(attachment["title"], "synthetic image");
+    let sha1 = <sha1::Sha1 as sha1::Digest>::digest(&big);
+    assert_eq!(attachment["hash"], b64(&sha1));
+    let binary_id = attachment["url"].as_str().unwrap().strip_prefix("Binary/").unwrap().to_owned();
+    let holder = content(&mut db, "Binary", &binary_id, &url, &dir).await;
+    assert_eq!(holder["contentType"], "image/png");
+    let key = holder.pointer("/meta/extension/0/extension/0/valueString").and_then(Value::as_str).unwrap();
+    assert_eq!(std::fs::read(documents.join(key)).unwrap(), big);
+    let text_of_rows: i64 = scalar(&mut db, "SELECT count(*) FROM resource WHERE content::text LIKE '%AAAA%'").await;
+    assert_eq!(text_of_rows, 0, "no base64 of the large content left in JSONB");
+    // Keys and Binary ids follow the content: the same import again writes nothing new.
+    let before = counts(&mut db).await;
+    let again = import(&url, &dir, &[&file], &["--offload-over", "10000", "--document-dir", documents.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(counts(&mut db).await, before);
+    assert_eq!(scalar(&mut db, "SELECT count(*) FROM document_object").await, 2);
+}
