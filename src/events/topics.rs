@@ -59,7 +59,7 @@ mod tests {
         let defs = crate::fhir::definitions::definitions();
         assert!(topics().len() >= 4);
         for t in topics() {
-            assert!(defs.resource_types().iter().any(|r| *r == t.resource), "{}", t.url);
+            assert!(defs.resource_types().contains(&t.resource), "{}", t.url);
             assert!(t.interactions.iter().all(|i| matches!(i.as_str(), "create" | "update" | "delete")), "{}", t.url);
             for f in &t.filters {
                 assert!(defs.search_params(&t.resource).iter().any(|sp| sp.code == *f), "{} filter {f}", t.url);
