@@ -207,6 +207,7 @@ def main():
     for w in writers:
         w.join()
     acks = [x for r in results for x in r["acks"]]
+    took = max((t for _, _, t in acks), default=start_at + a.seconds) - start_at
     sampler.join()
     done.set()
     hooked = hook_out.get()
@@ -219,7 +220,7 @@ def main():
         "target_rate": a.rate,
         "seconds": a.seconds,
         "acknowledged": len(acks),
-        "achieved_rate": round(len(acks) / a.seconds, 1),
+        "achieved_rate": round(len(acks) / max(took, 0.001), 1),
         "write_errors": sum(r["errors"] for r in results),
         "late_sends": sum(r["late"] for r in results),
         "rest_hook": {**percentiles(hook_lat), "missing": hook_missing},

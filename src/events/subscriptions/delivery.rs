@@ -1,10 +1,10 @@
 //! Rest-hook delivery: each instance leases Subscriptions that have notifications due
 //! (`subscription_state`, row locks decide between instances) and sends them in event-number
-//! order, one at a time, so a receiver sees each Subscription's events in order. A failed call
+//! order per resource (up to 16 resources at a time), so a receiver sees each resource's events in order. A failed call
 //! (no answer within 10 s, or not 2xx) is retried with exponential backoff (1 s, 2 s, 4 s …
 //! at most 10 min) and holds back the notifications behind it; after `max_failures` failures
-//! in a row the Subscription is set to `error` with the reason. Every delivery that carries or
-//! names a resource is recorded in the audit trail.
+//! in a row the Subscription is set to `error` with the reason. Each round's deliveries that
+//! carry or name resources are one AuditEvent (the Subscription and every focus version).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,9 @@ const ROUND_BUDGET: Duration = Duration::from_secs(8);
 
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Resources whose notifications are sent at the same time, per Subscription.
+const CONCURRENT: usize = 16;
 
 /// Time allowed for one call to an endpoint.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,13 +145,19 @@ pub async fn current_spec(store: &Store, id: &str, base: &str) -> FhirResult<Opt
     }
 }
 
-/// The pending notifications of a Subscription that are due, in order.
+/// The pending notifications of a Subscription that are due, in order — except those behind
+/// an undelivered notification of the same resource (waiting for its retry): a resource's
+/// notifications are never delivered out of order.
 async fn due(store: &Store, id: &str) -> FhirResult<Vec<(Event, i32)>> {
     let rows = sqlx::query(
-        "SELECT event_number, kind, focus_type, focus_id, focus_version, interaction, recorded_at, attempts
-           FROM subscription_notification
-          WHERE subscription_id = $1 AND delivered_at IS NULL AND next_attempt_at <= now()
-          ORDER BY event_number LIMIT $2",
+        "SELECT n.event_number, n.kind, n.focus_type, n.focus_id, n.focus_version, n.interaction, n.recorded_at, n.attempts
+           FROM subscription_notification n
+          WHERE n.subscription_id = $1 AND n.delivered_at IS NULL AND n.next_attempt_at <= now()
+            AND NOT EXISTS (SELECT 1 FROM subscription_notification e
+                             WHERE e.subscription_id = n.subscription_id AND e.delivered_at IS NULL
+                               AND e.event_number < n.event_number AND e.next_attempt_at > now()
+                               AND (e.kind = 'handshake' OR (e.focus_type = n.focus_type AND e.focus_id = n.focus_id)))
+          ORDER BY n.event_number LIMIT $2",
     )
     .bind(id)
     .bind(PER_ROUND)
@@ -170,7 +179,7 @@ pub fn event_of(r: &sqlx::postgres::PgRow) -> Event {
     }
 }
 
-/// One round for one Subscription: sends what is due in order, stops at the first failure.
+/// One round for one Subscription: sends what is due, each resource's notifications in order.
 async fn deliver(d: &Delivery, client: &reqwest::Client, id: &str) -> FhirResult<()> {
     let Some(spec) = current_spec(&d.store, id, &d.base).await? else { return Ok(()) };
     if !spec.is_live() {
@@ -186,48 +195,97 @@ async fn deliver(d: &Delivery, client: &reqwest::Client, id: &str) -> FhirResult
     let started = std::time::Instant::now();
     let base = owner.base(&d.base).to_owned();
     let owner = owner.principal;
-    for (event, attempts) in due(&d.store, id).await? {
-        if started.elapsed() > ROUND_BUDGET {
-            return Ok(());
-        }
-        let counter = events_since_start(&d.store, id).await?;
-        match send(d, client, &spec, &owner, &base, endpoint, headers, &event, counter).await {
-            Ok(()) => {
-                sqlx::query("UPDATE subscription_notification SET delivered_at = now(), attempts = attempts + 1 WHERE subscription_id = $1 AND event_number = $2")
-                    .bind(id)
-                    .bind(event.number)
-                    .execute(d.store.pool())
-                    .await?;
-                sqlx::query("UPDATE subscription_state SET failures = 0, last_error = NULL, last_delivered = greatest(last_delivered, $2) WHERE subscription_id = $1")
-                    .bind(id)
-                    .bind(event.number)
-                    .execute(d.store.pool())
-                    .await?;
+    let due = due(&d.store, id).await?;
+    let counter = events_since_start(&d.store, id).await?;
+    // What this round delivered is recorded once at its end (a crash before that sends those
+    // notifications again: at least once). A handshake goes alone and first; the rest go as
+    // one sequence per resource, up to CONCURRENT sequences at a time, so each resource's
+    // notifications arrive in order while different resources' overlap.
+    let mut delivered: Vec<Event> = vec![];
+    let mut failures: Vec<(Event, i32, String)> = vec![];
+    let mut groups: Vec<Vec<(Event, i32)>> = vec![];
+    let mut group_of: std::collections::HashMap<(Option<String>, Option<String>), usize> = Default::default();
+    for (event, attempts) in due {
+        let key = if event.kind == "handshake" { (None, None) } else { (event.focus_type.clone(), event.focus_id.clone()) };
+        match group_of.get(&key) {
+            Some(&i) => groups[i].push((event, attempts)),
+            None => {
+                group_of.insert(key, groups.len());
+                groups.push(vec![(event, attempts)]);
             }
-            Err(reason) => {
-                let backoff = backoff(attempts + 1);
-                sqlx::query(
-                    "UPDATE subscription_notification SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $3)
-                      WHERE subscription_id = $1 AND event_number = $2",
-                )
-                .bind(id)
-                .bind(event.number)
-                .bind(backoff.as_secs_f64())
-                .execute(d.store.pool())
-                .await?;
-                let failures: i32 = sqlx::query_scalar(
-                    "UPDATE subscription_state SET failures = failures + 1, last_error = $2 WHERE subscription_id = $1 RETURNING failures",
-                )
+        }
+    }
+    let handshake_first = groups.first().is_some_and(|g| g.first().is_some_and(|(e, _)| e.kind == "handshake"));
+    let (first, rest) = if handshake_first { groups.split_at(1) } else { groups.split_at(0) };
+    for stage in [first.to_vec(), rest.to_vec()] {
+        let sequences = stage.into_iter().map(|group| {
+            let (owner, base, spec) = (&owner, base.as_str(), &spec);
+            async move {
+                let mut sent = vec![];
+                for (event, attempts) in group {
+                    if started.elapsed() > ROUND_BUDGET {
+                        return (sent, None);
+                    }
+                    match send(d, client, spec, owner, base, endpoint, headers, &event, counter).await {
+                        Ok(()) => sent.push(event),
+                        Err(reason) => return (sent, Some((event, attempts, reason))),
+                    }
+                }
+                (sent, None)
+            }
+        });
+        let outcomes: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(futures::stream::iter(sequences), CONCURRENT)).await;
+        for (sent, failed) in outcomes {
+            delivered.extend(sent);
+            failures.extend(failed);
+        }
+        if !failures.is_empty() {
+            break; // a failed handshake holds everything back
+        }
+    }
+    if !delivered.is_empty() {
+        let numbers: Vec<i64> = delivered.iter().map(|e| e.number).collect();
+        sqlx::query("UPDATE subscription_notification SET delivered_at = now(), attempts = attempts + 1 WHERE subscription_id = $1 AND event_number = ANY($2)")
+            .bind(id)
+            .bind(&numbers)
+            .execute(d.store.pool())
+            .await?;
+        sqlx::query("UPDATE subscription_state SET failures = 0, last_error = NULL, last_delivered = greatest(last_delivered, $2) WHERE subscription_id = $1")
+            .bind(id)
+            .bind(numbers.iter().max().copied().unwrap_or(0))
+            .execute(d.store.pool())
+            .await?;
+        let named: Vec<&Event> = delivered.iter().filter(|e| e.kind != "handshake" && e.focus_id.is_some()).collect();
+        if spec.content != Content::Empty && !named.is_empty() {
+            d.trail.record(audit_event(&owner, &spec, &named, true)).await?;
+        }
+    }
+    if let Some((_, _, reason)) = failures.first() {
+        let reason = reason.clone();
+        for (event, attempts, _) in &failures {
+            sqlx::query(
+                "UPDATE subscription_notification SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $3)
+                  WHERE subscription_id = $1 AND event_number = $2",
+            )
+            .bind(id)
+            .bind(event.number)
+            .bind(backoff(attempts + 1).as_secs_f64())
+            .execute(d.store.pool())
+            .await?;
+        }
+        let failed: i32 =
+            sqlx::query_scalar("UPDATE subscription_state SET failures = failures + 1, last_error = $2 WHERE subscription_id = $1 RETURNING failures")
                 .bind(id)
                 .bind(&reason)
                 .fetch_one(d.store.pool())
                 .await?;
-                tracing::info!(subscription = %id, failures, "rest-hook delivery failed: {reason}");
-                if failures >= d.max_failures {
-                    fail_subscription(d, &spec, &format!("{failures} deliveries in a row failed; last: {reason}")).await?;
-                }
-                return Ok(());
-            }
+        tracing::info!(subscription = %id, failures = failed, "rest-hook delivery failed: {reason}");
+        let named: Vec<&Event> = failures.iter().map(|(e, _, _)| e).filter(|e| e.focus_id.is_some()).collect();
+        if spec.content != Content::Empty && !named.is_empty() {
+            d.trail.record(audit_event(&owner, &spec, &named, false)).await?;
+        }
+        if failed >= d.max_failures {
+            fail_subscription(d, &spec, &format!("{failed} delivery rounds in a row failed; last: {reason}")).await?;
         }
     }
     Ok(())
@@ -292,9 +350,6 @@ async fn send(
         Err(e) if e.is_timeout() => Err("the endpoint did not answer in time".to_owned()),
         Err(_) => Err("the endpoint could not be reached".to_owned()),
     };
-    if event.kind != "handshake" && spec.content != Content::Empty {
-        let _ = d.trail.record(audit_event(owner, spec, event, result.is_ok())).await;
-    }
     result
 }
 
@@ -303,12 +358,20 @@ fn render(value: Value, mime: &str) -> Result<Vec<u8>, String> {
     crate::rest::format::render(value, format, false).map_err(|e| e.to_string())
 }
 
-/// The AuditEvent of one delivery: the owner's data transmitted to the endpoint.
-fn audit_event(owner: &Principal, spec: &Spec, event: &Event, delivered: bool) -> Value {
+/// The AuditEvent of one delivery round: the owner's data transmitted to the endpoint (the
+/// Subscription and each focus version as entities).
+fn audit_event(owner: &Principal, spec: &Spec, events: &[&Event], delivered: bool) -> Value {
     let mut entity = vec![json!({"what": {"reference": format!("Subscription/{}", spec.id)}, "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "22", "display": "Job Stream"}})];
-    if let (Some(t), Some(id), Some(v)) = (&event.focus_type, &event.focus_id, event.focus_version) {
-        entity.push(json!({"what": {"reference": format!("{t}/{id}/_history/{v}")}}));
+    for event in events {
+        if let (Some(t), Some(id), Some(v)) = (&event.focus_type, &event.focus_id, event.focus_version) {
+            entity.push(json!({"what": {"reference": format!("{t}/{id}/_history/{v}")}}));
+        }
     }
+    let numbers = match (events.first(), events.last()) {
+        (Some(a), Some(b)) if a.number != b.number => format!("notifications {} to {}", a.number, b.number),
+        (Some(a), _) => format!("notification {}", a.number),
+        _ => "notifications".to_owned(),
+    };
     json!({
         "resourceType": "AuditEvent",
         "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110106", "display": "Export"},
@@ -316,7 +379,7 @@ fn audit_event(owner: &Principal, spec: &Spec, event: &Event, delivered: bool) -
         "action": "R",
         "recorded": crate::interactions::instant(&crate::interactions::now()),
         "outcome": if delivered { "0" } else { "4" },
-        "outcomeDesc": format!("Subscription notification {} ({})", event.number, if delivered { "delivered" } else { "delivery failed" }),
+        "outcomeDesc": format!("Subscription {numbers} ({})", if delivered { "delivered" } else { "delivery failed" }),
         "agent": [crate::audit::requesting_agent(owner, None)],
         "source": crate::audit::source(),
         "entity": entity,
