@@ -320,6 +320,9 @@ async fn send(
     counter: i64,
 ) -> Result<(), String> {
     let bundle_form = spec.topic.is_some() || spec.content == Content::IdOnly || event.kind == "handshake";
+    // events-since-subscription-start "inclusive of this notification": an event's own number
+    // (the same on every redelivery); the current count for a handshake.
+    let counter = if event.kind == "handshake" { counter } else { event.number };
     let (method, url, body) = if bundle_form {
         let kind = if event.kind == "handshake" { "handshake" } else { "event-notification" };
         let events: Vec<Event> = if event.kind == "handshake" { vec![] } else { vec![event.clone()] };
