@@ -137,6 +137,17 @@ def focus_refs(bundle: dict) -> list[str]:
             for part in p["part"] if part["name"] == "focus"]
 
 
+def delivery_audits(http, base: str, subscription_id: str) -> list[dict]:
+    """The AuditEvents of deliveries of a Subscription (DICOM 110106, entity the Subscription)."""
+    deadline = time.time() + 15
+    while True:
+        found = http.get(f"{base}/AuditEvent", params={"entity": f"Subscription/{subscription_id}"}, timeout=30).json()
+        events = [e["resource"] for e in found.get("entry", []) if e["resource"]["type"]["code"] == "110106"]
+        if events or time.time() > deadline:
+            return events
+        time.sleep(0.5)
+
+
 def prescription(w, patient: str, pharmacy: str) -> dict:
     return {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
             "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "197361"}]},
@@ -156,7 +167,7 @@ def test_capability_statement_names_the_topics_and_the_websocket(base, http):
     assert ws and ws[0].startswith("ws://") and ws[0].endswith("/ws")
 
 
-def test_a_pharmacy_hears_of_the_prescriptions_addressed_to_it_and_of_no_other(base, hooks, world):
+def test_a_pharmacy_hears_of_the_prescriptions_addressed_to_it_and_of_no_other(base, http, hooks, world):
     w = world
     mine = subscribe(w.supplier.token, base, topic_subscription("medication-request-for-pharmacy", f"{hooks.url}/pharmacy-{w.tag}", "full-resource"))
     subscribe(w.other_supplier.token, base, topic_subscription("medication-request-for-pharmacy", f"{hooks.url}/other-{w.tag}", "full-resource"))
@@ -178,6 +189,10 @@ def test_a_pharmacy_hears_of_the_prescriptions_addressed_to_it_and_of_no_other(b
     assert [status_of(b)["type"]["valueCode"] for b in other] == ["handshake"]
     assert rx not in json.dumps(other)
     assert len(calls) >= 2
+    # The delivery is in the audit trail: the pharmacy role as agent, the prescription as entity.
+    audits = delivery_audits(http, base, mine["id"])
+    assert audits, "no AuditEvent for the delivery"
+    assert any(e["what"]["reference"] == f"MedicationRequest/{rx}/_history/1" for a in audits for e in a["entity"])
 
 
 def test_a_practitioner_hears_of_bookings_and_cancellations_with_them(base, http, hooks, world):
@@ -223,6 +238,8 @@ def test_a_patient_hears_of_their_own_new_prescriptions_over_a_websocket_and_of_
         assert mine.status_code == 201, mine.text[:300]
         note = json.loads(ws.recv())
         assert focus_refs(note) == [f"{base}/MedicationRequest/{mine.json()['id']}/_history/1"]
+        audits = delivery_audits(http, base, sub["id"])
+        assert any(e["what"]["reference"] == f"MedicationRequest/{mine.json()['id']}/_history/1" for a in audits for e in a["entity"]), audits
         ws.settimeout(2)
         with pytest.raises(websocket.WebSocketTimeoutException):
             ws.recv()  # nothing about the other patient's prescription

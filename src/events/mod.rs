@@ -64,6 +64,7 @@ pub async fn start(
         outbox::spawn(store.clone(), Arc::new(stream::StreamConsumer::new(Arc::new(sink))), wake.clone(), instance);
     }
     let delivery_grants = grants.clone();
+    let notifier_trail = trail.clone();
     let delivery = subscriptions::delivery::Delivery {
         store: store.clone(),
         grants,
@@ -74,6 +75,6 @@ pub async fn start(
         retention: config.notification_retention,
     };
     subscriptions::delivery::spawn(Arc::new(delivery), delivered.clone());
-    subscriptions::websocket::spawn_notifier(store, hub.clone(), delivery_grants, delivered);
+    subscriptions::websocket::spawn_notifier(store, hub.clone(), delivery_grants, notifier_trail, delivered);
     Ok(Arc::new(Events { instance, hub }))
 }

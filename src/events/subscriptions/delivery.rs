@@ -363,7 +363,7 @@ fn render(value: Value, mime: &str) -> Result<Vec<u8>, String> {
 
 /// The AuditEvent of one delivery round: the owner's data transmitted to the endpoint (the
 /// Subscription and each focus version as entities).
-fn audit_event(owner: &Principal, spec: &Spec, events: &[&Event], delivered: bool) -> Value {
+pub(super) fn audit_event(owner: &Principal, spec: &Spec, events: &[&Event], delivered: bool) -> Value {
     let mut entity = vec![json!({"what": {"reference": format!("Subscription/{}", spec.id)}, "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "22", "display": "Job Stream"}})];
     for event in events {
         if let (Some(t), Some(id), Some(v)) = (&event.focus_type, &event.focus_id, event.focus_version) {

@@ -71,8 +71,9 @@ impl Hub {
     }
 
     /// Sends `messages` (event number, text) to the sockets of `subscription` whose cursor is
-    /// behind them.
-    fn send(&self, subscription: &str, messages: &[(i64, String)]) {
+    /// behind them; whether any socket was sent anything.
+    fn send(&self, subscription: &str, messages: &[(i64, String)]) -> bool {
+        let mut sent = false;
         if let Ok(mut bound) = self.bound.lock()
             && let Some(sockets) = bound.get_mut(subscription)
         {
@@ -81,10 +82,12 @@ impl Hub {
                 for (number, text) in messages.iter().filter(|(n, _)| *n > behind) {
                     if socket.sender.send(text.clone()).is_ok() {
                         socket.cursor = *number;
+                        sent = true;
                     }
                 }
             }
         }
+        sent
     }
 
     /// How many sockets are bound (for tests and metrics).
@@ -95,11 +98,17 @@ impl Hub {
 
 /// Runs this instance's notifier: after each `ironfhir_notification` (or every second), sends
 /// bound sockets the notifications past their cursors.
-pub fn spawn_notifier(store: Store, hub: Arc<Hub>, grants: Arc<crate::access::RoleGrants>, mut wake: watch::Receiver<u64>) {
+pub fn spawn_notifier(
+    store: Store,
+    hub: Arc<Hub>,
+    grants: Arc<crate::access::RoleGrants>,
+    trail: crate::audit::trail::AuditTrail,
+    mut wake: watch::Receiver<u64>,
+) {
     tokio::spawn(async move {
         loop {
             for (subscription, cursor) in hub.watched() {
-                if let Err(e) = notify(&store, &grants, &hub, &subscription, cursor).await {
+                if let Err(e) = notify(&store, &grants, &trail, &hub, &subscription, cursor).await {
                     tracing::warn!(error = %e, subscription = %subscription, "websocket notification failed");
                 }
             }
@@ -108,7 +117,9 @@ pub fn spawn_notifier(store: Store, hub: Arc<Hub>, grants: Arc<crate::access::Ro
     });
 }
 
-async fn notify(store: &Store, grants: &crate::access::RoleGrants, hub: &Hub, subscription: &str, cursor: i64) -> FhirResult<()> {
+/// Sends the notifications past `cursor` to the sockets bound to `subscription`; those that
+/// name resources are audited like a rest-hook round.
+async fn notify(store: &Store, grants: &crate::access::RoleGrants, trail: &crate::audit::trail::AuditTrail, hub: &Hub, subscription: &str, cursor: i64) -> FhirResult<()> {
     let rows = sqlx::query(
         "SELECT event_number, kind, focus_type, focus_id, focus_version, interaction, recorded_at
            FROM subscription_notification
@@ -124,8 +135,14 @@ async fn notify(store: &Store, grants: &crate::access::RoleGrants, hub: &Hub, su
     }
     let events: Vec<Event> = rows.iter().map(super::delivery::event_of).collect();
     let Some(spec) = super::delivery::current_spec(store, subscription, "").await? else { return Ok(()) };
-    let messages = messages(store, grants, &spec, &events).await?;
-    hub.send(subscription, &messages);
+    let (messages, owner) = messages(store, grants, &spec, &events).await?;
+    let sent = hub.send(subscription, &messages);
+    if let Some(owner) = owner.filter(|_| sent && spec.content != Content::Empty) {
+        let named: Vec<&Event> = events.iter().filter(|e| e.focus_id.is_some() && e.number > cursor).collect();
+        if !named.is_empty() {
+            trail.record(super::delivery::audit_event(&owner, &spec, &named, true)).await?;
+        }
+    }
     let last = events.last().map(|e| e.number).unwrap_or(cursor);
     sqlx::query("UPDATE subscription_notification SET delivered_at = now() WHERE subscription_id = $1 AND event_number <= $2 AND delivered_at IS NULL")
         .bind(subscription)
@@ -136,21 +153,22 @@ async fn notify(store: &Store, grants: &crate::access::RoleGrants, hub: &Hub, su
 }
 
 /// The websocket texts of `events`: `ping <id>` for criteria-based Subscriptions, one
-/// notification Bundle each for topic-based ones (focus read as the owner).
-async fn messages(store: &Store, grants: &crate::access::RoleGrants, spec: &Spec, events: &[Event]) -> FhirResult<Vec<(i64, String)>> {
+/// notification Bundle each for topic-based ones (focus read as the owner, who is returned
+/// then, for the audit trail).
+async fn messages(store: &Store, grants: &crate::access::RoleGrants, spec: &Spec, events: &[Event]) -> FhirResult<(Vec<(i64, String)>, Option<Arc<Principal>>)> {
     if spec.topic.is_none() && spec.content != Content::IdOnly {
-        return Ok(events.iter().map(|e| (e.number, format!("ping {}", spec.id))).collect());
+        return Ok((events.iter().map(|e| (e.number, format!("ping {}", spec.id))).collect(), None));
     }
     let owner = match super::owner(store, grants, &spec.id).await {
         Ok(Some(owner)) => owner,
-        _ => return Ok(vec![]),
+        _ => return Ok((vec![], None)),
     };
     let mut out = vec![];
     for event in events {
         let bundle = notification::bundle(store, &owner.principal, spec, &owner.base, "event-notification", event.number, std::slice::from_ref(event), None).await?;
         out.push((event.number, bundle.to_string()));
     }
-    Ok(out)
+    Ok((out, Some(owner.principal)))
 }
 
 /// `GET /ws`: upgrades to a websocket. An `Authorization` header, if sent, is checked like
