@@ -1125,7 +1125,13 @@ pub async fn execute(pool: &sqlx::PgPool, request: &SearchRequest) -> FhirResult
 /// (a GET entry of a transaction Bundle).
 pub async fn execute_in(conn: &mut sqlx::PgConnection, request: &SearchRequest) -> FhirResult<(Vec<StoredResource>, Option<i64>, bool)> {
     if request.count == 0 {
-        return Ok((vec![], total_of_all(conn, request).await?, false));
+        // search.html#count: `_count=0` asks for how many match and no entries — the total is
+        // counted unless `_total=none` (or `estimate`) says otherwise.
+        let total = match request.total {
+            TotalMode::WhenKnown => count_matches(conn, &request.criteria).await.map(Some)?,
+            _ => total_of_all(conn, request).await?,
+        };
+        return Ok((vec![], total, false));
     }
     let mut sql = QueryBuilder::<Postgres>::new("");
     push_page_query(&mut sql, request)?;

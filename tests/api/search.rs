@@ -451,3 +451,16 @@ async fn date_range_functions_are_not_run_by_parallel_workers() {
         assert_eq!(parallel, "r", "{name}");
     }
 }
+
+#[tokio::test]
+async fn count_zero_answers_the_total_and_no_entries() {
+    // search.html#count: _count=0 asks for the number of matches only.
+    let app = TestApp::spawn().await;
+    for id in ["c0-1", "c0-2"] {
+        app.put_new(serde_json::json!({"resourceType": "Patient", "id": id, "gender": "female"})).await;
+    }
+    app.put_new(serde_json::json!({"resourceType": "Patient", "id": "c0-3", "gender": "male"})).await;
+    let bundle = app.get_json("Patient?gender=female&_count=0").await;
+    assert_eq!(bundle["total"], 2, "{bundle}");
+    assert!(bundle.get("entry").is_none_or(|e| e.as_array().is_some_and(|a| a.is_empty())), "{bundle}");
+}
