@@ -78,6 +78,24 @@ pub(crate) fn source() -> Value {
     serde_json::to_value(SOURCE).unwrap_or_default()
 }
 
+/// The AuditEvent of an update the server makes on its own (an expired hold cancelled, a
+/// Subscription set to `error`): a RESTful update by `principal` of the version `reference`
+/// (`Type/id/_history/v`), with why in `outcomeDesc`.
+pub(crate) fn server_update_event(principal: &Principal, reference: &str, description: &str) -> Value {
+    json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "update", "display": "update"}],
+        "action": "U",
+        "recorded": crate::interactions::instant(&crate::interactions::now()),
+        "outcome": "0",
+        "outcomeDesc": description,
+        "agent": [requesting_agent(principal, None)],
+        "source": source(),
+        "entity": [{"what": {"reference": reference}}],
+    })
+}
+
 /// A Coding of one of the fixed code systems an AuditEvent names.
 #[derive(Serialize, Clone, Copy)]
 pub struct Coding {

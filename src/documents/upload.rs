@@ -104,8 +104,8 @@ pub(crate) fn extension(key: &str, status: &str, size: u64, sha1: Option<&[u8; 2
     json!({"url": EXTENSION, "extension": parts})
 }
 
-/// The object key a Binary's extension names, if any.
-pub fn object_key(binary: &Value) -> Option<&str> {
+/// One part (`key`, `status`, `size`, `hash`) of a Binary's stored-document extension.
+fn stored_part<'a>(binary: &'a Value, name: &str) -> Option<&'a Value> {
     binary
         .get("meta")?
         .get("extension")?
@@ -115,9 +115,12 @@ pub fn object_key(binary: &Value) -> Option<&str> {
         .get("extension")?
         .as_array()?
         .iter()
-        .find(|e| e.get("url").and_then(Value::as_str) == Some("key"))?
-        .get("valueString")?
-        .as_str()
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(name))
+}
+
+/// The object key a Binary's extension names, if any.
+pub fn object_key(binary: &Value) -> Option<&str> {
+    stored_part(binary, "key")?.get("valueString")?.as_str()
 }
 
 /// What `$upload` answers.
@@ -240,19 +243,7 @@ pub async fn complete(store: &Store, documents: &Documents, principal: &Principa
 /// completed Binary: `url` = `Binary/<id>`, content type, size, SHA-1.
 pub fn attachment(binary: &StoredResource) -> Value {
     let content = binary.content.as_ref();
-    let sub = |name: &str| -> Option<Value> {
-        content?
-            .get("meta")?
-            .get("extension")?
-            .as_array()?
-            .iter()
-            .find(|e| e.get("url").and_then(Value::as_str) == Some(EXTENSION))?
-            .get("extension")?
-            .as_array()?
-            .iter()
-            .find(|e| e.get("url").and_then(Value::as_str) == Some(name))
-            .cloned()
-    };
+    let sub = |name: &str| -> Option<Value> { stored_part(content?, name).cloned() };
     let mut a = json!({"url": format!("Binary/{}", binary.id)});
     if let Some(ct) = content.and_then(|c| c.get("contentType")) {
         a["contentType"] = ct.clone();

@@ -556,14 +556,7 @@ async fn route_instance(
             respond(ctx, StatusCode::OK, operation_outcome(&issues), HeaderMap::new())
         }
         (m @ (Method::GET | Method::POST), ["$generate-slots"]) if rt.as_str() == "Schedule" => {
-            let mut params = ctx.query.clone();
-            if m == Method::POST {
-                let bytes = read_body(state, body).await?;
-                if !bytes.is_empty() {
-                    let parameters = format::parse_resource_body(&ctx.headers, &bytes)?;
-                    params.extend(crate::workflows::scheduling::operations::parameters_as_pairs(&parameters)?);
-                }
-            }
+            let params = operation_params(state, ctx, &m, body).await?;
             let result = crate::workflows::scheduling::generate::generate(store, principal, id, &params, &ctx.base, state.max_bundle_entries, state.max_body_bytes).await?;
             respond(ctx, StatusCode::OK, bundle::bundle_response(ctx, &result), HeaderMap::new())
         }
@@ -573,14 +566,7 @@ async fn route_instance(
             respond(ctx, StatusCode::OK, bundle, HeaderMap::new())
         }
         (m @ (Method::GET | Method::POST), ["$events"]) if rt.as_str() == "Subscription" => {
-            let mut params = ctx.query.clone();
-            if m == Method::POST {
-                let bytes = read_body(state, body).await?;
-                if !bytes.is_empty() {
-                    let parameters = format::parse_resource_body(&ctx.headers, &bytes)?;
-                    params.extend(crate::workflows::scheduling::operations::parameters_as_pairs(&parameters)?);
-                }
-            }
+            let params = operation_params(state, ctx, &m, body).await?;
             let bundle = crate::events::subscriptions::operations::events(store, principal, id, &params, &ctx.base).await?;
             respond(ctx, StatusCode::OK, bundle, HeaderMap::new())
         }
@@ -613,6 +599,20 @@ async fn search(ctx: &Ctx, store: &Store, principal: &Principal, rt: &ResourceTy
     let strict = ctx.prefer("handling").as_deref() == Some("strict");
     let outcome = interactions::search::search(store, principal, rt, pairs, strict, &ctx.base).await?;
     respond(ctx, StatusCode::OK, bundle::search_bundle(ctx, &outcome), HeaderMap::new())
+}
+
+/// The parameters of an instance operation: the query, and for a POST the `Parameters` body
+/// (an empty body adds nothing).
+async fn operation_params(state: &AppState, ctx: &Ctx, method: &Method, body: Body) -> FhirResult<Vec<(String, String)>> {
+    let mut params = ctx.query.clone();
+    if *method == Method::POST {
+        let bytes = read_body(state, body).await?;
+        if !bytes.is_empty() {
+            let parameters = format::parse_resource_body(&ctx.headers, &bytes)?;
+            params.extend(crate::workflows::scheduling::operations::parameters_as_pairs(&parameters)?);
+        }
+    }
+    Ok(params)
 }
 
 /// The query of a conditional interaction; a conditional write without criteria is refused.

@@ -408,18 +408,7 @@ pub async fn set_status(store: &Store, trail: &crate::audit::trail::AuditTrail, 
         write.await?
     };
     if let Some(version) = written {
-        let event = json!({
-            "resourceType": "AuditEvent",
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
-            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "update", "display": "update"}],
-            "action": "U",
-            "recorded": crate::interactions::instant(&crate::interactions::now()),
-            "outcome": "0",
-            "outcomeDesc": format!("Subscription status set to {status}"),
-            "agent": [crate::audit::requesting_agent(&principal, None)],
-            "source": crate::audit::source(),
-            "entity": [{"what": {"reference": format!("Subscription/{id}/_history/{version}")}}],
-        });
+        let event = crate::audit::server_update_event(&principal, &format!("Subscription/{id}/_history/{version}"), &format!("Subscription status set to {status}"));
         trail.record_for(event, Some(request_id)).await?;
     }
     Ok(())

@@ -84,16 +84,9 @@ async fn cancel_if_expired(store: &Store, principal: &Principal, rt: &ResourceTy
 
 /// The AuditEvent of one cancellation: an update by the server itself, naming the Appointment.
 fn event(principal: &Principal, id: &Id, version: i64) -> Value {
-    json!({
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "update", "display": "update"}],
-        "action": "U",
-        "recorded": crate::interactions::instant(&crate::interactions::now()),
-        "outcome": "0",
-        "outcomeDesc": "hold expired: the pending appointment was cancelled and its slots freed",
-        "agent": [crate::audit::requesting_agent(principal, None)],
-        "source": crate::audit::source(),
-        "entity": [{"what": {"reference": format!("Appointment/{id}/_history/{version}")}}],
-    })
+    crate::audit::server_update_event(
+        principal,
+        &format!("Appointment/{id}/_history/{version}"),
+        "hold expired: the pending appointment was cancelled and its slots freed",
+    )
 }
