@@ -346,14 +346,12 @@ async fn send(
         Some(bytes) => request.header("content-type", spec.mime.as_str()).body(bytes),
         None => request.header("content-length", "0"),
     };
-    let outcome = request.send().await;
-    let result = match &outcome {
+    match request.send().await {
         Ok(response) if response.status().is_success() => Ok(()),
         Ok(response) => Err(format!("the endpoint answered {}", response.status().as_u16())),
         Err(e) if e.is_timeout() => Err("the endpoint did not answer in time".to_owned()),
         Err(_) => Err("the endpoint could not be reached".to_owned()),
-    };
-    result
+    }
 }
 
 fn render(value: Value, mime: &str) -> Result<Vec<u8>, String> {
