@@ -197,8 +197,8 @@ async fn deliver(d: &Delivery, client: &reqwest::Client, id: &str) -> FhirResult
     let owner = owner.principal;
     let due = due(&d.store, id).await?;
     let counter = events_since_start(&d.store, id).await?;
-    // What this round delivered is recorded once at its end (a crash before that sends those
-    // notifications again: at least once). A handshake goes alone and first; the rest go as
+    // Each delivered notification is marked as it goes; the state and the AuditEvent are
+    // recorded once at the round's end. A handshake goes alone and first; the rest go as
     // one sequence per resource, up to CONCURRENT sequences at a time, so each resource's
     // notifications arrive in order while different resources' overlap.
     let mut delivered: Vec<Event> = vec![];
@@ -227,7 +227,22 @@ async fn deliver(d: &Delivery, client: &reqwest::Client, id: &str) -> FhirResult
                         return (sent, None);
                     }
                     match send(d, client, spec, owner, base, endpoint, headers, &event, counter).await {
-                        Ok(()) => sent.push(event),
+                        Ok(()) => {
+                            // Marked before the resource's next one is sent: after a crash
+                            // at most the notification in flight comes again, never an
+                            // older version after a newer one.
+                            let marked = sqlx::query(
+                                "UPDATE subscription_notification SET delivered_at = now(), attempts = attempts + 1 WHERE subscription_id = $1 AND event_number = $2",
+                            )
+                            .bind(id)
+                            .bind(event.number)
+                            .execute(d.store.pool())
+                            .await;
+                            sent.push(event);
+                            if marked.is_err() {
+                                return (sent, None);
+                            }
+                        }
                         Err(reason) => return (sent, Some((event, attempts, reason))),
                     }
                 }
@@ -245,11 +260,6 @@ async fn deliver(d: &Delivery, client: &reqwest::Client, id: &str) -> FhirResult
     }
     if !delivered.is_empty() {
         let numbers: Vec<i64> = delivered.iter().map(|e| e.number).collect();
-        sqlx::query("UPDATE subscription_notification SET delivered_at = now(), attempts = attempts + 1 WHERE subscription_id = $1 AND event_number = ANY($2)")
-            .bind(id)
-            .bind(&numbers)
-            .execute(d.store.pool())
-            .await?;
         sqlx::query("UPDATE subscription_state SET failures = 0, last_error = NULL, last_delivered = greatest(last_delivered, $2) WHERE subscription_id = $1")
             .bind(id)
             .bind(numbers.iter().max().copied().unwrap_or(0))
